@@ -18,9 +18,11 @@ from .errors import (
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
+from . import extract  # callable module: graphnn.extract(source, ...)
 
 __all__ = [
     "__version__",
+    "extract",
     "Block",
     "LayeredGraph",
     "Partition",

@@ -1,0 +1,225 @@
+"""``graphnn.extract``: models and checkpoint files become :class:`~graphnn.LayeredGraph`.
+
+The module itself is callable: ``graphnn.extract(source, ...)`` is :func:`extract`, and the
+loaders live beside it (``graphnn.extract.load_state_dict``, ``graphnn.extract.save_state_dict``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import types
+import warnings
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import NonFiniteWeightsWarning, NothingMappableError, TopologyWarning, UnsupportedSourceError
+from ..graph import LayeredGraph
+from .builder import GraphBuilder
+from .checkpoints import (
+    TensorEntry,
+    atomic_write,
+    entries_from_state_dict,
+    load_state_dict,
+    open_checkpoint,
+    save_state_dict,
+    torch_load,
+    unwrap_state_dict,
+)
+from .module import walk_module
+from .rules import SKIP_EMBEDDING, Rule, rule_from_name, rules_for_module, skip_reason_for_tensor
+from .state_dict import chain
+
+__all__ = ["extract", "load_state_dict", "save_state_dict", "open_checkpoint", "atomic_write", "torch_load",
+           "unwrap_state_dict"]
+
+
+def _as_patterns(p: str | Iterable[str] | None) -> list[str]:
+    if p is None:
+        return []
+    return [p] if isinstance(p, str) else list(p)
+
+
+class _Selection:
+    """include/exclude globs on parameter names, and the embedding opt-in."""
+
+    def __init__(self, include, exclude, include_embeddings: bool):
+        self.include = _as_patterns(include)
+        self.exclude = _as_patterns(exclude)
+        self.include_embeddings = include_embeddings
+
+    def reason(self, name: str, kind: str) -> str | None:
+        if kind == "embedding" and not self.include_embeddings:
+            return SKIP_EMBEDDING
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return f"not matched by include={self.include}"
+        hit = next((p for p in self.exclude if fnmatch.fnmatchcase(name, p)), None)
+        if hit is not None:
+            return f"excluded by exclude pattern {hit!r}"
+        return None
+
+
+def extract(
+    source: Any,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    conv: str = "l2",
+    include_embeddings: bool = False,
+    trust: bool = False,
+    trace: bool = True,
+) -> LayeredGraph:
+    """Extract the layered weight graph of a model or checkpoint.
+
+    Parameters
+    ----------
+    source : an ``nn.Module``; a state_dict (mapping of names to tensors, optionally wrapped in
+        ``{"state_dict": ...}``/``{"model": ...}``); or a path to a ``.pt/.pth/.bin`` file, a
+        ``.safetensors`` file, or a folder with sharded weights and an index file.
+    include, exclude : glob pattern(s) on parameter names (``fnmatch``, e.g. ``"layer4.*"``).
+    conv : aggregation of a conv kernel slice ``W[i, j, ...]`` into one channel-level edge
+        weight: ``"l2"`` (default), ``"l1"`` or ``"sum"`` (signed). Also used for a Linear that
+        reads a flattened conv map (over the positions of each channel).
+    include_embeddings : map embedding tables as ``d x vocab`` blocks (off by default).
+    trust : allow a full unpickle of a ``.pt`` file that ``weights_only=True`` refuses. That runs
+        code stored in the file: only for files you trust.
+    trace : for modules, follow the dataflow with ``torch.fx`` (residual additions merge
+        partitions, concatenations stack them); ``False`` uses registration order.
+
+    Returns
+    -------
+    LayeredGraph, with a coverage table of every parameter (mapped or skipped, and why).
+    Checkpoint files are read lazily: only names and shapes now, tensors when analysed.
+
+    Raises
+    ------
+    CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError,
+    NothingMappableError, UnsupportedSourceError (see :mod:`graphnn.errors`).
+
+    Examples
+    --------
+    >>> import torch, graphnn
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    >>> g = graphnn.extract(net)
+    >>> {name: b.shape for name, b in g.blocks.items()}
+    {'0.weight': (8, 3), '2.weight': (4, 8)}
+    """
+    selection = _Selection(include, exclude, include_embeddings)
+    if isinstance(source, nn.Module):
+        builder = GraphBuilder(conv, source=type(source).__name__)
+        _from_module(source, builder, selection, trace)
+    elif isinstance(source, Mapping):
+        builder = GraphBuilder(conv, source="state_dict")
+        _from_entries(entries_from_state_dict(unwrap_state_dict(source)), builder, selection)
+    elif isinstance(source, (str, os.PathLike)):
+        builder = GraphBuilder(conv, source=os.fspath(source))
+        _from_entries(open_checkpoint(source, trust=trust), builder, selection)
+    else:
+        raise UnsupportedSourceError(
+            f"cannot extract a graph from a {type(source).__name__}: pass an nn.Module, a state_dict "
+            "(mapping of parameter names to tensors) or the path of a .pt/.pth/.bin/.safetensors "
+            "checkpoint or a Hugging Face model folder"
+        )
+    if not builder.blocks:
+        _raise_nothing_mappable(builder)
+    return builder.build()
+
+
+def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
+    t = entry.load()
+    count = int((~torch.isfinite(t)).sum())
+    builder.coverage[entry.name]["nonfinite"] = count
+    if count:
+        warnings.warn(f"{entry.name}: {count} NaN/Inf weights (counted in the coverage table)",
+                      NonFiniteWeightsWarning, stacklevel=4)
+
+
+def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: _Selection) -> None:
+    layers: list[tuple[TensorEntry, Rule]] = []
+    for e in entries:
+        reason = skip_reason_for_tensor(e.name, e.shape, e.dtype)
+        rule = rule_from_name(e.name, e.shape) if reason is None else reason
+        if isinstance(rule, str):
+            builder.record(e, "skipped", "", rule)
+            continue
+        reason = selection.reason(e.name, rule.kind)
+        if reason is not None:
+            builder.record(e, "skipped", rule.kind, reason)
+            continue
+        builder.record(e, "mapped", rule.kind)
+        layers.append((e, rule))
+        if e.in_memory:
+            _count_nonfinite(builder, e)
+    chain(builder, layers)
+
+
+def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> None:
+    entries: dict[str, TensorEntry] = {}
+    rules: dict[str, Rule | str] = {}
+    for mod_name, mod in model.named_modules():
+        for local, rule in rules_for_module(mod).items():
+            name = f"{mod_name}.{local}" if mod_name else local
+            rules[name] = rule
+    for name, p in model.named_parameters():
+        entries[name] = TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
+    visited: set[str] = set()
+    if trace:
+        try:
+            visited = walk_module(model, builder, entries, lambda n: selection.reason(n, rules[n].kind))
+        except Exception as e:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
+            msg = (f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); "
+                   "blocks are ordered by module registration and joined where shapes agree")
+            warnings.warn(msg, TopologyWarning, stacklevel=3)
+            fresh = GraphBuilder(builder.conv, builder.source)
+            builder.__dict__.update(fresh.__dict__)
+            builder.notes.append(msg)
+            trace = False
+    if not trace:
+        layers = []
+        for name, e in entries.items():
+            rule = rules.get(name)
+            if isinstance(rule, Rule):
+                reason = selection.reason(name, rule.kind)
+                if reason is None:
+                    builder.record(e, "mapped", rule.kind)
+                    layers.append((e, rule))
+                else:
+                    builder.record(e, "skipped", rule.kind, reason)
+                visited.add(name)
+        chain(builder, layers)
+    for name, e in entries.items():
+        rule = rules.get(name, f"parameter not owned by any module graphnn knows")
+        if name not in builder.coverage:
+            if isinstance(rule, str):
+                builder.record(e, "skipped", "", rule)
+            else:
+                builder.record(e, "skipped", rule.kind, "not used in the traced forward pass")
+        if builder.coverage[name]["status"] == "mapped":
+            _count_nonfinite(builder, e)
+
+
+def _raise_nothing_mappable(builder: GraphBuilder) -> None:
+    recs = list(builder.coverage.values())
+    lines = [f"  {r['name']} {r['shape']}: {r['reason']}" for r in recs[:40]]
+    if len(recs) > 40:
+        lines.append(f"  ... and {len(recs) - 40} more")
+    raise NothingMappableError(
+        f"nothing in {builder.source or 'the source'} could be mapped to a graph block "
+        f"({len(recs)} entries seen):\n" + ("\n".join(lines) if lines else "  (no tensors at all)")
+        + "\ngraphnn maps Linear, Conv, ConvTranspose, attention projections and (opt-in) embedding "
+        "weights; check include/exclude patterns, or pass include_embeddings=True."
+    )
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``graphnn.extract(...)`` call :func:`extract` while ``graphnn.extract.<loader>``
+    keeps working."""
+
+    def __call__(self, source: Any, **options: Any) -> LayeredGraph:
+        return extract(source, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

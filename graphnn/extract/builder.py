@@ -1,0 +1,253 @@
+"""Assembling partitions, blocks and the coverage table into a :class:`LayeredGraph`.
+
+Partitions are created as the dataflow (or the parameter order) is walked; residual additions
+merge them (union-find, the earliest partition gives the merged one its name); a concatenation
+is a :class:`Concat` of partitions, and a layer reading it gets one block per member (column
+slices of its weight), so no neuron is duplicated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..graph import AGGREGATIONS, Block, LayeredGraph, Partition, aggregate_kernel
+from .checkpoints import TensorEntry
+from .rules import QKV, Rule
+
+
+@dataclass
+class Concat:
+    """Partitions stacked along the feature axis, in order."""
+
+    members: list[int] = field(default_factory=list)
+
+
+def block_diagonal(values: torch.Tensor, n_rows: int, n_cols: int, groups: int) -> torch.Tensor:
+    """Place ``values`` (``n_rows x n_cols/groups``) on the diagonal groups of an
+    ``n_rows x n_cols`` matrix (grouped / depthwise conv); other entries are 0 (no edge)."""
+    if groups == 1:
+        return values
+    rows = torch.arange(n_rows) // (n_rows // groups)
+    cols = torch.arange(n_cols) // (n_cols // groups)
+    out = values.new_zeros(n_rows, n_cols)
+    out[rows[:, None] == cols[None, :]] = values.reshape(-1)
+    return out
+
+
+def base_matrix(rule: Rule, conv: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function turning the raw parameter into its ``(n_dst, n_src)`` matrix (before any
+    flatten or concat slicing)."""
+    if rule.kind in ("linear", "attention_in_proj"):
+        return lambda t: t
+    if rule.kind in ("hf_conv1d", "embedding"):
+        return lambda t: t.T
+    if rule.kind == "conv":
+        return lambda t: block_diagonal(aggregate_kernel(t, conv), rule.n_dst, rule.n_src, rule.groups)
+    if rule.kind == "conv_transpose":
+        return lambda t: block_diagonal(aggregate_kernel(t, conv), rule.n_src, rule.n_dst, rule.groups).T
+    raise ValueError(f"unknown block kind {rule.kind!r}")
+
+
+class GraphBuilder:
+    """Collects pre-partitions, blocks and coverage records, then builds the graph."""
+
+    def __init__(self, conv: str = "l2", source: str | None = None):
+        if conv not in AGGREGATIONS:
+            raise ValueError(f"conv={conv!r}: use one of {', '.join(AGGREGATIONS)}")
+        self.conv = conv
+        self.source = source
+        self.names: list[str] = []
+        self.sizes: list[int | None] = []
+        self.kinds: list[str] = []
+        self.spatial: list[bool] = []
+        self.parent: list[int] = []
+        self.blocks: list[dict] = []
+        self.coverage: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self._used_names: set[str] = set()
+        self._block_names: set[str] = set()
+
+    # -- partitions ----------------------------------------------------------------------
+    def new_partition(self, name: str, size: int | None = None, kind: str = "features", spatial: bool = False) -> int:
+        base, k = (name or "output"), 2
+        name = base
+        while name in self._used_names:
+            name, k = f"{base}#{k}", k + 1
+        self._used_names.add(name)
+        self.names.append(name)
+        self.sizes.append(size)
+        self.kinds.append(kind)
+        self.spatial.append(spatial)
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, pid: int) -> int:
+        while self.parent[pid] != pid:
+            self.parent[pid] = self.parent[self.parent[pid]]
+            pid = self.parent[pid]
+        return pid
+
+    def size(self, pid: int) -> int | None:
+        return self.sizes[self.find(pid)]
+
+    def is_spatial(self, pid: int) -> bool:
+        return self.spatial[self.find(pid)]
+
+    def merge(self, a: int, b: int) -> int | None:
+        """Merge two partitions (a residual addition); ``None`` if their sizes disagree."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        sa, sb = self.sizes[ra], self.sizes[rb]
+        if sa is not None and sb is not None and sa != sb:
+            return None
+        root, child = (ra, rb) if ra < rb else (rb, ra)
+        self.parent[child] = root
+        self.sizes[root] = sa if sa is not None else sb
+        self.spatial[root] = self.spatial[ra] or self.spatial[rb]
+        self.kinds[root] = "residual" if self.kinds[root] != "input" else "input"
+        return root
+
+    def concat_size(self, c: Concat) -> int | None:
+        sizes = [self.size(m) for m in c.members]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+    # -- reading a source ----------------------------------------------------------------
+    def resolve_source(self, src, n_src: int, reader: str, kind: str) -> tuple[list[tuple[int, int, int]], int] | None:
+        """How a layer with ``n_src`` inputs reads ``src`` (a partition id or a Concat):
+        returns ``([(partition, col_start, col_stop), ...], positions)`` where ``positions > 1``
+        means a flatten of a spatial map (channel-major), or ``None`` if the sizes do not fit."""
+        members = src.members if isinstance(src, Concat) else [src]
+        if isinstance(src, int) and self.size(src) is None:
+            root = self.find(src)
+            self.sizes[root] = n_src
+        total = self.concat_size(src) if isinstance(src, Concat) else self.size(src)
+        if total is None or total == 0:
+            return None
+        if total == n_src:
+            positions = 1
+        elif (kind in ("linear", "hf_conv1d") and n_src % total == 0
+              and all(self.is_spatial(m) for m in members)):
+            positions = n_src // total
+        else:
+            return None
+        spans, start = [], 0
+        for m in members:
+            s = self.size(m)
+            spans.append((m, start, start + s))
+            start += s
+        return spans, positions
+
+    # -- blocks -------------------------------------------------------------------------
+    def _unique_block_name(self, name: str) -> str:
+        base, k = name, 2
+        while name in self._block_names:
+            name, k = f"{base}#{k}", k + 1
+        self._block_names.add(name)
+        return name
+
+    def add_layer(self, entry: TensorEntry, rule: Rule, src, dst_name: str, reader_name: str) -> list[int]:
+        """Add the block(s) of one parameter reading from ``src`` (partition id, Concat or
+        ``None`` for "unknown"), creating its destination partition(s). Returns the
+        destination partition ids (three for a fused q/k/v projection)."""
+        spatial_out = rule.kind in ("conv", "conv_transpose")
+        resolved = self.resolve_source(src, rule.n_src, reader_name, rule.kind) if src is not None else None
+        if resolved is None:
+            if src is not None:
+                have = self.concat_size(src) if isinstance(src, Concat) else self.size(src)
+                self.notes.append(
+                    f"{entry.name}: expects {rule.n_src} inputs but its input has {have}; "
+                    f"it reads a new partition '{reader_name}.in'"
+                )
+            first = not self.names
+            pid = self.new_partition("input" if first else f"{reader_name}.in", rule.n_src,
+                                     kind="input", spatial=rule.kind in ("conv", "conv_transpose"))
+            resolved = ([(pid, 0, rule.n_src)], 1)
+        spans, positions = resolved
+        if rule.kind in ("conv", "conv_transpose"):
+            for m, _, _ in spans:
+                self.spatial[self.find(m)] = True
+        base = base_matrix(rule, self.conv)
+        parts = [(f"[{p}]", slice(i * rule.n_dst, (i + 1) * rule.n_dst), f"{dst_name}.{p}") for i, p in enumerate(QKV)] \
+            if rule.kind == "attention_in_proj" else [("", None, dst_name)]
+        dsts = []
+        for suffix, rows, pname in parts:
+            dst = self.new_partition(pname, rule.n_dst, spatial=spatial_out)
+            dsts.append(dst)
+            for m, a, b in spans:
+                name = entry.name + suffix + (f"[in {a}:{b}]" if len(spans) > 1 else "")
+                self.blocks.append(dict(
+                    name=self._unique_block_name(name), entry=entry, rule=rule, src=m, dst=dst,
+                    rows=rows, cols=(a, b) if len(spans) > 1 else None, positions=positions,
+                    n_src=b - a,
+                ))
+        return dsts
+
+    def record(self, entry: TensorEntry, status: str, kind: str = "", reason: str = "") -> None:
+        rec = self.coverage.setdefault(entry.name, {
+            "name": entry.name, "shape": str(tuple(entry.shape)),
+            "dtype": str(entry.dtype).replace("torch.", "") if entry.dtype is not None else type(entry.value).__name__,
+            "numel": _numel(entry.shape) if entry.is_tensor else 0, "status": status, "kind": kind,
+            "reason": reason, "blocks": "", "nonfinite": None,
+        })
+        rec.update(status=status, kind=kind, reason=reason)
+
+    # -- build ---------------------------------------------------------------------------
+    def _matrix_fn(self, spec: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+        base = base_matrix(spec["rule"], self.conv)
+        rows, cols, positions, conv = spec["rows"], spec["cols"], spec["positions"], self.conv
+        n_dst = spec["rule"].n_dst
+
+        def to_matrix(t: torch.Tensor) -> torch.Tensor:
+            m = base(t)
+            if rows is not None:
+                m = m[rows]
+            if positions > 1:
+                m = aggregate_kernel(m.reshape(n_dst, -1, positions), conv)
+            if cols is not None:
+                m = m[:, cols[0]:cols[1]]
+            return m
+        return to_matrix
+
+    def build(self) -> LayeredGraph:
+        touched: dict[int, None] = {}
+        for spec in self.blocks:
+            touched.setdefault(self.find(spec["src"]))
+            touched.setdefault(self.find(spec["dst"]))
+        order = sorted(touched)
+        members: dict[int, list[str]] = {r: [] for r in order}
+        for pid in range(len(self.parent)):
+            r = self.find(pid)
+            if r in members:
+                members[r].append(self.names[pid])
+        partitions = [
+            Partition(self.names[r], int(self.sizes[r]), kind=self.kinds[r],
+                      members=tuple(members[r]) if len(members[r]) > 1 else ())
+            for r in order
+        ]
+        blocks = []
+        for spec in self.blocks:
+            entry, rule = spec["entry"], spec["rule"]
+            agg = self.conv if (rule.kind in ("conv", "conv_transpose") or spec["positions"] > 1) else None
+            n_dst = rule.n_dst
+            blocks.append(Block(
+                name=spec["name"], param=entry.name, src=self.names[self.find(spec["src"])],
+                dst=self.names[self.find(spec["dst"])], shape=(n_dst, spec["n_src"]), kind=rule.kind,
+                param_shape=tuple(entry.shape), dtype=entry.dtype, aggregation=agg,
+                groups=rule.groups if spec["cols"] is None else 1,
+                _load=entry.load, _to_matrix=self._matrix_fn(spec),
+            ))
+            rec = self.coverage[entry.name]
+            rec["blocks"] = ", ".join(filter(None, [rec["blocks"], spec["name"]]))
+        return LayeredGraph(partitions, blocks, coverage=list(self.coverage.values()),
+                            source=self.source, notes=self.notes)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
