@@ -18,6 +18,7 @@ from .errors import (
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
+from . import rewire
 from . import extract  # callable module: graphnn.extract(source, ...)
 
 __all__ = [
