@@ -111,7 +111,7 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Weights only load failed" not in str(e) or not _is_valid_pickle(path):
             raise CorruptCheckpointError(_corrupt_message(path, e)) from e
         if not trust:
             raise UnsafeCheckpointError(
@@ -128,6 +128,28 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for bad files
         raise CorruptCheckpointError(_corrupt_message(path, e)) from e
+
+
+def _is_valid_pickle(path: Path) -> bool:
+    """Whether the file's (first) pickle stream parses, read with ``pickletools`` (which decodes
+    opcodes and never builds objects): tells a refused-but-valid pickle from random bytes."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return False
+                for _ in pickletools.genops(z.read(member)):
+                    pass
+                return True
+        with open(path, "rb") as f:
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means "not a valid pickle"
+        return False
 
 
 def _corrupt_message(path: Path, e: Exception) -> str:
