@@ -400,3 +400,40 @@ def test_state_dict_matches_module_blocks():
         for name, b in from_module.blocks.items():
             assert from_sd.blocks[name].shape == b.shape
             assert torch.allclose(from_sd.blocks[name].matrix(), b.matrix()), name
+
+
+def test_cross_attention_reads_each_input():
+    class Cross(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(6, 8)
+            self.dec = torch.nn.Linear(5, 8)
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, src, tgt):
+            memory = self.enc(src)
+            x = self.dec(tgt)
+            return self.attn(x, memory, memory)[0]
+
+    g = graphnn.extract(Cross())
+    assert shape_table(g)["attn.in_proj_weight[q]"][0] == "dec"
+    assert shape_table(g)["attn.in_proj_weight[k]"][0] == "enc"
+    assert shape_table(g)["attn.in_proj_weight[v]"][0] == "enc"
+    assert shape_table(g)["attn.out_proj.weight"][:2] == ("attn.v", "attn.out_proj")
+    assert [p.name for p in g.partitions.values()][:3] == ["input.src", "input.tgt", "enc"]
+
+
+def test_mha_with_separate_kdim_vdim():
+    class KV(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(8, 2, kdim=4, vdim=6, batch_first=True)
+
+        def forward(self, q, k, v):
+            return self.attn(q, k, v)[0]
+
+    g = graphnn.extract(KV())
+    t = shape_table(g)
+    assert t["attn.q_proj_weight"] == ("input.q", "attn.q", (8, 8))
+    assert t["attn.k_proj_weight"] == ("input.k", "attn.k", (8, 4))
+    assert t["attn.v_proj_weight"] == ("input.v", "attn.v", (8, 6))

@@ -149,11 +149,31 @@ class GraphBuilder:
         self._block_names.add(name)
         return name
 
-    def add_layer(self, entry: TensorEntry, rule: Rule, src, dst_name: str, reader_name: str) -> list[int]:
+    def add_layer(self, entry: TensorEntry, rule: Rule, src, dst_name: str, reader_name: str,
+                  part_srcs: list | None = None) -> list[int]:
         """Add the block(s) of one parameter reading from ``src`` (partition id, Concat or
         ``None`` for "unknown"), creating its destination partition(s). Returns the
-        destination partition ids (three for a fused q/k/v projection)."""
+        destination partition ids (three for a fused q/k/v projection, whose parts may read
+        different inputs: ``part_srcs``)."""
         spatial_out = rule.kind in ("conv", "conv_transpose")
+        parts = [(f"[{p}]", slice(i * rule.n_dst, (i + 1) * rule.n_dst), f"{dst_name}.{p}") for i, p in enumerate(QKV)] \
+            if rule.kind == "attention_in_proj" else [("", None, dst_name)]
+        srcs = part_srcs or [src] * len(parts)
+        dsts = []
+        for (suffix, rows, pname), part_src in zip(parts, srcs):
+            spans, positions = self._resolve_or_new(entry, rule, part_src, reader_name)
+            dst = self.new_partition(pname, rule.n_dst, spatial=spatial_out)
+            dsts.append(dst)
+            for m, a, b in spans:
+                name = entry.name + suffix + (f"[in {a}:{b}]" if len(spans) > 1 else "")
+                self.blocks.append(dict(
+                    name=self._unique_block_name(name), entry=entry, rule=rule, src=m, dst=dst,
+                    rows=rows, cols=(a, b) if len(spans) > 1 else None, positions=positions,
+                    n_src=b - a,
+                ))
+        return dsts
+
+    def _resolve_or_new(self, entry: TensorEntry, rule: Rule, src, reader_name: str):
         resolved = self.resolve_source(src, rule.n_src, reader_name, rule.kind) if src is not None else None
         if resolved is None:
             if src is not None:
@@ -166,25 +186,10 @@ class GraphBuilder:
             pid = self.new_partition("input" if first else f"{reader_name}.in", rule.n_src,
                                      kind="input", spatial=rule.kind in ("conv", "conv_transpose"))
             resolved = ([(pid, 0, rule.n_src)], 1)
-        spans, positions = resolved
         if rule.kind in ("conv", "conv_transpose"):
-            for m, _, _ in spans:
+            for m, _, _ in resolved[0]:
                 self.spatial[self.find(m)] = True
-        base = base_matrix(rule, self.conv)
-        parts = [(f"[{p}]", slice(i * rule.n_dst, (i + 1) * rule.n_dst), f"{dst_name}.{p}") for i, p in enumerate(QKV)] \
-            if rule.kind == "attention_in_proj" else [("", None, dst_name)]
-        dsts = []
-        for suffix, rows, pname in parts:
-            dst = self.new_partition(pname, rule.n_dst, spatial=spatial_out)
-            dsts.append(dst)
-            for m, a, b in spans:
-                name = entry.name + suffix + (f"[in {a}:{b}]" if len(spans) > 1 else "")
-                self.blocks.append(dict(
-                    name=self._unique_block_name(name), entry=entry, rule=rule, src=m, dst=dst,
-                    rows=rows, cols=(a, b) if len(spans) > 1 else None, positions=positions,
-                    n_src=b - a,
-                ))
-        return dsts
+        return resolved
 
     def record(self, entry: TensorEntry, status: str, kind: str = "", reason: str = "") -> None:
         rec = self.coverage.setdefault(entry.name, {

@@ -80,7 +80,7 @@ class _Walker:
                 self.value[node] = None
 
     # -- layers ---------------------------------------------------------------------------
-    def layer(self, param: str, rule: Rule, src, out_name: str) -> Any:
+    def layer(self, param: str, rule: Rule, src, out_name: str, part_srcs: list | None = None) -> Any:
         """Add one weight (if accepted) and return its output partition."""
         entry = self.entries[param]
         count = self.uses[param] = self.uses.get(param, 0) + 1
@@ -90,7 +90,7 @@ class _Walker:
             return self.b.new_partition(out_name, rule.n_dst, spatial=rule.kind.startswith("conv"))
         self.b.record(entry, "mapped", rule.kind)
         name = out_name if count == 1 else f"{out_name}#{count}"
-        return self.b.add_layer(entry, rule, src, name, name)
+        return self.b.add_layer(entry, rule, src, name, name, part_srcs=part_srcs)
 
     def call_module(self, node: fx.Node) -> Any:
         mod = self.modules[node.target]
@@ -114,13 +114,10 @@ class _Walker:
         v_src = self.part_of(node.kwargs.get("value", args[2]))
         name = node.target
         if isinstance(rules.get("in_proj_weight"), Rule):
-            if q_src is not None and q_src == k_src == v_src:
-                qkv = self.layer(prefix + "in_proj_weight", rules["in_proj_weight"], q_src, name)
-                v_part = qkv[-1] if isinstance(qkv, list) else qkv
-            else:  # cross-attention with one fused weight: q/k/v read different inputs
-                qkv = self.layer(prefix + "in_proj_weight", rules["in_proj_weight"], q_src, name)
-                v_part = qkv[-1] if isinstance(qkv, list) else qkv
-        else:
+            qkv = self.layer(prefix + "in_proj_weight", rules["in_proj_weight"], q_src, name,
+                             part_srcs=[q_src, k_src, v_src])
+            v_part = qkv[-1] if isinstance(qkv, list) else qkv
+        else:  # kdim/vdim differ from embed_dim: three separate weights
             for local, src in (("q_proj_weight", q_src), ("k_proj_weight", k_src)):
                 self.layer(prefix + local, rules[local], src, f"{name}.{local[0]}")
             v_part = self.layer(prefix + "v_proj_weight", rules["v_proj_weight"], v_src, f"{name}.v")
