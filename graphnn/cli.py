@@ -1,0 +1,651 @@
+"""The ``graphnn`` command line (also ``python -m graphnn``).
+
+Data (tables, written paths) goes to stdout; logs, warnings and progress go to stderr. A rich
+progress bar appears only when stderr is a terminal. Exit codes are listed in ``EXIT_CODES``
+and in ``graphnn --help``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional
+
+import typer
+
+from ._version import __version__
+from .errors import (
+    CheckpointNotFoundError,
+    GraphnnError,
+    NothingMappableError,
+    UnsafeCheckpointError,
+)
+
+#: Exit status -> meaning (documented in ``--help`` and the README).
+EXIT_CODES = {
+    0: "success",
+    1: "runtime failure (corrupt or unreadable checkpoint, failed analysis, ...)",
+    2: "usage error (bad option or argument, checkpoint path that does not exist)",
+    3: "unsafe checkpoint refused: a pickle that weights_only=True will not load; rerun with "
+       "--trust-checkpoint only for files you trust",
+    4: "nothing mappable: no parameter of the checkpoint could become a graph block",
+}
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNSAFE, EXIT_NOTHING = 0, 1, 2, 3, 4
+
+_EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+_SCHEMA_VERSION = 1
+
+log = logging.getLogger("graphnn.cli")
+
+app = typer.Typer(
+    name="graphnn",
+    help="Read neural-network weights as layered weighted graphs: describe a checkpoint, analyse "
+         "strength, eigenvector centrality and k-hypercores, write an HTML report, compare "
+         "checkpoints, rewire weights.",
+    epilog=_EXIT_HELP,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# -- shared options ------------------------------------------------------------------------------
+Checkpoint = Annotated[Path, typer.Argument(
+    help="Checkpoint: a .pt/.pth/.bin or .safetensors file, or a folder of shards with an index.",
+    metavar="CKPT", show_default=False)]
+Include = Annotated[Optional[list[str]], typer.Option(
+    "--include", metavar="GLOB", help="Only parameters whose name matches this glob (repeatable).")]
+Exclude = Annotated[Optional[list[str]], typer.Option(
+    "--exclude", metavar="GLOB", help="Skip parameters whose name matches this glob (repeatable).")]
+Conv = Annotated[Literal["l2", "l1", "sum"], typer.Option(
+    "--conv", help="Conv kernel slice -> one channel edge: l2 norm, l1 norm or signed sum.")]
+Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(
+    "--device", help="Where the analyses run: auto uses CUDA when available.")]
+Trust = Annotated[bool, typer.Option(
+    "--trust-checkpoint",
+    help="Allow a full unpickle of a .pt/.bin file that weights_only=True refuses. That runs code "
+         "stored in the file: only for files from a source you trust.")]
+Embeddings = Annotated[bool, typer.Option(
+    "--include-embeddings", help="Map embedding tables as (d x vocab) blocks (skipped by default).")]
+Format = Annotated[Optional[Literal["table", "csv", "json"]], typer.Option(
+    "--format", "-f", help="Output format; default: from the -o suffix (.csv, .json), else table.")]
+Output = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors on stderr.")]
+Verbose = Annotated[int, typer.Option(
+    "--verbose", "-v", count=True, help="More detail on stderr (timings, every step).")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"graphnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
+    """graphnn: neural-network weights as layered weighted graphs."""
+
+
+# -- session: logging, progress, errors ------------------------------------------------------------
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"graphnn: error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"graphnn: warning: {msg}"
+        return f"graphnn: {msg}"
+
+
+class _Session:
+    """Logging to stderr, warnings routed through it, a progress callback, and the mapping of
+    errors to exit codes. One per command invocation."""
+
+    def __init__(self, quiet: bool, verbose: int):
+        if quiet and verbose:
+            raise typer.BadParameter("--quiet and --verbose contradict each other: choose one")
+        self.quiet, self.verbose = quiet, verbose
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
+        root = logging.getLogger("graphnn")
+        for h in list(root.handlers):
+            if getattr(h, "_graphnn_cli", False):
+                root.removeHandler(h)
+        handler = logging.StreamHandler(sys.stderr)
+        handler._graphnn_cli = True  # type: ignore[attr-defined]
+        handler.setFormatter(_Formatter())
+        root.addHandler(handler)
+        root.setLevel(level)
+        root.propagate = False
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def _showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        log.warning("%s (%s)", message, category.__name__)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["_Session"]:
+        """Run a command body: warnings go to the log, errors become exit codes."""
+        old = warnings.showwarning
+        warnings.showwarning = self._showwarning
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.showwarning = self._showwarning
+                try:
+                    yield self
+                finally:
+                    self._stop_progress()
+        except typer.Exit:
+            raise
+        except (typer.BadParameter, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            raise typer.Exit(130)
+        except BaseException as e:  # noqa: BLE001 - every failure must become a non-zero exit
+            raise typer.Exit(self._report_error(e))
+        finally:
+            warnings.showwarning = old
+        log.debug("done in %.2f s", time.perf_counter() - self.t0)
+
+    def _report_error(self, e: BaseException) -> int:
+        if isinstance(e, UnsafeCheckpointError):
+            code = EXIT_UNSAFE
+        elif isinstance(e, NothingMappableError):
+            code = EXIT_NOTHING
+        elif isinstance(e, CheckpointNotFoundError):
+            code = EXIT_USAGE
+        else:
+            code = EXIT_FAILURE
+        if isinstance(e, GraphnnError):
+            log.error("%s", e)
+        elif isinstance(e, (MemoryError,)):
+            log.error("out of memory (%s): try --include/--exclude to analyse fewer layers", e)
+        elif isinstance(e, (OSError, ValueError)):
+            log.error("%s", e)
+        else:
+            log.error("unexpected %s: %s (rerun with -v for the traceback and please report it)",
+                      type(e).__name__, e)
+        if self.verbose:
+            import traceback
+
+            sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        return code
+
+    # progress: a rich bar on a terminal, otherwise step lines at -v
+    def progress(self, step: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if not self.tty:
+            if done >= total:
+                log.debug("%s: %d/%d (%.1f s)", step, done, total, time.perf_counter() - self.t0)
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description:<14}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+            )
+            self._progress.start()
+        if step not in self._tasks:
+            self._tasks[step] = self._progress.add_task(step, total=max(total, 1))
+        self._progress.update(self._tasks[step], completed=done, total=max(total, 1))
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._tasks = {}
+
+
+# -- output helpers --------------------------------------------------------------------------------
+def _resolve_format(fmt: str | None, output: Path | None) -> str:
+    if fmt:
+        return fmt
+    if output is not None and output.suffix.lower() in (".csv", ".json"):
+        return output.suffix.lower()[1:]
+    return "table"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar: numpy types to Python, NaN/Inf/NA to None."""
+    import numpy as np
+    import pandas as pd
+
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _records(df) -> list[dict]:
+    return [{str(k): _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _fmt_cell(v: Any) -> str:
+    from .report.html import fmt
+
+    return fmt(v)
+
+
+def _table_text(df, title: str | None = None, caption: str | None = None) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left")
+    import pandas as pd
+
+    for c in df.columns:
+        numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        t.add_column(str(c), justify="right" if numeric else "left", overflow="fold")
+    for row in df.itertuples(index=False):
+        t.add_row(*(_fmt_cell(v) for v in row))
+    buf = io.StringIO()
+    tty = sys.stdout.isatty()
+    Console(file=buf, width=(None if tty else 100_000), force_terminal=False, color_system=None,
+            soft_wrap=False, highlight=False).print(t)
+    lines = [ln.rstrip() for ln in buf.getvalue().splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Write data to ``output`` (atomically) or stdout."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from .report.html import write_html
+
+    write_html(text, output)
+    log.info("wrote %s", output)
+
+
+def _emit_frame(df, fmt: str, output: Path | None, *, title: str | None = None, caption: str | None = None,
+                meta: dict | None = None, tables: dict | None = None) -> None:
+    if fmt == "csv":
+        _emit(df.to_csv(index=False), output)
+    elif fmt == "json":
+        doc = {"schema_version": _SCHEMA_VERSION, "graphnn_version": __version__, **(meta or {})}
+        for name, frame in (tables or {"rows": df}).items():
+            doc[name] = _records(frame)
+        _emit(json.dumps(_clean(doc), indent=1) + "\n", output)
+    else:
+        _emit(_table_text(df, title=title, caption=caption), output)
+
+
+def _extract_kwargs(include, exclude, conv, trust, embeddings) -> dict:
+    from .report.pipeline import extract_options
+
+    return extract_options(include, exclude, conv, trust, embeddings)
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter("CUDA is not available on this machine: use --device cpu (or auto)",
+                                     param_hint="--device")
+
+
+# -- commands --------------------------------------------------------------------------------------
+@app.command(epilog=_EXIT_HELP)
+def describe(
+    ckpt: Checkpoint,
+    fmt: Format = None,
+    output: Output = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    conv: Conv = "l2",
+    include_embeddings: Embeddings = False,
+    trust_checkpoint: Trust = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Fast layer table of a checkpoint: every parameter's shape, dtype, and whether it is mapped
+    to a graph block or skipped (and why). Reads names and shapes only, no tensor data."""
+    s = _Session(quiet, verbose)
+    fmt = _resolve_format(fmt, output)
+    with s.running():
+        import graphnn
+
+        g = graphnn.extract(ckpt, **_extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings))
+        cov = g.coverage
+        cols = ["name", "shape", "dtype", "numel", "status", "kind", "reason", "blocks"]
+        summary = (f"{len(cov)} parameters, {int((cov['status'] == 'mapped').sum())} mapped "
+                   f"({100 * g.coverage_fraction:.1f} % of entries); {len(g.partitions)} layers, "
+                   f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges")
+        import pandas as pd
+
+        parts = pd.DataFrame([{"layer": p.name, "size": p.size, "kind": p.kind, "members": list(p.members)}
+                              for p in g.partitions.values()])
+        blocks = pd.DataFrame([{"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
+                                "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind,
+                                "aggregation": b.aggregation, "groups": b.groups} for b in g.blocks.values()])
+        _emit_frame(
+            cov[cols], fmt, output, title=str(ckpt), caption=summary,
+            meta={"command": "describe", "source": str(ckpt), "coverage_fraction": g.coverage_fraction,
+                  "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes)},
+            tables={"parameters": cov, "partitions": parts, "blocks": blocks},
+        )
+        for n in g.notes:
+            log.warning("%s", n)
+        if fmt != "table":
+            log.info("%s", summary)
+
+
+_LAYER_TABLE_COLUMNS = ("layer", "kind", "size", "strength_mean", "strength_std", "strength_var",
+                        "abs_strength_mean", "centrality_mean", "centrality_max", "core_max")
+
+
+def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str):
+    from .report.pipeline import analyse_file
+
+    _check_device(device)
+    res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
+    log.info("analysed %s: %d layers, %s edges, coverage %.1f %% (%.2f s)", ckpt, len(res.analysis.layers),
+             f"{res.graph.num_edges:,}", 100 * res.graph.coverage_fraction, res.provenance.runtime_s)
+    for n in res.graph.notes:
+        log.warning("%s", n)
+    return res
+
+
+@app.command(epilog=_EXIT_HELP)
+def analyse(
+    ckpt: Checkpoint,
+    fmt: Format = None,
+    output: Output = None,
+    table: Annotated[Optional[Literal["layers", "neurons", "blocks", "all"]], typer.Option(
+        "--table", help="Which table: layers (one row per layer), neurons, blocks (one row per weight "
+                        "tensor) or all (json only). Default: layers; all for json.")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    conv: Conv = "l2",
+    device: Device = "auto",
+    include_embeddings: Embeddings = False,
+    trust_checkpoint: Trust = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Strength, strength variance, eigenvector centrality and k-hypercores of a checkpoint, as
+    per-layer, per-neuron or per-tensor tables (table, csv or json)."""
+    s = _Session(quiet, verbose)
+    fmt = _resolve_format(fmt, output)
+    table = table or ("all" if fmt == "json" else "layers")
+    if table == "all" and fmt != "json":
+        raise typer.BadParameter("csv and table output hold one table: choose --table layers, neurons or "
+                                 "blocks, or use --format json for all of them", param_hint="--table")
+    with s.running():
+        res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
+                            device)
+        a = res.analysis
+        frames = {"layers": a.layers, "neurons": a.neurons, "blocks": a.blocks}
+        meta = {"command": "analyse", "source": str(ckpt), "sha256": res.provenance.sha256,
+                "options": res.provenance.options, "coverage_fraction": res.graph.coverage_fraction,
+                "centrality_info": dict(getattr(a, "centrality_info", None) or {}),
+                "runtime_s": res.provenance.runtime_s}
+        if fmt == "json":
+            chosen = frames if table == "all" else {table: frames[table]}
+            _emit_frame(a.layers, fmt, output, meta=meta, tables=chosen)
+            return
+        df = frames[table]
+        if fmt == "table" and table == "layers":
+            shown = [c for c in _LAYER_TABLE_COLUMNS if c in df.columns]
+            if len(shown) < len(df.columns):
+                log.info("showing %d of %d columns; --format csv or json has all", len(shown), len(df.columns))
+            df = df[shown]
+        _emit_frame(df, fmt, output, title=f"{ckpt} ({table})")
+
+
+app.command("analyze", hidden=True, epilog=_EXIT_HELP, help="Alias of 'analyse'.")(analyse)
+
+
+@app.command(epilog=_EXIT_HELP)
+def report(
+    ckpt: Checkpoint,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="HTML file to write [default: <checkpoint name>.report.html here].",
+        show_default=False)] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="Title of the report.")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    conv: Conv = "l2",
+    device: Device = "auto",
+    include_embeddings: Embeddings = False,
+    trust_checkpoint: Trust = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Write a self-contained HTML report of a checkpoint (provenance, per-layer table, figures,
+    coverage); prints the report's path on stdout."""
+    s = _Session(quiet, verbose)
+    out = output or Path(f"{_stem(ckpt)}.report.html")
+    _check_html_path(out)
+    with s.running():
+        from .report.html import render_report, write_html
+
+        res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
+                            device)
+        s.progress("report", 0, 1)
+        t = time.perf_counter()
+        write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out)
+        s.progress("report", 1, 1)
+        log.info("wrote %s (%.0f kB, figures %.2f s)", out, out.stat().st_size / 1e3, time.perf_counter() - t)
+        typer.echo(str(out))
+
+
+@app.command(epilog=_EXIT_HELP)
+def compare(
+    ckpts: Annotated[list[Path], typer.Argument(
+        help="Two or more checkpoints (e.g. epochs of one training run), compared in this order.",
+        metavar="CKPT...", show_default=False)],
+    fmt: Format = None,
+    output: Output = None,
+    report_path: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write an HTML comparison report to this file.", show_default=False)] = None,
+    labels: Annotated[Optional[list[str]], typer.Option(
+        "--label", help="Label of each checkpoint, in order (repeatable); default: file names.")] = None,
+    metrics: Annotated[Optional[list[str]], typer.Option(
+        "--metric", help="Per-layer metric to compare (repeatable), e.g. strength_var; default: "
+                         "strength_mean, strength_var, centrality_mean, core_max.")] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="Title of the HTML report.")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
+    conv: Conv = "l2",
+    device: Device = "auto",
+    include_embeddings: Embeddings = False,
+    trust_checkpoint: Trust = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Per-layer metrics of several checkpoints side by side, aligned by layer name, with the
+    change from the first to the last (table, csv or json; optionally an HTML report)."""
+    s = _Session(quiet, verbose)
+    fmt = _resolve_format(fmt, output)
+    if len(ckpts) < 2:
+        raise typer.BadParameter("compare needs at least two checkpoints", param_hint="CKPT...")
+    if labels and len(labels) != len(ckpts):
+        raise typer.BadParameter(f"{len(labels)} labels for {len(ckpts)} checkpoints: give one --label per "
+                                 "checkpoint", param_hint="--label")
+    if report_path is not None:
+        _check_html_path(report_path)
+    with s.running():
+        from .report.compare import available_metrics, compare_layers
+        from .report.pipeline import checkpoint_labels, write_comparison
+
+        _check_device(device)
+        names = list(labels) if labels else checkpoint_labels(ckpts)
+        if len(set(names)) != len(names):
+            raise typer.BadParameter(f"labels must be unique, got {names}", param_hint="--label")
+        ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
+        results = {lab: _run_analysis(s, p, ex, device) for lab, p in zip(names, ckpts)}
+        analyses = {k: r.analysis for k, r in results.items()}
+        wanted = available_metrics(analyses, metrics) if metrics else None
+        if metrics:
+            missing = sorted(set(metrics) - set(wanted))
+            if missing:
+                cols = sorted(set.intersection(*(set(a.layers.columns) for a in analyses.values())))
+                raise typer.BadParameter(f"unknown metric(s) {missing}; per-layer columns are: {', '.join(cols)}",
+                                         param_hint="--metric")
+        wide = compare_layers(analyses, wanted)
+        _emit_frame(wide, fmt, output, title=" vs ".join(names),
+                    meta={"command": "compare", "checkpoints": [{"label": k, "source": str(r.path),
+                                                                  "sha256": r.provenance.sha256}
+                                                                 for k, r in results.items()]},
+                    tables={"layers": wide})
+        if report_path is not None:
+            write_comparison(results, report_path, title=title)
+            if output is None:  # stdout holds the table: keep it clean, say where the report went on stderr
+                log.info("wrote %s", report_path)
+            else:
+                typer.echo(str(report_path))
+
+
+@app.command(epilog=_EXIT_HELP)
+def rewire(
+    ckpt: Checkpoint,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Rewired checkpoint to write (same format as the input).", show_default=False)],
+    method: Annotated[Literal["pa", "variance-search", "hcore"], typer.Option(
+        "--method", "-m", help="pa: preferential-attachment rewiring (Scabini et al.); variance-search: "
+                               "lowest strength variance of N redraws; hcore: hypercore-guided re-init.")] = "pa",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the provenance file).")] = 0,
+    report_path: Annotated[Optional[Path], typer.Option(
+        "--report", help="Also write a before/after HTML report to this file.", show_default=False)] = None,
+    device: Device = "auto",
+    trust_checkpoint: Trust = False,
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """Re-initialise a checkpoint's weights by rewiring and write a new checkpoint plus a JSON
+    provenance record beside it; prints the written paths on stdout."""
+    s = _Session(quiet, verbose)
+    if report_path is not None:
+        _check_html_path(report_path)
+    with s.running():
+        from .rewire import rewire_checkpoint
+
+        _check_device(device)
+        if output.exists() and ckpt.exists() and output.resolve() == ckpt.resolve():
+            raise typer.BadParameter("the output would overwrite the input checkpoint: choose another -o path",
+                                     param_hint="--output")
+        t = time.perf_counter()
+        s.progress("rewire", 0, 1)
+        kwargs = {"method": method, "seed": seed}
+        if trust_checkpoint:
+            kwargs["trust"] = True
+        result = rewire_checkpoint(ckpt, output, **kwargs)
+        s.progress("rewire", 1, 1)
+        log.info("rewired %s -> %s with %s, seed %d (%.2f s)", ckpt, output, method, seed, time.perf_counter() - t)
+        typer.echo(str(output))
+        prov = _provenance_path(output, result)
+        if prov is not None:
+            typer.echo(str(prov))
+        if report_path is not None:
+            from .report.pipeline import analyse_file, write_comparison
+
+            ex = _extract_kwargs(None, None, "l2", trust_checkpoint, False)
+            before = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
+            after = analyse_file(output, extract=ex, device=device, progress=s.progress)
+            extra = [("method", method), ("seed", str(seed))]
+            if prov is not None:
+                extra.append(("provenance record", str(prov)))
+            write_comparison({"before": before, "after": after}, report_path, mode="rewire", extra=extra,
+                             title=f"graphnn rewiring report: {method} on {ckpt.name}")
+            log.info("wrote %s", report_path)
+            typer.echo(str(report_path))
+
+
+@app.command(epilog=_EXIT_HELP)
+def demo(
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Folder for the demo checkpoints and reports.")] = Path("graphnn-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and data order.")] = 0,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, max=200, help="Training epochs.")] = 12,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    verbose: Verbose = 0,
+) -> None:
+    """The main job on a built-in example: train a small CNN for a few seconds on the digits data
+    set bundled with scikit-learn (no download), save its initial and trained checkpoints, and
+    write the report of the trained one plus an init-vs-trained comparison; prints the report
+    paths (the main report first)."""
+    s = _Session(quiet, verbose)
+    with s.running():
+        from .demo import run_demo
+
+        _check_device(device)
+        res = run_demo(out_dir, seed=seed, epochs=epochs, device=device, progress=s.progress, log=log.info)
+        typer.echo(str(res.report))
+        typer.echo(str(res.compare_report))
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name or "checkpoint"
+
+
+def _check_html_path(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder: give the report's file name, e.g. {path / 'report.html'}",
+                                 param_hint="--output")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise typer.BadParameter(f"the report is HTML: give a file name ending in .html, not {path.name!r}",
+                                 param_hint="--output")
+
+
+def _provenance_path(output: Path, result: Any) -> Path | None:
+    for attr in ("provenance_path", "provenance"):
+        v = getattr(result, attr, None)
+        if isinstance(v, (str, os.PathLike)) and Path(v).exists():
+            return Path(v)
+    if isinstance(result, dict):
+        for key in ("provenance_path", "provenance"):
+            v = result.get(key)
+            if isinstance(v, (str, os.PathLike)) and Path(v).exists():
+                return Path(v)
+    candidates = sorted(output.parent.glob(output.name + "*.json"))
+    return candidates[0] if candidates else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``graphnn``; ``python -m graphnn``)."""
+    app(args=argv, prog_name="graphnn")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

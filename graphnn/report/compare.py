@@ -1,0 +1,77 @@
+"""Per-layer metrics of several analyses side by side (e.g. epochs of one run, or a
+checkpoint before and after rewiring). Layers are aligned by name, never by position."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: Per-layer columns compared by default (kept when the analyses have them).
+DEFAULT_METRICS = ("strength_mean", "strength_var", "centrality_mean", "core_max")
+
+
+def available_metrics(analyses: Mapping[str, object], wanted: Sequence[str] = DEFAULT_METRICS) -> list[str]:
+    """The metrics of ``wanted`` present in every analysis's ``layers`` table."""
+    return [m for m in wanted if all(m in a.layers.columns for a in analyses.values())]
+
+
+def compare_layers_long(analyses: Mapping[str, object], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Tidy table ``layer, size, checkpoint, <metrics>``: one row per (layer, checkpoint), in the
+    layer order of the first analysis (layers that only later analyses have come last)."""
+    metrics = list(metrics) if metrics is not None else available_metrics(analyses)
+    frames = []
+    for label, a in analyses.items():
+        cols = ["layer"] + (["size"] if "size" in a.layers else []) + metrics
+        f = a.layers[cols].copy()
+        f["layer"] = f["layer"].astype(str)
+        f.insert(2 if "size" in f else 1, "checkpoint", label)
+        frames.append(f)
+    long = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(long["layer"]))
+    long["layer"] = pd.Categorical(long["layer"], categories=order, ordered=True)
+    long = long.sort_values(["layer"], kind="stable").reset_index(drop=True)
+    long["layer"] = long["layer"].astype(str)
+    return long
+
+
+def compare_layers(analyses: Mapping[str, object], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Wide table with one row per (layer, metric): columns ``layer, metric``, one column per
+    checkpoint label (in the given order), then ``change`` (last minus first) and
+    ``rel_change`` (change / |first|; NaN when first is 0 or missing). A layer missing from a
+    checkpoint has NaN there."""
+    if len(analyses) < 2:
+        raise ValueError("compare needs at least two analyses (checkpoints)")
+    metrics = list(metrics) if metrics is not None else available_metrics(analyses)
+    if not metrics:
+        raise ValueError("the analyses share none of the metrics to compare "
+                         f"({', '.join(DEFAULT_METRICS)})")
+    labels = list(analyses)
+    long = compare_layers_long(analyses, metrics)
+    order = list(dict.fromkeys(long["layer"]))
+    wide = long.melt(id_vars=["layer", "checkpoint"], value_vars=metrics, var_name="metric")
+    wide = wide.pivot_table(index=["layer", "metric"], columns="checkpoint", values="value",
+                            dropna=False, sort=False)
+    wide = wide.reindex(columns=labels)
+    idx = pd.MultiIndex.from_product([order, metrics], names=["layer", "metric"])
+    wide = wide.reindex(idx).reset_index()
+    wide.columns.name = None
+    first, last = wide[labels[0]].astype(float), wide[labels[-1]].astype(float)
+    wide["change"] = last - first
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wide["rel_change"] = np.where(first.abs() > 0, wide["change"] / first.abs(), np.nan)
+    return wide
+
+
+def compare_blocks(analyses: Mapping[str, object], column: str = "J") -> pd.DataFrame:
+    """Per weight tensor (block), ``column`` of every checkpoint side by side, plus ``change``
+    and ``rel_change`` as in :func:`compare_layers`."""
+    labels = list(analyses)
+    frames = [a.blocks.set_index("block")[column].rename(lab) for lab, a in analyses.items()]
+    wide = pd.concat(frames, axis=1).reset_index().rename(columns={"index": "block"})
+    first, last = wide[labels[0]].astype(float), wide[labels[-1]].astype(float)
+    wide["change"] = last - first
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wide["rel_change"] = np.where(first.abs() > 0, wide["change"] / first.abs(), np.nan)
+    return wide

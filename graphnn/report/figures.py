@@ -1,0 +1,349 @@
+"""Seaborn figures of an analysis, rendered off-screen (Agg) to PNG ``data:`` URIs.
+
+Figures are built on :class:`matplotlib.figure.Figure` objects that pyplot never sees, so no
+global figure is left open, the global backend is never touched, and nothing depends on a display
+(drawing goes through the Agg canvas explicitly). Large models stay readable and
+small: distributions are drawn from at most ``MAX_POINTS_PER_LAYER`` sampled neurons per layer,
+and beyond ``MAX_LAYERS_DRAWN`` layers each layer is summarised by its percentiles along a layer
+axis instead of one box per layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Mapping, Sequence
+
+import contextlib
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+#: Layers drawn one by one (a box / bar per layer); above this, per-layer percentile bands.
+MAX_LAYERS_DRAWN = 60
+#: Neurons sampled per layer for distribution plots (seeded, so reports are reproducible).
+MAX_POINTS_PER_LAYER = 2000
+#: Resolution of the embedded PNGs.
+DPI = 96
+
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "axes.titleweight": "bold",
+    "figure.dpi": DPI,
+}
+_STYLE = "whitegrid"
+_PALETTE = "deep"
+_WIDE = 11.0  # inches: ~1050 px at DPI, the width of the report's content column
+_KIND_COLORS = {"input": "#8c8c8c", "features": "#4c72b0", "residual": "#dd8452", "concat": "#55a868"}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def to_data_uri(fig: Figure) -> str:
+    """PNG ``data:`` URI of a figure (the figure is drawn once and then released)."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.clf()
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def short_label(name: str, width: int = 44) -> str:
+    """Keep the informative end of a long layer name: ``…layer.5.attention.output.dense``."""
+    return name if len(name) <= width else "\u2026" + name[-(width - 1):]
+
+
+def _new_figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, sharey=sharey, squeeze=False)[0]
+    return fig, axes
+
+
+def _height_for(n_layers: int) -> float:
+    return min(1.3 + 0.24 * n_layers, 16.0)
+
+
+def layer_order(layers: pd.DataFrame) -> list[str]:
+    """Layer names in partition order (the order of the per-layer table)."""
+    return [str(x) for x in layers["layer"]]
+
+
+def sample_per_layer(neurons: pd.DataFrame, limit: int = MAX_POINTS_PER_LAYER, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows per layer, drawn without replacement with a fixed seed."""
+    parts = []
+    rng = np.random.default_rng(seed)
+    for _, grp in neurons.groupby("layer", sort=False):
+        if len(grp) > limit:
+            grp = grp.iloc[np.sort(rng.choice(len(grp), size=limit, replace=False))]
+        parts.append(grp)
+    return pd.concat(parts, ignore_index=True) if parts else neurons.iloc[:0]
+
+
+def _kinds(layers: pd.DataFrame) -> dict[str, str]:
+    if "kind" not in layers:
+        return {}
+    return dict(zip(layers["layer"].astype(str), layers["kind"].astype(str)))
+
+
+def _symmetric_log_if_wide(ax, values: np.ndarray, axis: str = "x") -> bool:
+    """Use a log axis when every value is positive and they span more than two decades."""
+    v = values[np.isfinite(values)]
+    if v.size and (v > 0).all() and v.max() / v.min() > 100:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        return True
+    return False
+
+
+def _band_plot(ax, neurons: pd.DataFrame, order: Sequence[str], column: str, color: str) -> None:
+    """Per-layer median, 25-75 % and 5-95 % bands along the layer index (many layers)."""
+    q = neurons.groupby("layer", sort=False)[column].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
+    q = q.reindex(order)
+    x = np.arange(len(order))
+    ax.fill_between(x, q[0.05], q[0.95], color=color, alpha=0.18, lw=0, label="5-95 %")
+    ax.fill_between(x, q[0.25], q[0.75], color=color, alpha=0.40, lw=0, label="25-75 %")
+    ax.plot(x, q[0.5], color=color, lw=1.2, label="median")
+    ax.set_xlabel("layer (partition order)")
+    _layer_ticks(ax, order)
+    ax.legend(loc="best", frameon=False)
+
+
+def _layer_ticks(ax, order: Sequence[str], max_ticks: int = 12) -> None:
+    n = len(order)
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_ticks)).round().astype(int))
+    ax.set_xticks(idx)
+    ax.set_xticklabels([short_label(order[i], 28) for i in idx], rotation=35, ha="right")
+
+
+def _figure_legend(fig: Figure, axes) -> None:
+    """One legend above all panels instead of one inside the first panel (where it hides data)."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6), frameon=False)
+
+
+@contextlib.contextmanager
+def _style():
+    """Seaborn's style and our font sizes, restored afterwards (no global side effects)."""
+    with sns.axes_style(_STYLE), matplotlib.rc_context(_RC):
+        yield
+
+
+# -- single-analysis figures -----------------------------------------------------------------
+def _per_layer_box(neurons, layers, column, xlabel, zero_line, log_if_wide=False) -> str:
+    order = layer_order(layers)
+    data = neurons[["layer", column]].copy()
+    data["layer"] = data["layer"].astype(str)
+    data = data[np.isfinite(data[column].to_numpy(dtype=float))]
+    with _style():
+        if len(order) > MAX_LAYERS_DRAWN:
+            fig, (ax,) = _new_figure(_WIDE, 4.2)
+            _band_plot(ax, data, order, column, sns.color_palette(_PALETTE)[0])
+            ax.set_ylabel(xlabel)
+            if zero_line:
+                ax.axhline(0, color="0.3", lw=0.8, ls="--")
+            return to_data_uri(fig)
+        sample = sample_per_layer(data)
+        sample["label"] = sample["layer"].map(lambda s: short_label(s))
+        labels = [short_label(s) for s in order]
+        kinds = _kinds(layers)
+        sample["kind"] = sample["layer"].map(kinds).fillna("features")
+        fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
+        sns.boxplot(
+            data=sample, x=column, y="label", order=labels, hue="kind",
+            palette=_KIND_COLORS, dodge=False, orient="h", whis=(1, 99), showfliers=False,
+            width=0.7, linewidth=0.8, ax=ax,
+        )
+        if zero_line:
+            ax.axvline(0, color="0.3", lw=0.8, ls="--")
+        if log_if_wide:
+            _symmetric_log_if_wide(ax, sample[column].to_numpy(dtype=float))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("")
+        leg = ax.get_legend()
+        if leg is not None:
+            leg.set_title("partition kind")
+            leg.set_frame_on(False)
+        return to_data_uri(fig)
+
+
+def strength_distribution(neurons: pd.DataFrame, layers: pd.DataFrame, column: str = "strength") -> str:
+    """Box per layer of the neurons' (signed, total) strength; whiskers at the 1st and 99th
+    percentiles, outliers not drawn."""
+    return _per_layer_box(neurons, layers, column, "strength (signed sum of weights)", zero_line=True)
+
+
+def centrality_per_layer(neurons: pd.DataFrame, layers: pd.DataFrame) -> str:
+    """Box per layer of the neurons' eigenvector centrality (|w| adjacency)."""
+    return _per_layer_box(neurons, layers, "centrality", "eigenvector centrality", zero_line=False)
+
+
+def strength_variance_per_layer(layers: pd.DataFrame, column: str = "strength_var") -> str:
+    """Bar per layer of the variance of its neurons' strength (log axis when values span more
+    than two decades)."""
+    order = layer_order(layers)
+    values = layers[column].to_numpy(dtype=float)
+    with _style():
+        if len(order) > MAX_LAYERS_DRAWN:
+            fig, (ax,) = _new_figure(_WIDE, 4.0)
+            ax.plot(np.arange(len(order)), values, marker=".", lw=1, color=sns.color_palette(_PALETTE)[1])
+            _layer_ticks(ax, order)
+            _symmetric_log_if_wide(ax, values, axis="y")
+            ax.set_ylabel("variance of strength")
+            return to_data_uri(fig)
+        df = pd.DataFrame({"label": [short_label(s) for s in order], "value": values,
+                           "kind": [_kinds(layers).get(s, "features") for s in order]})
+        fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
+        sns.barplot(data=df, x="value", y="label", hue="kind", palette=_KIND_COLORS, dodge=False,
+                    orient="h", ax=ax, width=0.7)
+        _symmetric_log_if_wide(ax, values)
+        ax.set_xlabel("variance of strength (unbiased)")
+        ax.set_ylabel("")
+        leg = ax.get_legend()
+        if leg is not None:
+            leg.set_title("partition kind")
+            leg.set_frame_on(False)
+        return to_data_uri(fig)
+
+
+def core_size_profile(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, size)``: for every distinct hypercore number k, how many neurons have core >= k
+    (the size of the k-hypercore)."""
+    c = np.sort(np.asarray(core, dtype=float)[np.isfinite(core)])
+    k = np.unique(c)
+    return k, c.size - np.searchsorted(c, k, side="left")
+
+
+def hypercore_profile(neurons: pd.DataFrame) -> str:
+    """Left: histogram of hypercore numbers. Right: size of the k-hypercore against k."""
+    core = neurons["core"].to_numpy(dtype=float)
+    core = core[np.isfinite(core)]
+    with _style():
+        fig, (a1, a2) = _new_figure(_WIDE, 3.8, ncols=2)
+        sns.histplot(x=core, bins=min(50, max(5, int(np.sqrt(core.size)))), ax=a1,
+                     color=sns.color_palette(_PALETTE)[2], edgecolor="white", linewidth=0.4)
+        a1.set_xlabel("k-hypercore number (units of |w|)")
+        a1.set_ylabel("neurons")
+        a1.set_title("Hypercore numbers")
+        k, size = core_size_profile(core)
+        a2.step(k, size, where="post", color=sns.color_palette(_PALETTE)[3], lw=1.4)
+        a2.set_xlabel("k")
+        a2.set_ylabel("neurons in the k-hypercore")
+        a2.set_title("Core size against k")
+        a2.set_ylim(bottom=0)
+        return to_data_uri(fig)
+
+
+# -- comparison figures ----------------------------------------------------------------------
+def compare_layer_metrics(long: pd.DataFrame, order: Sequence[str], metrics: Sequence[str],
+                          titles: Mapping[str, str]) -> str:
+    """One panel per metric: the per-layer value of each checkpoint side by side.
+    ``long`` has columns ``layer, checkpoint, <metrics>``."""
+    labels = list(dict.fromkeys(long["checkpoint"]))
+    palette = dict(zip(labels, sns.color_palette(_PALETTE, len(labels))))
+    with _style():
+        if len(order) > MAX_LAYERS_DRAWN:
+            fig, axes = _new_figure(_WIDE + 1.5, 4.0, ncols=len(metrics))
+            pos = {name: i for i, name in enumerate(order)}
+            for ax, m in zip(axes, metrics):
+                for lab in labels:
+                    d = long[long["checkpoint"] == lab]
+                    ax.plot(d["layer"].map(pos), d[m], marker=".", lw=1, label=lab, color=palette[lab])
+                _layer_ticks(ax, order, max_ticks=8)
+                _symmetric_log_if_wide(ax, long[m].to_numpy(dtype=float), axis="y")
+                ax.set_title(titles.get(m, m))
+            _figure_legend(fig, axes)
+            return to_data_uri(fig)
+        d = long.copy()
+        d["label"] = d["layer"].map(lambda s: short_label(str(s), 40))
+        ylabels = [short_label(s, 40) for s in order]
+        fig, axes = _new_figure(_WIDE + 1.5, _height_for(len(order)), ncols=len(metrics), sharey=True)
+        for i, (ax, m) in enumerate(zip(axes, metrics)):
+            sns.pointplot(data=d, x=m, y="label", hue="checkpoint", order=ylabels, hue_order=labels,
+                          palette=palette, orient="h", linestyles="none", markers="o",
+                          markersize=4, dodge=0.35 if len(labels) > 1 else False, ax=ax,
+                          legend=(i == 0))
+            _symmetric_log_if_wide(ax, d[m].to_numpy(dtype=float))
+            ax.set_title(titles.get(m, m))
+            ax.set_xlabel("")
+            ax.set_ylabel("")
+        _figure_legend(fig, axes)
+        return to_data_uri(fig)
+
+
+def compare_distributions(neurons: Mapping[str, pd.DataFrame]) -> str:
+    """Before/after panels pooled over all neurons: strength histogram, centrality histogram
+    and core size against k, one colour per checkpoint."""
+    labels = list(neurons)
+    palette = dict(zip(labels, sns.color_palette(_PALETTE, len(labels))))
+    with _style():
+        fig, axes = _new_figure(_WIDE, 3.6, ncols=3)
+        for col, ax, title, xlabel in (
+            ("strength", axes[0], "Strength (all neurons)", "strength (signed)"),
+            ("centrality", axes[1], "Eigenvector centrality", "centrality"),
+        ):
+            frames = []
+            for lab, df in neurons.items():
+                s = sample_per_layer(df[["layer", col]], limit=MAX_POINTS_PER_LAYER)
+                s = s[np.isfinite(s[col].to_numpy(dtype=float))]
+                frames.append(pd.DataFrame({col: s[col].to_numpy(), "checkpoint": lab}))
+            d = pd.concat(frames, ignore_index=True)
+            sns.histplot(data=d, x=col, hue="checkpoint", hue_order=labels, palette=palette,
+                         element="step", stat="density", common_norm=False, fill=False, bins=50, ax=ax)
+            ax.set_title(title)
+            ax.set_xlabel(xlabel)
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        for lab, df in neurons.items():
+            k, size = core_size_profile(df["core"].to_numpy(dtype=float))
+            axes[2].step(k, size, where="post", label=lab, color=palette[lab], lw=1.3)
+        axes[2].set_title("Core size against k")
+        axes[2].set_xlabel("k")
+        axes[2].set_ylabel("neurons in the k-hypercore")
+        _figure_legend(fig, axes[2:])
+        return to_data_uri(fig)
+
+
+def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J") -> str:
+    """J (tensor strength variance, Scabini et al.) of every weight tensor, one marker per
+    checkpoint; log axis when values span more than two decades."""
+    labels = list(blocks)
+    frames = [pd.DataFrame({"block": df["block"].astype(str), column: df[column].to_numpy(dtype=float),
+                            "checkpoint": lab}) for lab, df in blocks.items()]
+    d = pd.concat(frames, ignore_index=True)
+    order = list(dict.fromkeys(d["block"]))
+    palette = dict(zip(labels, sns.color_palette(_PALETTE, len(labels))))
+    with _style():
+        if len(order) > MAX_LAYERS_DRAWN:
+            fig, (ax,) = _new_figure(_WIDE, 4.0)
+            pos = {name: i for i, name in enumerate(order)}
+            for lab in labels:
+                s = d[d["checkpoint"] == lab]
+                ax.plot(s["block"].map(pos), s[column], marker=".", lw=1, label=lab, color=palette[lab])
+            _layer_ticks(ax, order)
+            _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float), axis="y")
+            ax.legend(frameon=False)
+        else:
+            d["label"] = d["block"].map(lambda s: short_label(s, 48))
+            fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
+            sns.pointplot(data=d, x=column, y="label", hue="checkpoint", hue_order=labels,
+                          order=[short_label(s, 48) for s in order], palette=palette, orient="h",
+                          linestyles="none", markersize=4, dodge=0.35 if len(labels) > 1 else False, ax=ax)
+            _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float))
+            ax.set_ylabel("")
+            leg = ax.get_legend()
+            if leg is not None:
+                leg.set_title("")
+                leg.set_frame_on(False)
+        ax.set_xlabel("J = (Var row sums + Var column sums) / 2") if len(order) <= MAX_LAYERS_DRAWN else ax.set_ylabel("J")
+        return to_data_uri(fig)

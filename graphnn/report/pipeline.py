@@ -1,0 +1,126 @@
+"""Checkpoint file -> graph -> analysis -> HTML: the steps the CLI, the demo and the benchmark
+share. (The analyses themselves know nothing of files; this module is where files come in.)"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .html import render_comparison, render_report, write_html
+from .provenance import Provenance
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Analysed:
+    """One checkpoint analysed: the graph, the analysis and where they came from."""
+
+    path: Path
+    graph: Any
+    analysis: Any
+    provenance: Provenance
+
+
+def extract_options(include=None, exclude=None, conv="l2", trust=False, include_embeddings=False) -> dict:
+    """The keyword arguments of :func:`graphnn.extract` (empty globs become ``None``)."""
+    return {
+        "include": list(include) or None if include else None,
+        "exclude": list(exclude) or None if exclude else None,
+        "conv": conv,
+        "trust": trust,
+        "include_embeddings": include_embeddings,
+    }
+
+
+def analyse_file(
+    path: str | os.PathLike,
+    *,
+    extract: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    analyse_options: Mapping[str, Any] | None = None,
+) -> Analysed:
+    """Extract ``path`` (names and shapes only), analyse it and hash it. ``extract`` holds
+    :func:`graphnn.extract` options (see :func:`extract_options`); ``runtime_s`` in the
+    provenance covers extraction and analysis."""
+    import graphnn
+
+    ex = dict(extract or extract_options())
+    t0 = time.perf_counter()
+    if progress:
+        progress("extract", 0, 1)
+    g = graphnn.extract(path, **ex)
+    if progress:
+        progress("extract", 1, 1)
+    a = graphnn.analyse(g, device=device, progress=progress, **dict(analyse_options or {}))
+    runtime = time.perf_counter() - t0
+    options = {k: v for k, v in ex.items() if v not in (None, False)}
+    options["device"] = device
+    options.update({f"analyse.{k}": v for k, v in (getattr(a, "options", None) or {}).items()
+                    if k not in ("device", "progress")})
+    prov = Provenance.for_path(path, options=options, runtime_s=runtime)
+    return Analysed(Path(path), g, a, prov)
+
+
+def report_file(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    title: str | None = None,
+    extract: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> Analysed:
+    """Write the HTML report of one checkpoint to ``out`` (atomically)."""
+    res = analyse_file(path, extract=extract, device=device, progress=progress)
+    if progress:
+        progress("report", 0, 1)
+    write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out)
+    if progress:
+        progress("report", 1, 1)
+    return res
+
+
+def checkpoint_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short unique labels for checkpoints: the file names, with as many parent folders as
+    needed to tell them apart."""
+    ps = [Path(p) for p in paths]
+    for depth in range(1, max(len(p.parts) for p in ps) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in ps]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}:{p}" for i, p in enumerate(ps)]
+
+
+def compare_files(
+    paths: Sequence[str | os.PathLike],
+    *,
+    labels: Sequence[str] | None = None,
+    extract: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Analysed]:
+    """Analyse several checkpoints with the same options: ``{label: Analysed}`` in order."""
+    labels = list(labels) if labels else checkpoint_labels(paths)
+    if len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be unique, got {labels}")
+    return {lab: analyse_file(p, extract=extract, device=device, progress=progress)
+            for lab, p in zip(labels, paths)}
+
+
+def write_comparison(results: Mapping[str, Analysed], out: str | os.PathLike, *, title: str | None = None,
+                     mode: str = "compare", extra: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write the comparison (or before/after rewiring) report of analysed checkpoints."""
+    html = render_comparison(
+        {k: r.analysis for k, r in results.items()},
+        {k: r.provenance for k, r in results.items()},
+        {k: r.graph for k, r in results.items()},
+        title=title, mode=mode, extra=extra,
+    )
+    return write_html(html, out)

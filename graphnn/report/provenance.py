@@ -1,0 +1,84 @@
+"""Where a report's numbers come from: input file, its SHA-256, options, versions, timing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._version import __version__
+
+_CHUNK = 1 << 20
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a checkpoint. For a file: the digest of its bytes (streamed, 1 MiB at a
+    time). For a folder (sharded checkpoint): the digest of the lines ``<sha256>  <relative
+    path>`` of every regular file below it, in sorted path order, so the value changes when any
+    shard, the index, or a file name changes."""
+    p = Path(path)
+    if p.is_dir():
+        lines = []
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            lines.append(f"{_file_sha256(f)}  {f.relative_to(p).as_posix()}\n")
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+    return _file_sha256(p)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def size_of(path: str | os.PathLike) -> int:
+    """Bytes of a file, or of every file below a folder."""
+    p = Path(path)
+    if p.is_dir():
+        return sum(q.stat().st_size for q in p.rglob("*") if q.is_file())
+    return p.stat().st_size
+
+
+@dataclass
+class Provenance:
+    """Everything a reader needs to reproduce a report.
+
+    ``options`` holds the extraction and analysis options exactly as used; ``runtime_s`` the
+    wall time (seconds) from the start of extraction to the end of the analysis; ``extra``
+    free-form facts (e.g. a rewiring method and seed)."""
+
+    source: str
+    sha256: str | None = None
+    size_bytes: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    runtime_s: float | None = None
+    graphnn_version: str = __version__
+    created: str = field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    )
+    python: str = field(default_factory=platform.python_version)
+    torch: str = field(default_factory=lambda: _torch_version())
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_path(cls, path: str | os.PathLike, **kwargs) -> "Provenance":
+        """Provenance of a checkpoint on disk (hashes it)."""
+        p = Path(path)
+        return cls(source=str(p), sha256=sha256_of(p), size_bytes=size_of(p), **kwargs)
+
+    def options_text(self) -> str:
+        """The options as compact JSON (stable key order), for display."""
+        return json.dumps(self.options, sort_keys=True, default=str)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
