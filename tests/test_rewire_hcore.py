@@ -182,15 +182,22 @@ def test_same_seed_same_result_and_scope_block_table():
     a, b, c = run(1, cores=cores), run(1, cores=cores), run(2, cores=cores)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    # a per-block table (scope="block"): each block reads its own numbers of its two partitions
-    rows = []
-    for blk in g.blocks.values():
-        for end in ("src", "dst"):
-            sub = cores[cores.layer == getattr(blk, end)].assign(block=blk.name)
-            rows.append(sub)
-    per_block = pd.concat(rows, ignore_index=True)
+    # a block-scope table: core_in for destinations, core_out for sources; with both equal to
+    # the network numbers the result is the same
+    per_block = cores.assign(core_in=cores.core, core_out=cores.core).drop(columns="core")
     d = run(1, scope="block", cores=per_block)
     assert all(torch.equal(x, y) for x, y in zip(a, d))
+    # different core_in / core_out: the entry (i, j) uses core_in[i] * core_out[j]
+    net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    g2, g2_sum = hcore_graphs(net)
+    rng = np.random.default_rng(0)
+    tab = random_cores(g2).assign(core_in=lambda d: rng.uniform(1, 2, len(d)),
+                                  core_out=lambda d: rng.uniform(3, 4, len(d))).drop(columns="core")
+    prod = endpoint_products(g2_sum, _core_vectors(tab, g2))["2.weight"][0]
+    blk = g2.blocks["2.weight"]
+    cin = tab[tab.layer == blk.dst].sort_values("neuron").core_in.to_numpy()
+    cout = tab[tab.layer == blk.src].sort_values("neuron").core_out.to_numpy()
+    np.testing.assert_allclose(prod.numpy(), np.outer(cin, cout), rtol=1e-12)
 
 
 def test_bad_inputs():
@@ -209,3 +216,32 @@ def test_bad_inputs():
         hcore_reinit_(net, cores=zero)
     with pytest.raises(TypeError, match="rewire_checkpoint"):
         hcore_reinit_(torch.zeros(3, 3))
+
+
+def test_with_graphnn_hypercore_on_a_pretrained_mlp():
+    """End to end: graphnn's weighted hypercore of a briefly trained MLP drives the factors."""
+    pytest.importorskip("graphnn.analyses.hypercore")
+    from sklearn.datasets import load_digits
+
+    from graphnn.rewire.hcore_init import compute_cores
+
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x[:400] / 16.0, dtype=torch.float32), torch.tensor(y[:400])
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    g, g_sum = hcore_graphs(net)
+    cores = compute_cores(g, "network")
+    assert (cores.core > 0).all()
+    prods = endpoint_products(g_sum, _core_vectors(cores, g))
+    hcore_reinit_(net, gamma=1.0, seed=4)
+    base = fresh_draws(nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10)), ["0.weight", "2.weight"], 4)
+    for name in ("0.weight", "2.weight"):
+        f = (prods[name][0] / prods[name][0].mean()) ** 0.5
+        scaled = base[name].double() * f
+        expected = scaled * (base[name].double().std() / scaled.std())
+        torch.testing.assert_close(net.get_parameter(name).detach().double(), expected, rtol=1e-5, atol=1e-7)

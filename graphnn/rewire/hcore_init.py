@@ -34,43 +34,39 @@ SCOPES = ("network", "block")
 
 
 def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.Tensor]:
-    """A lookup ``(block, "src"|"dst") -> float64 core vector`` from a hypercore table."""
-    need = {"layer", "neuron", "core"}
-    if not isinstance(cores, pd.DataFrame) or not need <= set(cores.columns):
+    """A lookup ``(block, "src"|"dst") -> float64 core vector`` from a hypercore table: either
+    ``layer, neuron, core`` (``scope="network"``) or ``layer, neuron, core_in, core_out``
+    (``scope="block"``: a block's destination neurons use ``core_in``, the numbers in the
+    block(s) entering them, and its source neurons ``core_out``, those in the block(s) leaving)."""
+    ok = isinstance(cores, pd.DataFrame) and {"layer", "neuron"} <= set(cores.columns) and (
+        "core" in cores.columns or {"core_in", "core_out"} <= set(cores.columns))
+    if not ok:
         raise ValueError(
-            "cores must be a DataFrame with columns layer, neuron, core (as graphnn.hypercore returns), "
-            f"got {type(cores).__name__}" + (f" with columns {list(cores.columns)}" if isinstance(cores, pd.DataFrame) else "")
+            "cores must be a DataFrame with columns layer, neuron, core (or core_in, core_out), as "
+            f"graphnn.hypercore returns, got {type(cores).__name__}"
+            + (f" with columns {list(cores.columns)}" if isinstance(cores, pd.DataFrame) else "")
         )
-    per_block = "block" in cores.columns
+    column = {"dst": "core", "src": "core"} if "core" in cores.columns else {"dst": "core_in", "src": "core_out"}
+    by_layer = {k: v for k, v in cores.groupby("layer", sort=False)}
+    cache: dict[tuple[str, str], torch.Tensor] = {}
 
-    def vector(rows: pd.DataFrame, partition: str, where: str) -> torch.Tensor:
+    def lookup(block, end: str) -> torch.Tensor:
+        partition, col = getattr(block, end), column[end]
+        if (partition, col) in cache:
+            return cache[partition, col]
+        rows = by_layer.get(partition, cores.iloc[:0])
         size = graph.partitions[partition].size
         if len(rows) != size or set(rows["neuron"].tolist()) != set(range(size)):
             raise ValueError(
-                f"the hypercore table has {len(rows)} rows for partition {partition!r}{where} but it has "
+                f"the hypercore table has {len(rows)} rows for partition {partition!r} but it has "
                 f"{size} neurons: pass cores computed on this model's graph"
             )
         out = np.empty(size, dtype=np.float64)
-        out[rows["neuron"].to_numpy(dtype=np.int64)] = rows["core"].to_numpy(dtype=np.float64)
+        out[rows["neuron"].to_numpy(dtype=np.int64)] = rows[col].to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.isfinite(out).all() or (out < 0).any():
-            raise ValueError(f"hypercore numbers of partition {partition!r} must be finite and >= 0")
-        return torch.from_numpy(out)
-
-    if not per_block:
-        by_layer = {k: v for k, v in cores.groupby("layer", sort=False)}
-        cache: dict[str, torch.Tensor] = {}
-
-        def lookup(block, end: str) -> torch.Tensor:
-            p = getattr(block, end)
-            if p not in cache:
-                cache[p] = vector(by_layer.get(p, cores.iloc[:0]), p, "")
-            return cache[p]
-    else:
-        by_pair = {k: v for k, v in cores.groupby(["block", "layer"], sort=False)}
-
-        def lookup(block, end: str) -> torch.Tensor:
-            p = getattr(block, end)
-            return vector(by_pair.get((block.name, p), cores.iloc[:0]), p, f" in block {block.name!r}")
+            raise ValueError(f"{col} of partition {partition!r} must be finite and >= 0 for block {block.name!r}")
+        cache[partition, col] = torch.from_numpy(out)
+        return cache[partition, col]
     return lookup
 
 
@@ -157,8 +153,8 @@ def compute_cores(graph, scope: str) -> pd.DataFrame:
     import graphnn
 
     hypercore = getattr(graphnn, "hypercore", None)
-    if hypercore is None:  # pragma: no cover - until the analyses land
-        raise NotImplementedError("graphnn.hypercore is not available; pass cores=... explicitly")
+    if hypercore is None:
+        from graphnn.analyses.hypercore import hypercore
     return hypercore(graph, scope=scope)
 
 
@@ -180,10 +176,12 @@ def hcore_reinit_(
     base_init : in-place initialiser called on each mapped weight (fan-in from its stored shape).
     seed : seeds torch's global RNG for the redraw (restored afterwards); ``None`` uses it as is.
     scope : ``"network"`` (hypercore of the whole graph) or ``"block"`` (each block on its own:
-        an entry uses the numbers of its neurons within its block).
+        an entry uses its destination neuron's number in the block(s) entering it and its
+        source neuron's number in the block(s) leaving it).
     conv : kernel aggregation of the graph the hypercore is computed on (``"l2"``, ``"l1"``).
-    cores : a precomputed hypercore table (columns ``layer, neuron, core`` [, ``block``]) for
-        this module's graph, instead of computing it.
+    cores : a precomputed hypercore table for this module's graph (``layer, neuron, core`` or
+        ``layer, neuron, core_in, core_out``, e.g. ``graphnn.hypercore(g, top=0.1)``), instead
+        of computing the weighted one.
 
     Every weight that :func:`graphnn.extract` maps is redrawn (its coverage table lists them);
     biases, norm parameters and buffers keep their values. The caller pre-trains and trains.
