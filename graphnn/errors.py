@@ -50,3 +50,7 @@ class NonFiniteWeightsWarning(UserWarning):
 
 class TopologyWarning(UserWarning):
     """The dataflow of a module could not be traced; a fallback ordering was used."""
+
+
+class RefusedOverwriteError(GraphnnError, FileExistsError):
+    """An output path is the input checkpoint (or already exists without ``overwrite=True``)."""

@@ -3,9 +3,11 @@ checkpoint: PA rewiring, strength-variance random search, rank matching and hype
 re-initialisation."""
 
 from ._targets import rewirable_weights
+from .checkpoint import rewire_checkpoint
 from .hcore_init import hcore_reinit_
 from .pa import pa_rewire_
 from .rank_match import rank_match_
 from .variance_search import min_strength_variance_search_
 
-__all__ = ["hcore_reinit_", "min_strength_variance_search_", "pa_rewire_", "rank_match_", "rewirable_weights"]
+__all__ = ["hcore_reinit_", "min_strength_variance_search_", "pa_rewire_", "rank_match_", "rewirable_weights",
+           "rewire_checkpoint"]

@@ -1,0 +1,189 @@
+"""rewire_checkpoint: same format, atomic, never onto the input, provenance beside the output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+import graphnn
+from graphnn.errors import RefusedOverwriteError
+from graphnn.rewire import pa_rewire_
+from graphnn.rewire.checkpoint import PROVENANCE_SUFFIX, rewire_checkpoint
+
+torch.set_num_threads(1)
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10),
+    )
+
+
+def sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(params=["safetensors", "pt"])
+def checkpoint(tmp_path, request):
+    net = make_net()
+    net(torch.randn(4, 3, 6, 6))  # BatchNorm running statistics
+    sd = net.state_dict()
+    path = tmp_path / f"model.{request.param}"
+    if request.param == "safetensors":
+        safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    else:
+        torch.save(sd, path)
+    return path, {k: v.clone() for k, v in sd.items()}
+
+
+WEIGHTS = ["0.weight", "3.weight", "7.weight"]
+
+
+@pytest.mark.parametrize("method", ["pa", "variance-search", "hcore"])
+def test_round_trip_loads_strictly_and_leaves_the_input_alone(checkpoint, method):
+    path, sd = checkpoint
+    digest = sha(path)
+    out = path.with_name("rewired" + path.suffix)
+    kwargs = {"trials": 3} if method == "variance-search" else {}
+    record = rewire_checkpoint(path, out, method=method, seed=3, **kwargs)
+    assert sha(path) == digest, "the input file's bytes are unchanged"
+    # same format: a safetensors file stays safetensors, a pickle stays a pickle
+    if path.suffix == ".safetensors":
+        loaded = safetensors.torch.load_file(out)
+    else:
+        loaded = torch.load(out, weights_only=True)
+    net = make_net()
+    net.load_state_dict(loaded, strict=True)
+    for k, v in sd.items():
+        if k in WEIGHTS:
+            assert not torch.equal(loaded[k], v), k
+            if method == "pa":
+                assert torch.equal(loaded[k].flatten().sort().values, v.flatten().sort().values)
+        else:
+            assert torch.equal(loaded[k], v), k
+    prov = json.loads(open(str(out) + PROVENANCE_SUFFIX).read())
+    assert prov == json.loads(json.dumps(record))
+    assert prov["method"] == method and prov["seed"] == 3 and prov["seed_source"] == "given"
+    assert prov["graphnn_version"] == graphnn.__version__
+    assert prov["input"]["sha256"] == digest
+    assert prov["output"]["sha256"] == sha(out)
+    changed = {t["name"]: t for t in prov["tensors"] if t["changed"]}
+    assert set(changed) == set(WEIGHTS)
+    for name, t in changed.items():
+        w = sd[name].reshape(sd[name].shape[0], -1).double()
+        j = 0.5 * (float(w.sum(1).var()) + float(w.sum(0).var()))
+        assert t["J_before"] == pytest.approx(j, rel=1e-9)
+        w2 = loaded[name].reshape(w.shape[0], -1).double()
+        assert t["J_after"] == pytest.approx(0.5 * (float(w2.sum(1).var()) + float(w2.sum(0).var())), rel=1e-9)
+    unchanged = [t for t in prov["tensors"] if not t["changed"]]
+    assert all(t["reason"] for t in unchanged)
+
+
+def test_pa_on_a_checkpoint_equals_pa_on_the_module(checkpoint):
+    path, sd = checkpoint
+    out = path.with_name("pa" + path.suffix)
+    rewire_checkpoint(path, out, method="pa", seed=11)
+    net = make_net()
+    net.load_state_dict(sd)
+    pa_rewire_(net, seed=11)
+    loaded = graphnn.extract.load_state_dict(out)
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_drawn_seed_is_recorded_and_reproduces(checkpoint):
+    path, _ = checkpoint
+    a = path.with_name("a" + path.suffix)
+    rec = rewire_checkpoint(path, a, method="pa", mode="fast")
+    assert rec["seed_source"] == "drawn" and isinstance(rec["seed"], int)
+    b = path.with_name("b" + path.suffix)
+    rewire_checkpoint(path, b, method="pa", mode="fast", seed=rec["seed"])
+    la, lb = graphnn.extract.load_state_dict(a), graphnn.extract.load_state_dict(b)
+    assert all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_refuses_to_overwrite_the_input(checkpoint):
+    path, _ = checkpoint
+    digest = sha(path)
+    with pytest.raises(RefusedOverwriteError, match="never overwrites its input"):
+        rewire_checkpoint(path, path, seed=1)
+    with pytest.raises(RefusedOverwriteError, match="never overwrites its input"):
+        rewire_checkpoint(path, path.parent / "." / path.name, seed=1)
+    link = path.with_name("hardlink" + path.suffix)
+    os.link(path, link)
+    with pytest.raises(RefusedOverwriteError, match="never overwrites its input"):
+        rewire_checkpoint(path, link, seed=1, overwrite=True)
+    sym = path.with_name("symlink" + path.suffix)
+    sym.symlink_to(path)
+    with pytest.raises(RefusedOverwriteError):
+        rewire_checkpoint(path, sym, seed=1, overwrite=True)
+    assert sha(path) == digest
+
+
+def test_existing_output_needs_overwrite_and_formats_must_match(checkpoint):
+    path, _ = checkpoint
+    out = path.with_name("out" + path.suffix)
+    rewire_checkpoint(path, out, seed=1)
+    with pytest.raises(RefusedOverwriteError, match="overwrite=True"):
+        rewire_checkpoint(path, out, seed=2)
+    rewire_checkpoint(path, out, seed=2, overwrite=True)
+    other = ".pt" if path.suffix == ".safetensors" else ".safetensors"
+    with pytest.raises(ValueError, match="same format"):
+        rewire_checkpoint(path, path.with_name("x" + other), seed=1)
+    with pytest.raises(ValueError, match="method must be"):
+        rewire_checkpoint(path, path.with_name("y" + path.suffix), method="shuffle")
+
+
+@pytest.mark.parametrize("fail_at", ["checkpoint", "provenance"])
+def test_interrupted_write_leaves_no_partial_output(checkpoint, monkeypatch, fail_at):
+    path, _ = checkpoint
+    out = path.with_name("broken" + path.suffix)
+    before = sorted(p.name for p in path.parent.iterdir())
+    if fail_at == "checkpoint":
+        real_save_file, real_torch_save = safetensors.torch.save_file, torch.save
+
+        def half_then_fail(obj, f, *a, **k):
+            with open(f, "wb") as fh:
+                fh.write(b"\x00" * 100)  # a partial file on disk, then the crash
+            raise OSError("disk full (simulated)")
+
+        monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+        monkeypatch.setattr(torch, "save", half_then_fail)
+    else:
+        real_dump = json.dump
+
+        def fail_dump(obj, fh, *a, **k):
+            fh.write('{"schema": ')
+            raise OSError("disk full (simulated)")
+
+        monkeypatch.setattr(json, "dump", fail_dump)
+    with pytest.raises(OSError, match="simulated"):
+        rewire_checkpoint(path, out, seed=1)
+    assert sorted(p.name for p in path.parent.iterdir()) == before, "no output, no temporary file left"
+
+
+def test_include_exclude_and_embedding_default(tmp_path):
+    sd = {"embed.weight": torch.randn(50, 8), "fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(4),
+          "head.weight": torch.randn(3, 4)}
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file(sd, path)
+    rec = rewire_checkpoint(path, tmp_path / "o.safetensors", seed=0)
+    changed = {t["name"] for t in rec["tensors"] if t["changed"]}
+    assert changed == {"fc.weight", "head.weight"}, "embedding tables are left alone by default"
+    reasons = {t["name"]: t.get("reason", "") for t in rec["tensors"]}
+    assert "include" in reasons["embed.weight"]
+    rec = rewire_checkpoint(path, tmp_path / "o2.safetensors", seed=0, include="*embed*", exclude=None)
+    assert {t["name"] for t in rec["tensors"] if t["changed"]} == {"embed.weight"}
+    rec = rewire_checkpoint(path, tmp_path / "o3.safetensors", seed=0, exclude="head.*")
+    assert {t["name"] for t in rec["tensors"] if t["changed"]} == {"fc.weight"}
+    with pytest.raises(ValueError, match="no tensor of the checkpoint"):
+        rewire_checkpoint(path, tmp_path / "o4.safetensors", seed=0, include="nothing*")
