@@ -19,6 +19,20 @@ INITIALISERS = {
 }
 
 
+def init_function(scheme: str):
+    """``scheme`` as a one-argument in-place initialiser ``f(tensor)`` drawing from torch's global
+    RNG (the form graphnn.rewire's ``init=`` / ``base_init=`` arguments take)."""
+    if scheme not in INITIALISERS:
+        raise ValueError(f"unknown initialiser {scheme!r}: use one of {sorted(INITIALISERS)}")
+    fill = INITIALISERS[scheme]
+
+    def init(tensor):
+        return fill(tensor, None)
+
+    init.__name__ = f"{scheme}_"
+    return init
+
+
 def weight_modules(model: nn.Module) -> list[nn.Module]:
     """The Linear and Conv modules of ``model`` in registration order."""
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
