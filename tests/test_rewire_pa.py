@@ -144,6 +144,26 @@ def test_torch_race_pass_keeps_rows_on_cpu():
     assert torch.equal(full.flatten(1).sort(dim=1).values, m.flatten(1).sort(dim=1).values)
 
 
+def test_torch_code_path_end_to_end_on_cpu(monkeypatch):
+    """pa_rewire_ through the torch backend (the one CUDA tensors take), forced on the CPU."""
+    monkeypatch.setattr(pa_mod, "_TORCH_ON_CPU", True)
+    net = small_net()
+    before = state(net)
+    pa_rewire_(net, seed=3, mode="fast")
+    after = state(net)
+    again = small_net()
+    pa_rewire_(again, seed=3, mode="fast")
+    for name in rewirable_weights(net):
+        assert torch.equal(after[name].flatten().sort().values, before[name].flatten().sort().values)
+        assert not torch.equal(after[name], before[name])
+        assert torch.equal(again.state_dict()[name], after[name]), "seeded torch generator"
+    w = uniform_init((256, 256), 1)
+    vr0, vc0 = row_col_var(w)
+    pa_rewire_(w, seed=1, mode="fast")
+    vr, vc = row_col_var(w)
+    assert vr < vr0 / 8 and vc < vc0 / 8
+
+
 def test_conv_transpose_rows_are_output_channels():
     """Oracle: the weight entries feeding output channel o are those with a gradient from y[:, o]."""
     conv = nn.ConvTranspose2d(4, 6, 3, groups=2)

@@ -117,7 +117,7 @@ def reinit_tensors_(
                         f"{name}: every neuron it joins has hypercore number 0 (all-zero weights?); "
                         "pre-train the model first, or use gamma=0"
                     )
-                f = (prod / mean) ** (gamma / 2)
+                f = ((prod / mean) ** (gamma / 2)).to(w.device)
                 draw = w.detach().to(torch.float64)
                 std0 = draw.std()
                 scaled = draw * f

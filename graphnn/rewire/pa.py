@@ -49,6 +49,8 @@ MODES = ("faithful", "fast")
 _DRAW_BUDGET = 1 << 22
 #: Entries of stacked unit matrices processed together (fast mode).
 _BATCH_BUDGET = 1 << 25
+#: Run CPU tensors through the torch (CUDA) code path too; for tests of that path without a GPU.
+_TORCH_ON_CPU = False
 
 
 def _check_seed(seed) -> int | None:
@@ -162,7 +164,7 @@ def _rewire_fast_(targets: list[WeightTarget], seed: int | None, device) -> None
         per_batch = max(1, _BATCH_BUDGET // (shape[0] * shape[1]))
         for i in range(0, len(members), per_batch):
             batch = members[i : i + per_batch]
-            if torch.device(dev).type == "cpu":
+            if torch.device(dev).type == "cpu" and not _TORCH_ON_CPU:
                 work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
                 m = np.stack([u.detach().to("cpu", work).numpy() for _, u in batch])
                 out = torch.from_numpy(_two_passes_numpy_(m, rng))
