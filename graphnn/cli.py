@@ -26,6 +26,7 @@ from .errors import (
     CheckpointNotFoundError,
     GraphnnError,
     NothingMappableError,
+    RefusedOverwriteError,
     UnsafeCheckpointError,
 )
 
@@ -33,14 +34,15 @@ from .errors import (
 EXIT_CODES = {
     0: "success",
     1: "runtime failure (corrupt or unreadable checkpoint, failed analysis, ...)",
-    2: "usage error (bad option or argument, checkpoint path that does not exist)",
+    2: "usage error (bad option or argument, checkpoint path that does not exist, output that would "
+       "overwrite the input or an existing file)",
     3: "unsafe checkpoint refused: a pickle that weights_only=True will not load; rerun with "
        "--trust-checkpoint only for files you trust",
     4: "nothing mappable: no parameter of the checkpoint could become a graph block",
 }
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNSAFE, EXIT_NOTHING = 0, 1, 2, 3, 4
 
-_EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+_EXIT_HELP = "Exit codes:\n\n\b\n" + "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items())
 _SCHEMA_VERSION = 1
 
 log = logging.getLogger("graphnn.cli")
@@ -82,7 +84,7 @@ Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors on stderr.")]
 Verbose = Annotated[int, typer.Option(
-    "--verbose", "-v", count=True, help="More detail on stderr (timings, every step).")]
+    "--verbose", "-v", count=True, show_default=False, help="More detail on stderr (timings, every step).")]
 
 
 def _version_callback(value: bool) -> None:
@@ -168,7 +170,7 @@ class _Session:
             code = EXIT_UNSAFE
         elif isinstance(e, NothingMappableError):
             code = EXIT_NOTHING
-        elif isinstance(e, CheckpointNotFoundError):
+        elif isinstance(e, (CheckpointNotFoundError, RefusedOverwriteError)):
             code = EXIT_USAGE
         else:
             code = EXIT_FAILURE
@@ -535,20 +537,33 @@ def compare(
 def rewire(
     ckpt: Checkpoint,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Rewired checkpoint to write (same format as the input).", show_default=False)],
+        "--output", "-o", help="Rewired checkpoint to write (same format as the input); a JSON provenance "
+                               "record is written beside it as <output>.provenance.json.", show_default=False)],
     method: Annotated[Literal["pa", "variance-search", "hcore"], typer.Option(
         "--method", "-m", help="pa: preferential-attachment rewiring (Scabini et al.); variance-search: "
-                               "lowest strength variance of N redraws; hcore: hypercore-guided re-init.")] = "pa",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (recorded in the provenance file).")] = 0,
+                               "the lowest-strength-variance of --trials redraws; hcore: hypercore-guided "
+                               "re-initialisation.")] = "pa",
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", min=0, help="Random seed; without it one is drawn, and either way it is recorded in the "
+                              "provenance file.", show_default=False)] = None,
+    mode: Annotated[Literal["faithful", "fast"], typer.Option(
+        "--mode", help="PA rewiring: faithful (the authors' numpy sampler) or fast (batched, same "
+                       "distribution).")] = "faithful",
+    trials: Annotated[int, typer.Option("--trials", min=1, help="variance-search: number of redraws.")] = 100,
+    gamma: Annotated[float, typer.Option("--gamma", help="hcore: strength of the hypercore bias (0 = plain "
+                                                         "initialiser).")] = 1.0,
+    include: Include = None,
+    exclude: Exclude = None,
     report_path: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write a before/after HTML report to this file.", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
     device: Device = "auto",
     trust_checkpoint: Trust = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
-    """Re-initialise a checkpoint's weights by rewiring and write a new checkpoint plus a JSON
-    provenance record beside it; prints the written paths on stdout."""
+    """Re-initialise a checkpoint's weights (PA rewiring, variance search or hypercore-guided) and
+    write a new checkpoint plus a JSON provenance record; prints the written paths on stdout."""
     s = _Session(quiet, verbose)
     if report_path is not None:
         _check_html_path(report_path)
@@ -556,29 +571,39 @@ def rewire(
         from .rewire import rewire_checkpoint
 
         _check_device(device)
-        if output.exists() and ckpt.exists() and output.resolve() == ckpt.resolve():
-            raise typer.BadParameter("the output would overwrite the input checkpoint: choose another -o path",
-                                     param_hint="--output")
         t = time.perf_counter()
         s.progress("rewire", 0, 1)
-        kwargs = {"method": method, "seed": seed}
-        if trust_checkpoint:
-            kwargs["trust"] = True
-        result = rewire_checkpoint(ckpt, output, **kwargs)
+        kwargs: dict[str, Any] = {"method": method, "seed": seed, "device": device, "trust": trust_checkpoint,
+                                  "overwrite": overwrite}
+        if method == "pa":
+            kwargs["mode"] = mode
+        if method == "variance-search":
+            kwargs["trials"] = trials
+        if method == "hcore":
+            kwargs["gamma"] = gamma
+        if include:
+            kwargs["include"] = list(include)
+        if exclude:
+            kwargs["exclude"] = list(exclude)
+        record = rewire_checkpoint(ckpt, output, **kwargs)
         s.progress("rewire", 1, 1)
-        log.info("rewired %s -> %s with %s, seed %d (%.2f s)", ckpt, output, method, seed, time.perf_counter() - t)
+        used_seed = record.get("seed", seed) if isinstance(record, dict) else seed
+        log.info("rewired %s -> %s with %s, seed %s (%.2f s)", ckpt, output, method, used_seed,
+                 time.perf_counter() - t)
         typer.echo(str(output))
-        prov = _provenance_path(output, result)
-        if prov is not None:
+        prov = Path(str(output) + ".provenance.json")
+        if prov.exists():
             typer.echo(str(prov))
         if report_path is not None:
-            from .report.pipeline import analyse_file, write_comparison
+            from .report.pipeline import analyse_file, extract_options, write_comparison
 
-            ex = _extract_kwargs(None, None, "l2", trust_checkpoint, False)
+            ex = extract_options(trust=trust_checkpoint)
             before = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
             after = analyse_file(output, extract=ex, device=device, progress=s.progress)
-            extra = [("method", method), ("seed", str(seed))]
-            if prov is not None:
+            extra = [("method", method), ("seed", str(used_seed))]
+            if isinstance(record, dict) and record.get("options"):
+                extra.append(("rewiring options", json.dumps(_clean(record["options"]), sort_keys=True)))
+            if prov.exists():
                 extra.append(("provenance record", str(prov)))
             write_comparison({"before": before, "after": after}, report_path, mode="rewire", extra=extra,
                              title=f"graphnn rewiring report: {method} on {ckpt.name}")
@@ -626,20 +651,6 @@ def _check_html_path(path: Path) -> None:
     if path.suffix.lower() not in (".html", ".htm"):
         raise typer.BadParameter(f"the report is HTML: give a file name ending in .html, not {path.name!r}",
                                  param_hint="--output")
-
-
-def _provenance_path(output: Path, result: Any) -> Path | None:
-    for attr in ("provenance_path", "provenance"):
-        v = getattr(result, attr, None)
-        if isinstance(v, (str, os.PathLike)) and Path(v).exists():
-            return Path(v)
-    if isinstance(result, dict):
-        for key in ("provenance_path", "provenance"):
-            v = result.get(key)
-            if isinstance(v, (str, os.PathLike)) and Path(v).exists():
-                return Path(v)
-    candidates = sorted(output.parent.glob(output.name + "*.json"))
-    return candidates[0] if candidates else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,11 +15,13 @@ import io
 from typing import Mapping, Sequence
 
 import contextlib
+import warnings
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -134,8 +136,13 @@ def _figure_legend(fig: Figure, axes) -> None:
 
 @contextlib.contextmanager
 def _style():
-    """Seaborn's style and our font sizes, restored afterwards (no global side effects)."""
-    with sns.axes_style(_STYLE), matplotlib.rc_context(_RC):
+    """Seaborn's style and our font sizes, restored afterwards (no global side effects).
+    Deprecation notices that seaborn triggers inside matplotlib are not the user's concern and
+    are silenced here only."""
+    with sns.axes_style(_STYLE), matplotlib.rc_context(_RC), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=MatplotlibDeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="seaborn")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="seaborn")
         yield
 
 

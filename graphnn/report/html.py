@@ -137,13 +137,36 @@ def _layer_table(analysis, graph) -> dict:
 
 
 def _blocks_table(analysis) -> dict:
+    """One row per weight tensor: name, the layers it joins, shape, edges, kind, aggregation,
+    J and mean |w| (whichever of these the analysis has)."""
     b = analysis.blocks
-    cols = [c for c in ("src", "dst", "n_dst", "n_src", "edges", "kind", "aggregation", "J", "mean_abs_weight")
-            if c in b.columns]
-    rows = [{"block": str(r["block"]), "cells": [fmt(r[c]) if c not in ("aggregation",) else (r[c] or "\u2013")
-                                                  for c in cols]} for r in b.to_dict("records")]
-    return {"columns": [{"key": c, "header": {"n_dst": "n dst", "n_src": "n src", "mean_abs_weight": "mean |w|"}.get(c, c),
-                         "help": describe_column(c)} for c in cols], "rows": rows}
+    cols: list[dict] = []
+    if _has(b, "src", "dst"):
+        cols.append({"key": "from_to", "header": "from \u2192 to", "help": "source layer \u2192 destination layer",
+                     "cls": "fed"})
+    if _has(b, "n_dst", "n_src"):
+        cols.append({"key": "shape", "header": "n dst \u00d7 n src", "help": "block shape (destination x source neurons)",
+                     "cls": "num"})
+    for key, header, cls in (("edges", "edges", "num"), ("kind", "kind", ""), ("aggregation", "aggregation", ""),
+                             ("J", "J", "num"), ("mean_abs_weight", "mean |w|", "num")):
+        if key in b.columns:
+            cols.append({"key": key, "header": header, "help": describe_column(key), "cls": cls})
+    rows = []
+    for r in b.to_dict("records"):
+        cells = []
+        for c in cols:
+            if c["key"] == "from_to":
+                text = f"{r['src']} \u2192 {r['dst']}"
+            elif c["key"] == "shape":
+                text = f"{fmt(r['n_dst'])} \u00d7 {fmt(r['n_src'])}"
+            elif c["key"] in ("kind", "aggregation"):
+                v = r[c["key"]]
+                text = "\u2013" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
+            else:
+                text = fmt(r[c["key"]])
+            cells.append({"text": text, "cls": c["cls"]})
+        rows.append({"block": str(r["block"]), "cells": cells})
+    return {"columns": cols, "rows": rows}
 
 
 def _coverage(graph) -> dict | None:
@@ -325,10 +348,12 @@ def render_comparison(
                                 "(Scabini et al.); PA rewiring lowers it while keeping every weight value."})
         jt = compare_blocks(analyses, "J")
         blocks_table = {
-            "columns": [{"key": lab, "header": f"J {lab}", "help": describe_column("J")} for lab in labels]
-            + [{"key": "rel_change", "header": "change", "help": "relative change of J, last vs first"}],
+            "columns": [{"key": lab, "header": f"J {lab}", "help": describe_column("J"), "cls": "num"}
+                        for lab in labels]
+            + [{"key": "rel_change", "header": "change", "help": "relative change of J, last vs first", "cls": "num"}],
             "rows": [{"block": str(r["block"]),
-                      "cells": [fmt(r[lab]) for lab in labels] + [_signed_pct(r["rel_change"])]}
+                      "cells": [{"text": fmt(r[lab]), "cls": "num"} for lab in labels]
+                      + [{"text": _signed_pct(r["rel_change"]), "cls": "num"}]}
                      for r in jt.to_dict("records")],
         }
     else:

@@ -74,8 +74,10 @@ class Provenance:
         return cls(source=str(p), sha256=sha256_of(p), size_bytes=size_of(p), **kwargs)
 
     def options_text(self) -> str:
-        """The options as compact JSON (stable key order), for display."""
-        return json.dumps(self.options, sort_keys=True, default=str)
+        """The options for display: ``key = value`` pairs in a stable order, values as JSON;
+        options left at ``None`` are omitted."""
+        items = sorted((k, v) for k, v in self.options.items() if v is not None)
+        return ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in items) or "(defaults)"
 
 
 def _torch_version() -> str:
