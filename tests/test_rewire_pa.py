@@ -344,6 +344,10 @@ def test_bad_inputs_raise_clear_errors():
         pa_rewire_(w, include="*")
     with pytest.raises(TypeError, match="Module or a torch.Tensor"):
         pa_rewire_([[1.0, 2.0]])
+    bad = w.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        pa_rewire_(bad)
     with pytest.raises(ValueError, match="forward pass"):
         pa_rewire_(nn.LazyLinear(3))
     if not torch.cuda.is_available():

@@ -3,9 +3,10 @@
 Default selection (as the PA-rewiring authors' loop over ``Conv2d``/``Linear`` modules, widened to
 every ``ConvNd``): the ``.weight`` of each ``nn.Linear`` (and subclasses, e.g. attention's
 ``out_proj``), ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` module. Never biases, norm
-parameters or buffers. ``include`` globs (``fnmatch`` on fully qualified parameter names) widen the
-selection to *any* parameter with >= 2 dims that matches (e.g. ``"*in_proj_weight"``,
-``"*embed*.weight"``); ``exclude`` globs then remove names. Buffers are never candidates.
+parameters or buffers. ``include`` globs (``fnmatch`` on fully qualified parameter names) replace
+the default selection by *every* parameter with >= 2 dims that matches, whatever its module (e.g.
+``"*in_proj_weight"``, ``"*embed*.weight"``; ``["*"]`` for all), except normalisation parameters;
+``exclude`` globs then remove names. Buffers are never candidates.
 
 Unit view: every target is seen as a matrix ``M`` of shape ``(n_out, numel / n_out)`` whose rows
 are output units (Scabini et al.'s flattening). For Linear and ConvNd weights this is the stored

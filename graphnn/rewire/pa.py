@@ -208,6 +208,12 @@ def rewire_targets_(targets: list[WeightTarget], seed=None, mode: str = "faithfu
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     device = _check_device(device, mode)
+    for tg in targets:
+        if not bool(torch.isfinite(tg.tensor.detach()).all()):
+            raise ValueError(
+                f"{tg.name} has NaN/Inf weights: PA rewiring needs finite weights (initialise the "
+                "layer first, or exclude it with exclude=...)"
+            )
     if mode == "faithful":
         for tg in targets:
             _rewire_faithful_(tg, seed)
@@ -235,7 +241,8 @@ def pa_rewire_(
     mode : ``"faithful"`` (numpy, the authors' random stream) or ``"fast"`` (exponential race,
         same distribution, different draws, batched; CUDA capable). See the module docstring.
     include, exclude : ``fnmatch`` globs on fully qualified parameter names (modules only).
-        ``include`` widens the selection to any >= 2-D parameter that matches.
+        ``include`` replaces the default selection by the >= 2-D parameters it matches (any
+        module but norm layers, e.g. ``"*in_proj_weight"``); ``exclude`` removes names.
     device : ``"auto"`` (where each tensor lives), ``"cpu"`` or ``"cuda[:i]"``; ``fast`` only.
 
     The values of every rewired tensor are a permutation of its values before (sorted values are
