@@ -52,5 +52,13 @@ class TopologyWarning(UserWarning):
     """The dataflow of a module could not be traced; a fallback ordering was used."""
 
 
+class NonFiniteWeightsError(GraphnnError, ValueError):
+    """An analysis that needs finite weights (eigenvector centrality, hypercores) met NaN/Inf."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before reaching its tolerance; the result is an estimate."""
+
+
 class RefusedOverwriteError(GraphnnError, FileExistsError):
     """An output path is the input checkpoint (or already exists without ``overwrite=True``)."""

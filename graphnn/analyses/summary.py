@@ -1,0 +1,182 @@
+"""``analyse``: strength, strength variance, eigenvector centrality and hypercores in one call,
+reading every block once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..graph import Block, LayeredGraph
+from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
+                      signed_and_abs_sums)
+from .centrality import check_options, leading_eigenvector
+from .hypercore import _weighting, as_integers, cores_on
+from .strength import (STATS, add_block_sums, block_tensor, describe, neuron_frame, tensor_strength_variance,
+                       unbiased_var)
+
+#: Statistics of the per-layer table, in column order.
+LAYER_STATS = STATS + ("max",)
+_BLOCK_COLUMNS = ["block", "param", "src", "dst", "n_dst", "n_src", "edges", "kind", "aggregation",
+                  "J", "var_rows", "var_cols", "mean_abs_weight"]
+
+
+@dataclass
+class Analysis:
+    """Everything :func:`analyse` computed.
+
+    ``neurons``: one row per neuron, ``layer, neuron, in_strength, out_strength, strength``
+    (total), ``abs_strength`` (total of |w|) when strength is on, ``centrality`` when centrality
+    is on, ``core`` when cores are on (``core_in``/``core_out`` for ``core_scope="block"``).
+    ``layers``: one row per partition, ``layer, size, kind``, then ``<metric>_<stat>`` for each
+    neuron metric and the stats ``mean, var, std, cv, max`` (unbiased var; cv = std / |mean|).
+    ``blocks``: one row per block, ``block, param, src, dst, n_dst, n_src, edges, kind,
+    aggregation, J, var_rows, var_cols`` (Scabini et al.'s tensor view, see
+    :func:`graphnn.analyses.strength.block_tensor`) and ``mean_abs_weight`` (over structural
+    edges). ``centrality_info``: eigenvalue, iterations, converged, residual, solver, normalise.
+    ``options``: the options used. ``runtime_s``: wall time; ``timings``: seconds per step.
+    """
+
+    neurons: pd.DataFrame
+    layers: pd.DataFrame
+    blocks: pd.DataFrame
+    centrality_info: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    runtime_s: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Analysis({len(self.layers)} layers, {len(self.neurons)} neurons, {len(self.blocks)} blocks, "
+                f"columns={list(self.neurons.columns[2:])}, {self.runtime_s:.2f} s)")
+
+
+def analyse(
+    g: LayeredGraph,
+    *,
+    strength: bool = True,
+    centrality: bool = True,
+    core: bool = True,
+    normalise: str = "l2",
+    tol: float | None = None,
+    max_iter: int = 10_000,
+    core_scope: str = "network",
+    core_threshold: float | None = None,
+    core_top: float | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Analysis:
+    """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
+    numbers of ``g``, reading every block's matrix once. Returns an :class:`Analysis`.
+
+    ``strength``/``centrality``/``core`` switch the parts (the block table is always made).
+    ``normalise``, ``tol``, ``max_iter`` are those of :func:`graphnn.eigenvector_centrality`;
+    ``core_scope``, ``core_threshold``, ``core_top`` are :func:`graphnn.hypercore`'s ``scope``,
+    ``threshold`` and ``top``. ``progress(step, done, total)`` is called as the steps ``load``,
+    ``centrality`` and ``hypercore`` advance.
+    """
+    t_start = time.perf_counter()
+    check_options(normalise, "auto", max_iter)
+    if core_scope not in ("network", "block"):
+        raise ValueError(f"core_scope={core_scope!r}: use 'network' or 'block'")
+    weighting = _weighting(g, core_threshold, core_top) if core else Weighting()
+    dev = resolve_device(device)
+    dt = resolve_dtype(g.num_edges, dtype)
+    options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise,
+               "tol": tol, "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold,
+               "core_top": core_top, "dtype": str(dt).replace("torch.", ""), "device": str(dev)}
+    timings: dict[str, float] = {}
+
+    n = g.num_nodes
+    sums = {k: np.zeros(n) for k in ("in", "out", "abs_in", "abs_out")}
+    block_recs: list[dict[str, Any]] = []
+
+    t0 = time.perf_counter()
+    cen_blocks: list[AbsBlock] = []
+    core_blocks: list[AbsBlock] = []
+    todo = list(g.blocks.values())
+    for i, b in enumerate(todo):
+        if progress:
+            progress("load", i, len(todo))
+        w = masked(b, b.matrix())
+        rows, cols, arows, acols = signed_and_abs_sums(w)
+        add_block_sums(g, b, rows, cols, sums["in"], sums["out"])
+        add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])
+        block_recs.append(_block_record(b, rows, cols, arows))
+        if centrality or (core and not weighting.integral):
+            ab = AbsBlock(b, w, Weighting(), dt, dev)
+            ab.set_abs_sums(arows, acols)
+            if centrality:
+                cen_blocks.append(ab)
+            if core and not weighting.integral:
+                core_blocks.append(ab)
+        if core and weighting.integral:
+            core_blocks.append(AbsBlock(b, w, weighting, dt, dev))
+        del w
+    if progress:
+        progress("load", len(todo), len(todo))
+    timings["load_and_strength"] = time.perf_counter() - t0
+
+    columns: dict[str, np.ndarray] = {}
+    if strength:
+        columns["in_strength"] = sums["in"]
+        columns["out_strength"] = sums["out"]
+        columns["strength"] = sums["in"] + sums["out"]
+        columns["abs_strength"] = sums["abs_in"] + sums["abs_out"]
+
+    centrality_info: dict[str, Any] = {}
+    if centrality:
+        t0 = time.perf_counter()
+        if progress:
+            progress("centrality", 0, 1)
+        space = NodeSpace.of_graph(g)
+        x, centrality_info = leading_eigenvector(space.n, place(space, cen_blocks), normalise=normalise, tol=tol,
+                                                 max_iter=max_iter, device=dev, dtype=dt)
+        del cen_blocks
+        columns["centrality"] = x
+        if progress:
+            progress("centrality", 1, 1)
+        timings["centrality"] = time.perf_counter() - t0
+    if core:
+        t0 = time.perf_counter()
+        core_cols = cores_on(g, core_blocks, core_scope, dev, progress=progress)
+        columns.update(as_integers(core_cols) if weighting.integral else core_cols)
+        timings["hypercore"] = time.perf_counter() - t0
+    del core_blocks
+
+    neurons = neuron_frame(g, columns)
+    layers = _layer_table(g, neurons, [c for c in columns])
+    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS)
+    return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
+                    options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+
+
+def _layer_table(g: LayeredGraph, neurons: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    recs = []
+    for name, p in g.partitions.items():
+        o = g.offset(name)
+        rec: dict[str, Any] = {"layer": name, "size": p.size, "kind": p.kind}
+        for m in metrics:
+            values = neurons[m].to_numpy(dtype=np.float64, na_value=np.nan)[o:o + p.size]
+            values = values[~np.isnan(values)]
+            stats = describe(values) if values.size else dict.fromkeys(LAYER_STATS, float("nan"))
+            rec.update({f"{m}_{s}": stats[s] for s in LAYER_STATS})
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def _block_record(b: Block, rows: torch.Tensor, cols: torch.Tensor, abs_rows: torch.Tensor) -> dict[str, Any]:
+    """One row of the block table from the block's signed and |w| row/column sums."""
+    if b.aggregation is None:  # the tensor view is this matrix: reuse its sums
+        vr, vc = unbiased_var(rows.cpu().numpy()), unbiased_var(cols.cpu().numpy())
+        j = 0.5 * (vr + vc)
+    else:
+        j, vr, vc = tensor_strength_variance(block_tensor(b))
+    return {"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
+            "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind, "aggregation": b.aggregation,
+            "J": j, "var_rows": vr, "var_cols": vc,
+            "mean_abs_weight": float(abs_rows.sum()) / b.num_edges if b.num_edges else float("nan")}

@@ -1,0 +1,180 @@
+"""Eigenvector centrality against networkx, igraph and a dense eigendecomposition."""
+
+import warnings
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import graphnn
+from graphnn.errors import ConvergenceWarning, NonFiniteWeightsError
+from random_graphs import dense_abs_adjacency, layered_graphs, make_graph, random_mlp
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+def _spectrum(g):
+    vals, vecs = np.linalg.eigh(dense_abs_adjacency(g))
+    return vals, vecs
+
+
+def _connected(g):
+    a = dense_abs_adjacency(g)
+    return nx.is_connected(nx.from_numpy_array(a)) if len(a) > 1 else True
+
+
+def _dense_oracle(g):
+    """Projection of the all-ones vector on the top eigenspace of the dense |w| adjacency."""
+    vals, vecs = _spectrum(g)
+    top = vals[-1]
+    space = vecs[:, vals >= top - 1e-9 * max(abs(top), 1.0)]
+    x = space @ (space.T @ np.ones(len(vals)))
+    return x / np.linalg.norm(x), top
+
+
+def _gap(g):
+    vals, _ = _spectrum(g)
+    return (vals[-1] - vals[-2]) / max(vals[-1], 1e-300) if len(vals) > 1 else 1.0
+
+
+@SETTINGS
+@given(layered_graphs(self_loops=False, positive=True, max_nodes=16, max_size=5))
+def test_equals_networkx_on_connected_graphs(g):
+    assume(_connected(g) and _gap(g) > 1e-3)
+    got = graphnn.eigenvector_centrality(g, solver="arpack" if g.num_nodes > 3 else "auto")
+    assert got.attrs["converged"]
+    G = g.to_networkx(weight="abs")
+    ref = nx.eigenvector_centrality(G, weight="weight", max_iter=100_000, tol=1e-13)
+    expected = np.array([ref[n] for n in g.nodes()])
+    np.testing.assert_allclose(got["centrality"].to_numpy(), expected, atol=1e-6)
+    assert np.linalg.norm(got["centrality"]) == pytest.approx(1.0, abs=1e-12)
+
+
+@SETTINGS
+@given(layered_graphs(positive=True, max_nodes=16, max_size=5))
+def test_equals_igraph_on_connected_graphs_including_self_loops(g):
+    assume(_connected(g) and _gap(g) > 1e-6)
+    got = graphnn.eigenvector_centrality(g, normalise="max")["centrality"].to_numpy()
+    ref = np.array(g.to_igraph(weight="abs").eigenvector_centrality(weights="weight"))
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert got.max() == pytest.approx(1.0, abs=1e-15)
+
+
+@SETTINGS
+@given(layered_graphs(max_nodes=16, max_size=5), st.sampled_from(["arpack", "lanczos", "dense"]))
+def test_every_solver_equals_the_dense_eigendecomposition(g, solver):
+    """Any graph (zero weights, disconnected pieces, self-loops, parallel and grouped blocks)."""
+    a = dense_abs_adjacency(g)
+    assume(a.any())
+    vals, _ = _spectrum(g)
+    distinct = vals[vals < vals[-1] - 1e-9 * vals[-1]]
+    assume(distinct.size == 0 or (vals[-1] - distinct[-1]) / vals[-1] > 1e-4)  # well separated
+    got = graphnn.eigenvector_centrality(g, solver=solver)
+    x, top = _dense_oracle(g)
+    assert got.attrs["converged"]
+    assert got.attrs["eigenvalue"] == pytest.approx(top, rel=1e-9)
+    np.testing.assert_allclose(got["centrality"].to_numpy(), x, atol=1e-7)
+    assert (got["centrality"] >= 0).all()
+
+
+def test_bipartite_graph_takes_the_largest_algebraic_eigenvalue():
+    g = random_mlp([30, 20, 10], seed=3)
+    vals, _ = _spectrum(g)
+    assert vals[0] == pytest.approx(-vals[-1])  # symmetric spectrum: +-lambda
+    got = graphnn.eigenvector_centrality(g)
+    assert got.attrs["eigenvalue"] == pytest.approx(vals[-1], rel=1e-10)
+    np.testing.assert_allclose(got["centrality"], _dense_oracle(g)[0], atol=1e-9)
+
+
+def test_disconnected_graph_puts_the_vector_on_the_strongest_component():
+    strong = torch.rand(4, 5, generator=torch.Generator().manual_seed(0)) + 1.0
+    weak = torch.rand(3, 3, generator=torch.Generator().manual_seed(1)) * 0.1
+    g = make_graph([5, 4, 3, 3], [("s", 0, 1, strong, 1), ("w", 2, 3, weak, 1)])
+    c = graphnn.eigenvector_centrality(g)["centrality"].to_numpy()
+    np.testing.assert_allclose(c[9:], 0.0, atol=1e-12)
+    np.testing.assert_allclose(c, _dense_oracle(g)[0], atol=1e-9)
+    ref = nx.eigenvector_centrality(g.to_networkx(weight="abs"), weight="weight", max_iter=10_000, tol=1e-13)
+    np.testing.assert_allclose(c, [ref[n] for n in g.nodes()], atol=1e-6)
+
+
+def test_two_identical_components_share_the_vector_like_networkx():
+    w = torch.rand(3, 4, generator=torch.Generator().manual_seed(2)) + 0.5
+    g = make_graph([4, 3, 4, 3], [("a", 0, 1, w, 1), ("b", 2, 3, w.clone(), 1)])
+    for solver in ("arpack", "lanczos", "dense"):
+        c = graphnn.eigenvector_centrality(g, solver=solver)["centrality"].to_numpy()
+        np.testing.assert_allclose(c[:7], c[7:], atol=1e-9)
+        ref = nx.eigenvector_centrality(g.to_networkx(weight="abs"), weight="weight", max_iter=10_000, tol=1e-13)
+        np.testing.assert_allclose(c, [ref[n] for n in g.nodes()], atol=1e-6)
+
+
+def test_float32_matrices_agree_with_float64_to_1e6():
+    g = random_mlp([300, 200, 100, 10], seed=4, dtype=torch.float32)
+    c64 = graphnn.eigenvector_centrality(g, dtype=torch.float64)
+    c32 = graphnn.eigenvector_centrality(g, dtype=torch.float32)
+    assert c32.attrs["converged"] and c32.attrs["residual"] < 1e-5
+    np.testing.assert_allclose(c32["centrality"], c64["centrality"], atol=1e-6)
+
+
+def test_lanczos_equals_arpack_on_a_trained_like_graph():
+    g = random_mlp([64, 48, 48, 8], seed=5)
+    a = graphnn.eigenvector_centrality(g, solver="arpack")
+    b = graphnn.eigenvector_centrality(g, solver="lanczos")
+    np.testing.assert_allclose(a["centrality"], b["centrality"], atol=1e-10)
+    assert a.attrs["eigenvalue"] == pytest.approx(b.attrs["eigenvalue"], rel=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["arpack", "lanczos"])
+def test_non_convergence_warns_with_advice(solver):
+    g = random_mlp([2] * 80, seed=6, absolute=True)  # a long chain: tiny spectral gap, slow convergence
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        c = graphnn.eigenvector_centrality(g, max_iter=20, solver=solver)
+    assert c.attrs["converged"] is False
+
+
+def test_signs_are_dropped_and_the_result_is_non_negative():
+    g = random_mlp([10, 8, 6], seed=7)  # signed weights
+    gabs = random_mlp([10, 8, 6], seed=7, absolute=True)
+    np.testing.assert_allclose(graphnn.eigenvector_centrality(g)["centrality"],
+                               graphnn.eigenvector_centrality(gabs)["centrality"], atol=1e-12)
+
+
+def test_all_zero_weights_give_the_uniform_vector():
+    g = make_graph([3, 2], [("z", 0, 1, torch.zeros(2, 3), 1)])
+    c = graphnn.eigenvector_centrality(g)
+    np.testing.assert_allclose(c["centrality"], 1 / np.sqrt(5))
+    assert c.attrs["eigenvalue"] == 0.0
+
+
+def test_nan_weights_are_refused():
+    w = torch.ones(2, 3)
+    w[0, 1] = float("nan")
+    g = make_graph([3, 2], [("bad", 0, 1, w, 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NonFiniteWeightsError, match="bad"):
+            graphnn.eigenvector_centrality(g)
+
+
+def test_bad_options_say_what_to_use():
+    g = random_mlp([3, 2])
+    with pytest.raises(ValueError, match="'l2'"):
+        graphnn.eigenvector_centrality(g, normalise="sum")
+    with pytest.raises(ValueError, match="solver"):
+        graphnn.eigenvector_centrality(g, solver="power")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            graphnn.eigenvector_centrality(g, device="cuda")
+
+
+@pytest.mark.parametrize("model_name", ["LeNet", "ResNet", "EncoderMHA"])
+def test_extracted_models_equal_igraph(model_name):
+    import models
+
+    torch.manual_seed(0)
+    g = graphnn.extract(getattr(models, model_name)())
+    got = graphnn.eigenvector_centrality(g, normalise="max")["centrality"].to_numpy()
+    ref = np.array(g.to_igraph(weight="abs").eigenvector_centrality(weights="weight"))
+    np.testing.assert_allclose(got, ref, atol=1e-6)

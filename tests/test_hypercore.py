@@ -1,0 +1,183 @@
+"""k-hypercores against networkx.core_number and a brute force written from the definition."""
+
+import itertools
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import graphnn
+from graphnn.analyses.hypercore import peel
+from random_graphs import dense_abs_adjacency, layered_graphs, make_block, make_graph, random_mlp
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def brute_force_cores(a: np.ndarray) -> np.ndarray:
+    """From the definition: H lies in the k-hypercore for k = min over v in H of the strength of
+    v inside H (the k-hypercore is the union of all such sets), so the hypercore number of v is
+    the largest such minimum over the subsets H that contain v. All 2^n subsets, n <= 12."""
+    n = len(a)
+    subsets = np.array(list(itertools.product([0, 1], repeat=n)), dtype=bool)[1:]
+    inside = subsets.astype(float) @ a  # strength of every node inside each subset
+    m = np.where(subsets, inside, np.inf).min(1)
+    return np.array([m[subsets[:, v]].max() for v in range(n)])
+
+
+def sequential_peeling(a: np.ndarray) -> np.ndarray:
+    """Reference one-neuron-at-a-time peeling on a dense adjacency (for graphs too big to brute force)."""
+    n = len(a)
+    s = a.sum(1).astype(float)
+    alive = np.ones(n, bool)
+    core = np.zeros(n)
+    level = 0.0
+    for _ in range(n):
+        i = np.flatnonzero(alive)[np.argmin(s[alive])]
+        level = max(level, s[i])
+        core[i] = level
+        alive[i] = False
+        s -= a[i]
+    return core
+
+
+def _nx_graph(g, tau=None):
+    """The simple networkx graph of the structural edges, keeping |w| >= tau when tau is given."""
+    G = g.to_networkx(weight="abs")
+    if tau is not None:
+        G.remove_edges_from([(u, v) for u, v, w in G.edges(data="weight") if w < tau])
+    return G
+
+
+@SETTINGS
+@given(layered_graphs(self_loops=False, parallel=False, max_nodes=20, max_size=6))
+def test_all_weights_one_equals_networkx_core_number(g):
+    ones = make_graph([p.size for p in g.partitions.values()],
+                      [(b.name, int(b.src[1:]), int(b.dst[1:]), torch.ones(b.shape), b.groups) for b in g.blocks.values()])
+    got = graphnn.hypercore(ones)["core"].to_numpy()
+    ref = nx.core_number(ones.to_networkx())
+    np.testing.assert_array_equal(got, [ref[n] for n in ones.nodes()])
+
+
+@SETTINGS
+@given(layered_graphs(self_loops=False, parallel=False, max_nodes=20, max_size=6), st.sampled_from([0.0, 0.4, 1.0, 1.5]))
+def test_threshold_gives_the_classic_k_core_of_networkx(g, tau):
+    got = graphnn.hypercore(g, threshold=tau)
+    assert got["core"].dtype == np.int64
+    ref = nx.core_number(_nx_graph(g, tau))
+    np.testing.assert_array_equal(got["core"].to_numpy(), [ref[n] for n in g.nodes()])
+
+
+@SETTINGS
+@given(layered_graphs(self_loops=False, parallel=False, max_nodes=20, max_size=6), st.sampled_from([0.05, 0.3, 0.5, 1.0]))
+def test_top_fraction_keeps_the_strongest_edges(g, q):
+    w = np.sort([abs(d) for _, _, d in _nx_graph(g).edges(data="weight")])[::-1]
+    assume(len(w) > 0)
+    tau = w[int(np.ceil(q * len(w))) - 1]
+    got = graphnn.hypercore(g, top=q)
+    assert got.attrs["threshold"] == pytest.approx(tau)
+    ref = nx.core_number(_nx_graph(g, tau))
+    np.testing.assert_array_equal(got["core"].to_numpy(), [ref[n] for n in g.nodes()])
+
+
+@SETTINGS
+@given(layered_graphs(max_nodes=12))
+def test_weighted_cores_equal_the_brute_force_definition(g):
+    """Any small graph: skip connections, zeros, ties, self-loops, parallel and grouped blocks."""
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_allclose(got, brute_force_cores(dense_abs_adjacency(g)), rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from(["gauss", "ties", "sparse"]))
+def test_batched_peeling_equals_sequential_peeling_on_larger_graphs(seed, style):
+    """Hundreds of neurons, so that batches get cut and restarted many times."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [60, 40, 40, 30, 10]
+    blocks = []
+    for i, (s, d) in enumerate([(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (1, 3), (2, 2)]):
+        w = torch.randn(sizes[d], sizes[s], generator=gen, dtype=torch.float64)
+        if style == "ties":
+            w = torch.round(w)
+        elif style == "sparse":
+            w = w * (torch.rand(w.shape, generator=gen) < 0.1)
+        blocks.append((f"b{i}", s, d, w, 1))
+    g = make_graph(sizes, blocks)
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_allclose(got, sequential_peeling(dense_abs_adjacency(g)), rtol=1e-10, atol=1e-12)
+
+
+def test_large_thresholded_mlp_equals_networkx():
+    g = random_mlp([100, 80, 60, 10], seed=3)
+    got = graphnn.hypercore(g, top=0.1)["core"].to_numpy()
+    G = _nx_graph(g, graphnn.hypercore(g, top=0.1).attrs["threshold"])
+    ref = nx.core_number(G)
+    np.testing.assert_array_equal(got, [ref[n] for n in g.nodes()])
+
+
+@SETTINGS
+@given(layered_graphs(max_nodes=12, groups=False))
+def test_block_scope_is_the_core_of_the_blocks_around_each_partition(g):
+    got = graphnn.hypercore(g, scope="block")
+    assert list(got.columns) == ["layer", "neuron", "core_in", "core_out"]
+    for name, p in g.partitions.items():
+        rows = got[got["layer"] == name]
+        for side, blocks in (("in", g.blocks_into(name)), ("out", g.blocks_out_of(name))):
+            col = rows[f"core_{side}"].to_numpy()
+            if not blocks:
+                assert np.isnan(col).all()
+                continue
+            names = [q for q in g.partitions if any(q in (b.src, b.dst) for b in blocks)]
+            sub = graphnn.LayeredGraph([g.partitions[q] for q in names],
+                                       [make_block(b.name, b.src, b.dst, b.matrix()) for b in blocks])
+            ref = brute_force_cores(dense_abs_adjacency(sub))
+            o = names.index(name)
+            start = sum(g.partitions[q].size for q in names[:o])
+            np.testing.assert_allclose(col, ref[start:start + p.size], rtol=1e-9, atol=1e-12)
+
+
+def test_ties_within_rounding_share_a_level():
+    # b0 has strength 0.1 + 0.2 = 0.30000000000000004, b1 has 0.3: one level, one number
+    g = graphnn.LayeredGraph.from_matrices({"b": 2, "a": 3, "c": 1}, {
+        "w": ("a", "b", torch.tensor([[0.1, 0.2, 0.0], [0.0, 0.0, 0.3]], dtype=torch.float64)),
+        "v": ("a", "c", torch.tensor([[5.0, 5.0, 5.0]], dtype=torch.float64))})
+    core = graphnn.hypercore(g)["core"].to_numpy()
+    assert 0.1 + 0.2 != 0.3 and core[0] == core[1] == 0.3
+
+
+def test_isolated_neurons_have_core_zero_and_empty_graphs_work():
+    g = make_graph([3, 2], [("z", 0, 1, torch.zeros(2, 3), 1)])
+    assert graphnn.hypercore(g)["core"].tolist() == [0.0] * 5
+    lone = graphnn.LayeredGraph([graphnn.Partition("only", 4)], [])
+    assert graphnn.hypercore(lone)["core"].tolist() == [0.0] * 4
+
+
+def test_peel_works_on_the_float32_path():
+    g64 = random_mlp([50, 40, 30], seed=8, dtype=torch.float32)
+    c32 = graphnn.hypercore(g64, dtype=torch.float32)["core"].to_numpy()
+    c64 = graphnn.hypercore(g64, dtype=torch.float64)["core"].to_numpy()
+    np.testing.assert_allclose(c32, c64, rtol=1e-12)  # float32 weights are exact in either copy
+
+
+def test_bad_options_say_what_to_use():
+    g = random_mlp([3, 2])
+    with pytest.raises(ValueError, match="scope"):
+        graphnn.hypercore(g, scope="layer")
+    with pytest.raises(ValueError, match="not both"):
+        graphnn.hypercore(g, threshold=0.1, top=0.1)
+    with pytest.raises(ValueError, match="0 < top <= 1"):
+        graphnn.hypercore(g, top=1.5)
+    with pytest.raises(ValueError, match="threshold"):
+        graphnn.hypercore(g, threshold=-1)
+
+
+@pytest.mark.parametrize("model_name", ["LeNet", "ResNet", "DepthwiseSeparable", "EncoderMHA"])
+def test_extracted_models_equal_sequential_peeling(model_name):
+    import models
+
+    torch.manual_seed(0)
+    g = graphnn.extract(getattr(models, model_name)())
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_allclose(got, sequential_peeling(dense_abs_adjacency(g)), rtol=1e-9)
