@@ -18,12 +18,14 @@ from .errors import (
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
+from .analyses import strength, strength_variance, eigenvector_centrality, hypercore, analyse, Analysis
 from . import rewire
 from . import extract  # callable module: graphnn.extract(source, ...)
 
 __all__ = [
     "__version__",
     "extract",
+    "strength", "strength_variance", "eigenvector_centrality", "hypercore", "analyse", "Analysis",
     "Block",
     "LayeredGraph",
     "Partition",
