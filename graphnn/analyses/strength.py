@@ -165,7 +165,8 @@ def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer")
             j, vr, vc = tensor_strength_variance(t, signed)
             recs.append({"block": b.name, "param": b.param, "rows": int(t.shape[0]),
                          "cols": int(t.numel() // t.shape[0]), "J": j, "var_rows": vr, "var_cols": vc})
-        return pd.DataFrame(recs, columns=["block", "param", "rows", "cols", "J", "var_rows", "var_cols"])
+        return pd.DataFrame(recs, columns=["block", "param", "rows", "cols", "J", "var_rows", "var_cols"]).astype(
+            {"rows": "int64", "cols": "int64", "J": "float64", "var_rows": "float64", "var_cols": "float64"})
     if view != "layer":
         raise ValueError(f"view={view!r}: use 'layer' (per partition) or 'block' (per weight tensor)")
     n_in, n_out = node_strengths(g, signed)

@@ -150,7 +150,9 @@ def analyse(
 
     neurons = neuron_frame(g, columns)
     layers = _layer_table(g, neurons, [c for c in columns])
-    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS)
+    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS).astype(
+        {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
+         "var_cols": "float64", "mean_abs_weight": "float64"})
     return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
                     options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
 
