@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from graphnn.rewire._strength import strength_variance
+from graphnn.analyses.strength import tensor_strength_variance
 from graphnn.rewire._targets import select_targets
 from graphnn.rewire.pa import rewire_targets_
 
@@ -104,7 +104,7 @@ def main(repeats: int = 3) -> dict:
           f"{total_faithful / total_fast:>8.1f}x")
 
     originals = [t.tensor.detach().clone() for t in targets]
-    j_before = statistics.mean(strength_variance(t.units())[0] for t in targets)
+    j_before = statistics.mean(tensor_strength_variance(t.units())[0] for t in targets)
     times = []
     for _ in range(repeats):
         with torch.no_grad():
@@ -114,7 +114,7 @@ def main(repeats: int = 3) -> dict:
         rewire_targets_(targets, seed=2, mode="fast")
         times.append(time.perf_counter() - t0)
     t_end = statistics.median(times)
-    j_after = statistics.mean(strength_variance(t.units())[0] for t in targets)
+    j_after = statistics.mean(tensor_strength_variance(t.units())[0] for t in targets)
     print(f"fast, whole model in one call (median of {repeats}): {t_end:.3f} s "
           f"({total_faithful / t_end:.1f}x faster than faithful); mean J over the {len(targets)} tensors "
           f"{j_before:.4f} -> {j_after:.4f}")

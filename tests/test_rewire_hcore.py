@@ -220,7 +220,6 @@ def test_bad_inputs():
 
 def test_with_graphnn_hypercore_on_a_pretrained_mlp():
     """End to end: graphnn's weighted hypercore of a briefly trained MLP drives the factors."""
-    pytest.importorskip("graphnn.analyses.hypercore")
     from sklearn.datasets import load_digits
 
     from graphnn.rewire.hcore_init import compute_cores

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import RefusedOverwriteError
-from ._strength import strength_variance
+from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, _as_patterns, _matches
 from .hcore_init import SCOPES, _check_gamma, _core_vectors, compute_cores, endpoint_products, hcore_graphs, reinit_tensors_
 from .pa import _check_seed, rewire_targets_
@@ -165,7 +165,7 @@ def _checkpoint_targets(sd: dict, include, exclude) -> tuple[list[WeightTarget],
 
 
 def _variances(t: WeightTarget) -> dict:
-    j, vr, vc = strength_variance(t.units())
+    j, vr, vc = tensor_strength_variance(t.units())
     return {"J": j, "var_rows": vr, "var_cols": vc}
 
 

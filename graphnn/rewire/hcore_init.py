@@ -150,11 +150,8 @@ def hcore_graphs(source, conv: str = "l2"):
 def compute_cores(graph, scope: str) -> pd.DataFrame:
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    import graphnn
+    from ..analyses.hypercore import hypercore
 
-    hypercore = getattr(graphnn, "hypercore", None)
-    if hypercore is None:
-        from graphnn.analyses.hypercore import hypercore
     return hypercore(graph, scope=scope)
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ._strength import strength_variance
+from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, select_targets, tensor_target
 from .pa import _check_seed
 
@@ -53,7 +53,7 @@ def search_targets_(targets: list[WeightTarget], init: Callable, trials: int, se
             best_j, best, best_k, first_j = float("inf"), None, -1, None
             for k in range(trials):
                 init(w)
-                j = strength_variance(tg.units())[0]
+                j = tensor_strength_variance(tg.units())[0]
                 if first_j is None:
                     first_j = j
                 if j < best_j:
