@@ -89,6 +89,13 @@ def sample_per_layer(neurons: pd.DataFrame, limit: int = MAX_POINTS_PER_LAYER, s
     return pd.concat(parts, ignore_index=True) if parts else neurons.iloc[:0]
 
 
+def _layer_colors(order: Sequence[str], kinds: Mapping[str, str]) -> dict[str, str]:
+    """Colour of each (shortened) layer label by partition kind: grey for the network input,
+    orange for residual streams, green for concatenations, blue otherwise."""
+    return {short_label(name): _KIND_COLORS.get(kinds.get(name, "features"), _KIND_COLORS["features"])
+            for name in order}
+
+
 def _kinds(layers: pd.DataFrame) -> dict[str, str]:
     if "kind" not in layers:
         return {}
@@ -167,8 +174,8 @@ def _per_layer_box(neurons, layers, column, xlabel, zero_line, log_if_wide=False
         sample["kind"] = sample["layer"].map(kinds).fillna("features")
         fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
         sns.boxplot(
-            data=sample, x=column, y="label", order=labels, hue="kind",
-            palette=_KIND_COLORS, dodge=False, orient="h", whis=(1, 99), showfliers=False,
+            data=sample, x=column, y="label", order=labels, hue="label", hue_order=labels,
+            palette=_layer_colors(order, kinds), legend=False, orient="h", whis=(1, 99), showfliers=False,
             width=0.7, linewidth=0.8, ax=ax,
         )
         if zero_line:
@@ -177,10 +184,6 @@ def _per_layer_box(neurons, layers, column, xlabel, zero_line, log_if_wide=False
             _symmetric_log_if_wide(ax, sample[column].to_numpy(dtype=float))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("")
-        leg = ax.get_legend()
-        if leg is not None:
-            leg.set_title("partition kind")
-            leg.set_frame_on(False)
         return to_data_uri(fig)
 
 
@@ -208,18 +211,14 @@ def strength_variance_per_layer(layers: pd.DataFrame, column: str = "strength_va
             _symmetric_log_if_wide(ax, values, axis="y")
             ax.set_ylabel("variance of strength")
             return to_data_uri(fig)
-        df = pd.DataFrame({"label": [short_label(s) for s in order], "value": values,
-                           "kind": [_kinds(layers).get(s, "features") for s in order]})
+        labels = [short_label(s) for s in order]
+        df = pd.DataFrame({"label": labels, "value": values})
         fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
-        sns.barplot(data=df, x="value", y="label", hue="kind", palette=_KIND_COLORS, dodge=False,
-                    orient="h", ax=ax, width=0.7)
+        sns.barplot(data=df, x="value", y="label", order=labels, hue="label", hue_order=labels,
+                    palette=_layer_colors(order, _kinds(layers)), legend=False, orient="h", ax=ax, width=0.7)
         _symmetric_log_if_wide(ax, values)
         ax.set_xlabel("variance of strength (unbiased)")
         ax.set_ylabel("")
-        leg = ax.get_legend()
-        if leg is not None:
-            leg.set_title("partition kind")
-            leg.set_frame_on(False)
         return to_data_uri(fig)
 
 

@@ -40,6 +40,8 @@ _HEADERS = {
 }
 _MAX_LISTED = 3  # block names listed per layer before "+N more"
 _MAX_SKIPPED_ROWS = 500
+_KIND_NOTE = (" Colours: grey = network input, orange = residual stream (merged by additions), "
+              "green = concatenation, blue = other layers.")
 
 
 def _env() -> jinja2.Environment:
@@ -243,17 +245,17 @@ def _single_figures(analysis) -> list[dict]:
                     "uri": figures.strength_distribution(n, lay),
                     "caption": "Signed total strength (in + out) of every neuron, one box per layer "
                                "(box: quartiles, whiskers: 1st-99th percentile, outliers not drawn; dashed "
-                               "line at 0)." + (band_note if big else sample_note)})
+                               "line at 0)." + (band_note if big else sample_note + _KIND_NOTE)})
     if _has(lay, "strength_var"):
         out.append({"id": "fig-variance", "title": "Strength variance per layer",
                     "uri": figures.strength_variance_per_layer(lay),
                     "caption": "Unbiased variance of the neurons' signed strength within each layer; a log "
-                               "axis is used when the values span more than two decades."})
+                               "axis is used when the values span more than two decades." + ("" if big else _KIND_NOTE)})
     if _has(n, "centrality"):
         out.append({"id": "fig-centrality", "title": "Eigenvector centrality per layer",
                     "uri": figures.centrality_per_layer(n, lay),
                     "caption": "Eigenvector centrality of every neuron on the |w| adjacency of the whole "
-                               "network, one box per layer." + (band_note if big else sample_note)})
+                               "network, one box per layer." + (band_note if big else sample_note + _KIND_NOTE)})
     if _has(n, "core"):
         out.append({"id": "fig-hypercore", "title": "Hypercore profile",
                     "uri": figures.hypercore_profile(n),
@@ -398,6 +400,12 @@ def _signed_pct(x) -> str:
     return f"{100 * float(x):+.1f} %"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_html(html: str, path: str | os.PathLike) -> Path:
     """Write ``html`` to ``path`` atomically (a temporary file in the same folder, then
     ``os.replace``), creating the folder if needed; returns the path."""
@@ -407,6 +415,7 @@ def write_html(html: str, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(html)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, p)
     except BaseException:
         try:
