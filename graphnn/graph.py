@@ -100,6 +100,7 @@ class Block:
     _load: Callable[[], torch.Tensor] = field(repr=False, default=None)
     _to_matrix: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, default=None)
     _on_load: Callable[["Block", torch.Tensor], None] | None = field(repr=False, default=None)
+    _entry_index: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = field(repr=False, default=None)
 
     @property
     def n_dst(self) -> int:
@@ -127,6 +128,18 @@ class Block:
         if tuple(m.shape) != self.shape:  # a bug, never a user error
             raise AssertionError(f"block {self.name}: matrix {tuple(m.shape)} != {self.shape}")
         return m if dtype is None or m.dtype == dtype else m.to(dtype)
+
+    def entry_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which edge each entry of the parameter tensor belongs to: two int64 tensors of the
+        parameter's shape holding the destination and source neuron of that entry's edge in
+        this block, or ``-1`` where the entry belongs to another block of the same parameter
+        (another q/k/v part, another concatenated input). Several entries share one edge when
+        an aggregation (conv kernel, flatten positions) combines them. Needs no tensor data."""
+        if self._entry_index is None:  # a plain (n_dst, n_src) matrix
+            rows = torch.arange(self.n_dst)[:, None].expand(self.shape)
+            cols = torch.arange(self.n_src)[None, :].expand(self.shape)
+            return rows.clone(), cols.clone()
+        return self._entry_index()
 
     def structure_mask(self) -> torch.Tensor | None:
         """Boolean ``(n_dst, n_src)`` mask of structural edges, or ``None`` when complete."""

@@ -437,3 +437,50 @@ def test_mha_with_separate_kdim_vdim():
     assert t["attn.q_proj_weight"] == ("input.q", "attn.q", (8, 8))
     assert t["attn.k_proj_weight"] == ("input.k", "attn.k", (8, 4))
     assert t["attn.v_proj_weight"] == ("input.v", "attn.v", (8, 6))
+
+
+@pytest.mark.parametrize("cls", [LeNet, ResNet, DepthwiseSeparable, EncoderMHA, EncoderQKV])
+def test_entry_index_rebuilds_the_summed_matrix(cls):
+    """Scatter-adding every entry of a parameter into (dst, src) given by entry_index() gives
+    the block matrix extracted with conv="sum" (the signed sum over the entries of an edge)."""
+    m = seeded(cls)
+    params = dict(m.named_parameters())
+    g = graphnn.extract(m, conv="sum")
+    covered = {}
+    for b in g.blocks.values():
+        dst, src = b.entry_index()
+        t = params[b.param].detach().double()
+        assert dst.shape == t.shape == src.shape
+        ok = dst >= 0
+        assert torch.equal(ok, src >= 0)
+        rebuilt = torch.zeros(b.shape, dtype=torch.float64).index_put_((dst[ok], src[ok]), t[ok], accumulate=True)
+        assert torch.allclose(rebuilt, b.matrix().double(), atol=1e-6), b.name
+        covered[b.param] = covered.get(b.param, 0) + int(ok.sum())
+    for name, count in covered.items():  # every entry of a mapped parameter lies in exactly one block
+        assert count == params[name].numel(), name
+
+
+def test_entry_index_of_concat_and_transpose():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(2, 3, 1)
+            self.b = torch.nn.Conv2d(2, 2, 1)
+            self.up = torch.nn.ConvTranspose2d(5, 4, 2, groups=1)
+
+        def forward(self, x):
+            return self.up(torch.cat([self.a(x), self.b(x)], 1))
+
+    m = seeded(Net)
+    g = graphnn.extract(m, conv="sum")
+    w = m.up.weight.detach().double()
+    total = torch.zeros(4, 5, dtype=torch.float64)
+    for name in ("up.weight[in 0:3]", "up.weight[in 3:5]"):
+        b = g.blocks[name]
+        dst, src = b.entry_index()
+        ok = dst >= 0
+        part = torch.zeros(b.shape, dtype=torch.float64).index_put_((dst[ok], src[ok]), w[ok], accumulate=True)
+        assert torch.allclose(part, b.matrix().double(), atol=1e-6)
+        start = 0 if name.endswith("0:3]") else 3
+        total[:, start:start + b.n_src] = part
+    assert torch.allclose(total, w.sum((2, 3)).T)

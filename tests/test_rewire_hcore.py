@@ -13,7 +13,7 @@ from torch import nn
 
 import graphnn
 from graphnn.rewire import hcore_reinit_
-from graphnn.rewire.hcore_init import _core_vectors, endpoint_products, hcore_graphs
+from graphnn.rewire.hcore_init import _core_vectors, endpoint_products, hcore_graph
 
 torch.set_num_threads(1)
 
@@ -52,9 +52,9 @@ def core_of(cores: pd.DataFrame, layer: str) -> np.ndarray:
 
 def test_endpoint_products_match_explicit_index_rules():
     net = ConvNet()
-    g, g_sum = hcore_graphs(net)
+    g = hcore_graph(net)
     cores = random_cores(g)
-    prods = endpoint_products(g_sum, _core_vectors(cores, g))
+    prods = endpoint_products(g, _core_vectors(cores, g))
     src = {b.param: core_of(cores, b.src) for b in g.blocks.values()}
     dst = {b.param: core_of(cores, b.dst) for b in g.blocks.values()}
     # conv (c_out, c_in/groups, k, k): entry (i, j) uses output channel i, input channel g(i)*cin_g + j
@@ -86,9 +86,9 @@ def test_endpoint_products_match_explicit_index_rules():
 def test_endpoint_products_of_fused_qkv_rows():
     mha = nn.MultiheadAttention(8, 2)
     with pytest.warns(graphnn.TopologyWarning):
-        g, g_sum = hcore_graphs(mha)
+        g = hcore_graph(mha)
     cores = random_cores(g, seed=1)
-    prod, mapped = endpoint_products(g_sum, _core_vectors(cores, g))["in_proj_weight"]
+    prod, mapped = endpoint_products(g, _core_vectors(cores, g))["in_proj_weight"]
     assert bool(mapped.all())
     for part, k in zip("qkv", range(3)):
         blk = g.blocks[f"in_proj_weight[{part}]"]
@@ -137,9 +137,9 @@ def test_gamma_zero_statistics_match_kaiming_normal():
 def test_std_equals_the_base_draw_and_entries_grow_with_endpoint_cores(gamma):
     torch.manual_seed(0)
     net = ConvNet()
-    g, g_sum = hcore_graphs(net)
+    g = hcore_graph(net)
     cores = random_cores(g, seed=2)
-    prods = endpoint_products(g_sum, _core_vectors(cores, g))
+    prods = endpoint_products(g, _core_vectors(cores, g))
     hcore_reinit_(net, gamma=gamma, seed=9, cores=cores)
     base = fresh_draws(ConvNet(), MAPPED, 9)
     for name in MAPPED:
@@ -161,7 +161,7 @@ def test_magnitudes_follow_the_cores_statistically():
     """Mean |w| of an output unit rises with its core number (independent of the exact rule)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 200), nn.ReLU(), nn.Linear(200, 10))
-    g, _ = hcore_graphs(net)
+    g = hcore_graph(net)
     cores = random_cores(g, seed=3, low=0.2, high=5.0)
     hcore_reinit_(net, gamma=1.0, seed=0, cores=cores)
     unit_mag = net[0].weight.detach().abs().mean(1).numpy()
@@ -177,7 +177,7 @@ def test_same_seed_same_result_and_scope_block_table():
         return [p.detach().clone() for p in net.parameters()]
 
     torch.manual_seed(0)
-    g, _ = hcore_graphs(ConvNet())
+    g = hcore_graph(ConvNet())
     cores = random_cores(g)
     a, b, c = run(1, cores=cores), run(1, cores=cores), run(2, cores=cores)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -189,11 +189,11 @@ def test_same_seed_same_result_and_scope_block_table():
     assert all(torch.equal(x, y) for x, y in zip(a, d))
     # different core_in / core_out: the entry (i, j) uses core_in[i] * core_out[j]
     net = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
-    g2, g2_sum = hcore_graphs(net)
+    g2 = hcore_graph(net)
     rng = np.random.default_rng(0)
     tab = random_cores(g2).assign(core_in=lambda d: rng.uniform(1, 2, len(d)),
                                   core_out=lambda d: rng.uniform(3, 4, len(d))).drop(columns="core")
-    prod = endpoint_products(g2_sum, _core_vectors(tab, g2))["2.weight"][0]
+    prod = endpoint_products(g2, _core_vectors(tab, g2))["2.weight"][0]
     blk = g2.blocks["2.weight"]
     cin = tab[tab.layer == blk.dst].sort_values("neuron").core_in.to_numpy()
     cout = tab[tab.layer == blk.src].sort_values("neuron").core_out.to_numpy()
@@ -210,7 +210,7 @@ def test_bad_inputs():
         hcore_reinit_(net, cores=pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="rows for partition"):
         hcore_reinit_(net, cores=pd.DataFrame({"layer": ["input"], "neuron": [0], "core": [1.0]}))
-    g, _ = hcore_graphs(net)
+    g = hcore_graph(net)
     zero = random_cores(g).assign(core=0.0)
     with pytest.raises(ValueError, match="hypercore number 0"):
         hcore_reinit_(net, cores=zero)
@@ -233,10 +233,10 @@ def test_with_graphnn_hypercore_on_a_pretrained_mlp():
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
-    g, g_sum = hcore_graphs(net)
+    g = hcore_graph(net)
     cores = compute_cores(g, "network")
     assert (cores.core > 0).all()
-    prods = endpoint_products(g_sum, _core_vectors(cores, g))
+    prods = endpoint_products(g, _core_vectors(cores, g))
     hcore_reinit_(net, gamma=1.0, seed=4)
     base = fresh_draws(nn.Sequential(nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10)), ["0.weight", "2.weight"], 4)
     for name in ("0.weight", "2.weight"):

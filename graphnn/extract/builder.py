@@ -51,6 +51,46 @@ def base_matrix(rule: Rule, conv: str) -> Callable[[torch.Tensor], torch.Tensor]
     raise ValueError(f"unknown block kind {rule.kind!r}")
 
 
+def entry_index(rule: Rule, shape: tuple[int, ...], rows: slice | None, cols: tuple[int, int] | None,
+                positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(destination, source) neuron of every entry of a parameter of ``shape`` under ``rule``
+    (see :meth:`Block.entry_index`); ``-1`` marks entries outside this block."""
+    k = len(shape) - 2
+    def along(v: torch.Tensor, axis: int) -> torch.Tensor:
+        view = [1] * len(shape)
+        view[axis] = -1
+        return v.view(view).expand(shape)
+    if rule.kind in ("linear", "attention_in_proj"):
+        dst, src = along(torch.arange(shape[0]), 0), along(torch.arange(shape[1]), 1)
+    elif rule.kind in ("hf_conv1d", "embedding"):
+        dst, src = along(torch.arange(shape[1]), 1), along(torch.arange(shape[0]), 0)
+    elif rule.kind == "conv":  # (c_out, c_in/groups, *k)
+        out_per_group = shape[0] // rule.groups
+        i, jj = torch.arange(shape[0]), torch.arange(shape[1])
+        dst = along(i, 0)
+        src = ((i // out_per_group)[:, None] * shape[1] + jj[None, :]).view(shape[0], shape[1], *[1] * k).expand(shape)
+    elif rule.kind == "conv_transpose":  # (c_in, c_out/groups, *k)
+        in_per_group = shape[0] // rule.groups
+        j, m = torch.arange(shape[0]), torch.arange(shape[1])
+        src = along(j, 0)
+        dst = ((j // in_per_group)[:, None] * shape[1] + m[None, :]).view(shape[0], shape[1], *[1] * k).expand(shape)
+    else:
+        raise ValueError(f"unknown block kind {rule.kind!r}")
+    dst, src = dst.clone(), src.clone()
+    valid = torch.ones(shape, dtype=torch.bool)
+    if rows is not None:
+        valid &= (dst >= rows.start) & (dst < rows.stop)
+        dst = dst - rows.start
+    if positions > 1:
+        src = src // positions
+    if cols is not None:
+        valid &= (src >= cols[0]) & (src < cols[1])
+        src = src - cols[0]
+    dst[~valid] = -1
+    src[~valid] = -1
+    return dst, src
+
+
 class GraphBuilder:
     """Collects pre-partitions, blocks and coverage records, then builds the graph."""
 
@@ -244,6 +284,8 @@ class GraphBuilder:
                 param_shape=tuple(entry.shape), dtype=entry.dtype, aggregation=agg,
                 groups=rule.groups if spec["cols"] is None else 1,
                 _load=entry.load, _to_matrix=self._matrix_fn(spec),
+                _entry_index=(lambda r=rule, sh=tuple(entry.shape), sp=spec: entry_index(
+                    r, sh, sp["rows"], sp["cols"], sp["positions"])),
             ))
             rec = self.coverage[entry.name]
             rec["blocks"] = ", ".join(filter(None, [rec["blocks"], spec["name"]]))

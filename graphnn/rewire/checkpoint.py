@@ -39,7 +39,7 @@ import torch
 from ..errors import RefusedOverwriteError
 from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, _as_patterns, _matches
-from .hcore_init import SCOPES, _check_gamma, _core_vectors, compute_cores, endpoint_products, hcore_graphs, reinit_tensors_
+from .hcore_init import SCOPES, _check_gamma, _core_vectors, compute_cores, endpoint_products, hcore_graph, reinit_tensors_
 from .pa import _check_seed, rewire_targets_
 from .variance_search import search_targets_
 
@@ -262,12 +262,12 @@ def rewire_checkpoint(
         after = {t.name: _variances(t) for t in targets}
         changed = {t.name for t in targets}
     else:
-        g, g_sum = hcore_graphs(sd, conv)
+        g = hcore_graph(sd, conv)
         products = None
         if gamma != 0:
-            products = endpoint_products(g_sum, _core_vectors(compute_cores(g, scope), g))
+            products = endpoint_products(g, _core_vectors(compute_cores(g, scope), g))
         else:
-            products = {b.param: (None, None) for b in g_sum.blocks.values()}
+            products = {b.param: (None, None) for b in g.blocks.values()}
         views = {name: WeightTarget(name, sd[name]) for name in products}
         before = {name: _variances(v) for name, v in views.items()}
         for name in products:

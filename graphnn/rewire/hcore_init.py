@@ -70,25 +70,22 @@ def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.T
     return lookup
 
 
-def endpoint_products(graph_sum, lookup) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def endpoint_products(graph, lookup) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """For every mapped parameter: ``(c_i * c_j per entry, mask of entries mapped to an edge)``,
-    both of the parameter's shape (float64). ``graph_sum`` must be extracted with
-    ``conv="sum"``: its block functions are then linear gathers ``param -> (n_dst, n_src)``, and
-    their adjoint (a backward pass) carries each edge's ``c_i * c_j`` back to the entries that
-    form it."""
+    both of the parameter's shape (float64), from each block's :meth:`~graphnn.Block.entry_index`
+    (the destination and source neuron of every entry's edge)."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for blk in graph_sum.blocks.values():
-        probe = torch.zeros(blk.param_shape, dtype=torch.float64, requires_grad=True)
-        m = blk._to_matrix(probe)
-        y = torch.outer(lookup(blk, "dst"), lookup(blk, "src"))
-        (fac,) = torch.autograd.grad(m, probe, grad_outputs=y, retain_graph=True)
-        (cov,) = torch.autograd.grad(m, probe, grad_outputs=torch.ones_like(y))
+    for blk in graph.blocks.values():
+        dst, src = blk.entry_index()
+        ok = dst >= 0
+        fac = torch.zeros(blk.param_shape, dtype=torch.float64)
+        fac[ok] = lookup(blk, "dst")[dst[ok]] * lookup(blk, "src")[src[ok]]
         if blk.param in out:
             f0, c0 = out[blk.param]
-            out[blk.param] = (f0 + fac, c0 + cov)
+            out[blk.param] = (f0 + fac, c0 | ok)
         else:
-            out[blk.param] = (fac, cov)
-    return {k: (f, c > 0) for k, (f, c) in out.items()}
+            out[blk.param] = (fac, ok)
+    return out
 
 
 def reinit_tensors_(
@@ -136,15 +133,11 @@ def _check_gamma(gamma) -> float:
     return float(gamma)
 
 
-def hcore_graphs(source, conv: str = "l2"):
-    """The weight graph (for hypercore numbers) and its ``conv="sum"`` twin (for the entry map)."""
+def hcore_graph(source, conv: str = "l2"):
+    """The weight graph whose hypercore numbers drive the re-initialisation."""
     from graphnn.extract import extract
 
-    g = extract(source, conv=conv)
-    g_sum = g if conv == "sum" else extract(source, conv="sum")
-    if list(g.blocks) != list(g_sum.blocks) or list(g.partitions) != list(g_sum.partitions):  # pragma: no cover
-        raise AssertionError("extraction with conv='sum' gave a different topology")
-    return g, g_sum
+    return extract(source, conv=conv)
 
 
 def compute_cores(graph, scope: str) -> pd.DataFrame:
@@ -211,13 +204,13 @@ def hcore_reinit_(
     seed = _check_seed(seed)
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    g, g_sum = hcore_graphs(module, conv)
+    g = hcore_graph(module, conv)
     if cores is None:
         cores = compute_cores(g, scope) if gamma != 0 else None
     params = dict(module.named_parameters())
     if cores is None:  # gamma == 0: no cores needed, every mapped weight gets the plain redraw
-        products = {b.param: (None, None) for b in g_sum.blocks.values()}
+        products = {b.param: (None, None) for b in g.blocks.values()}
     else:
-        products = endpoint_products(g_sum, _core_vectors(cores, g))
+        products = endpoint_products(g, _core_vectors(cores, g))
     reinit_tensors_(params, products, gamma, base_init, seed)
     return module
