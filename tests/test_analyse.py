@@ -136,9 +136,9 @@ def test_bad_options_say_what_to_use():
 
 @pytest.fixture
 def cuda_layout_and_tiny_chunks(monkeypatch):
-    """The CUDA path's transposed copies on the CPU, or streaming in chunks of a few rows."""
+    """Transposed |W| copies (the CUDA layout), or streaming in chunks of a few rows."""
     def use(copy: bool):
-        monkeypatch.setattr(_blocks, "COPY_ON_CPU", copy)
+        monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", 10**12 if copy else 0)
         monkeypatch.setattr(_blocks, "_STREAM_ELEMENTS", 7)
         monkeypatch.setattr(_blocks, "_CHUNK_ELEMENTS", 5)
     return use
@@ -153,6 +153,7 @@ def test_cuda_layout_and_chunked_streaming_give_the_same_numbers(cuda_layout_and
         ("c", 2, 3, torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64), 1),
         ("k", 0, 3, torch.randn(3, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64), 3),
     ])
+    cuda_layout_and_tiny_chunks(not copy)
     ref = graphnn.analyse(g)
     ref_thr = graphnn.hypercore(g, threshold=0.5)
     cuda_layout_and_tiny_chunks(copy)

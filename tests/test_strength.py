@@ -145,13 +145,6 @@ def test_block_view_uses_the_kernel_entries_of_a_conv():
             assert table.loc[name, ["var_rows", "var_cols"]].tolist() == pytest.approx([vr, vc], rel=1e-10)
 
 
-def test_rewire_helper_defers_to_this_definition():
-    from graphnn.rewire._strength import strength_variance as rewire_sv
-
-    t = torch.randn(6, 4, 3, generator=torch.Generator().manual_seed(2))
-    assert rewire_sv(t) == pytest.approx(tensor_strength_variance(t), rel=1e-12)
-
-
 @pytest.mark.parametrize("model_name", ["MLP", "LeNet", "ResNet", "DepthwiseSeparable", "EncoderMHA"])
 def test_strength_on_extracted_models_equals_networkx(model_name):
     import models

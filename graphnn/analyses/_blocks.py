@@ -120,22 +120,29 @@ class Weighting:
 
 #: Rows per chunk when |W| is streamed from the signed matrix (about 256 KB, cache sized).
 _STREAM_ELEMENTS = 1 << 16
-#: Make the transposed |W| copy on the CPU too (normally only on CUDA); for tests.
-COPY_ON_CPU = False
+#: On the CPU, graphs with at most this many edges get the transposed |W| copy (at most 32 MB
+#: in float64; faster matrix-vector products); larger ones are streamed with no copy.
+CPU_COPY_MAX_EDGES = FLOAT64_MAX_EDGES
+
+
+def use_copy(num_edges: int, device: torch.device) -> bool:
+    """Whether blocks hold a transposed |W| copy: always on CUDA, on the CPU for small graphs."""
+    return device.type != "cpu" or num_edges <= CPU_COPY_MAX_EDGES
 
 
 class AbsBlock:
     """One block's non-negative edge weights ``A = f(W)`` (``(n_dst, n_src)``; ``f`` is the
     :class:`Weighting`), zero outside the block's structure.
 
-    On the CPU nothing is copied: ``A`` is computed from the signed matrix ``w`` (a view of the
-    parameter for an in-memory model) a few cache-sized rows at a time, so the analyses cost
-    no more memory than the weights themselves. On CUDA ``A`` is held transposed and contiguous
-    as ``t`` (``(n_src, n_dst)``, compute dtype) on the device.
+    With ``copy`` (CUDA, and small graphs on the CPU, see :func:`use_copy`) ``A`` is held
+    transposed and contiguous as ``t`` (``(n_src, n_dst)``, compute dtype) on the device.
+    Without it nothing is copied: ``A`` is computed from the signed matrix ``w`` (a view of the
+    parameter for an in-memory model) a few cache-sized rows at a time, so the analyses of a
+    large graph cost little more memory than its weights.
     """
 
     def __init__(self, block: Block, w: torch.Tensor, weighting: Weighting, dtype: torch.dtype,
-                 device: torch.device, copy: bool | None = None):
+                 device: torch.device, copy: bool):
         self.name, self.src, self.dst = block.name, block.src, block.dst
         self.n_dst, self.n_src = block.shape
         self.weighting = weighting
@@ -143,7 +150,6 @@ class AbsBlock:
         self.device = device
         mask = block.structure_mask()
         self.mask = None if mask is None else mask.to(device)
-        copy = (device.type != "cpu" or COPY_ON_CPU) if copy is None else copy
         self.t = None
         self.w = None
         if not copy:
@@ -275,6 +281,7 @@ def load_abs_blocks(
     """Read each block's matrix once (masked to its structure), hand the signed matrix to
     ``on_matrix`` if given, and wrap it in an :class:`AbsBlock` (which keeps the matrix)."""
     todo = list(g.blocks.values()) if blocks is None else list(blocks)
+    copy = use_copy(g.num_edges, device)
     out = []
     for i, b in enumerate(todo):
         if progress:
@@ -282,7 +289,7 @@ def load_abs_blocks(
         w = masked(b, b.matrix())
         if on_matrix is not None:
             on_matrix(b, w)
-        out.append(AbsBlock(b, w, weighting, dtype, device))
+        out.append(AbsBlock(b, w, weighting, dtype, device, copy))
         del w
     if progress:
         progress("load", len(todo), len(todo))

@@ -9,13 +9,17 @@ never materialised: ``(Ax)_l = sum_{blocks into l} |W| x_src + sum_{blocks out o
 
 The centrality is the eigenvector of the largest *algebraic* eigenvalue (a layered graph is
 bipartite, its spectrum is symmetric, so "largest magnitude" would be ambiguous), with
-non-negative entries. Solvers: ARPACK ``eigsh(which="LA")`` on a ``LinearOperator`` (CPU
-default), a restarted Lanczos in torch (CUDA default; runs anywhere), or a dense
-eigendecomposition built from the same operator for tiny graphs. All start from the all-ones
+non-negative entries. Solvers: a Lanczos iteration in torch with full reorthogonalisation that
+stops as soon as its residual is below ``tol`` (CUDA default; runs anywhere), ARPACK
+``eigsh(which="LA")`` on a ``LinearOperator``, or a dense eigendecomposition built from the
+same operator for tiny graphs. The CPU default runs one Lanczos cycle (32 products: enough when
+the leading eigenvalue is well separated, the usual case) and hands over to ARPACK, started
+from the Lanczos estimate, when it is not enough. All start from the all-ones
 vector, so when the leading eigenvalue is shared (e.g. two identical disconnected components)
 the answer is the normalised projection of the all-ones vector on its eigenspace — the vector
 that ``networkx``'s power iteration from its uniform start converges to. On a disconnected graph
-the result lives on the component(s) with the largest eigenvalue and is 0 elsewhere.
+the result lives on the component(s) with the largest eigenvalue and is 0 elsewhere (to within
+the tolerance).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ SOLVERS = ("auto", "arpack", "lanczos", "dense")
 #: Graphs with at most this many neurons use the dense solver under ``solver="auto"``.
 DENSE_MAX_NODES = 3
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+#: Lanczos steps tried first under ``solver="auto"`` on the CPU before ARPACK takes over.
+_FIRST_CYCLE = 32
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -80,14 +86,14 @@ def _dense(op: BlockOperator, tol: float):
     return top, x / x.norm(), True
 
 
-def _arpack(op: BlockOperator, tol: float, max_iter: int):
+def _arpack(op: BlockOperator, tol: float, max_iter: int, v0: np.ndarray | None = None):
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     n = op.n
     ncv = min(n, 20)
     lin = LinearOperator((n, n), dtype=np.float64,
                          matvec=lambda v: op(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).cpu().numpy())
-    v0 = np.full(n, 1.0 / math.sqrt(n))
+    v0 = np.full(n, 1.0 / math.sqrt(n)) if v0 is None else v0
     try:
         vals, vecs = eigsh(lin, k=1, which="LA", v0=v0, tol=tol, ncv=ncv,
                            maxiter=max(1, math.ceil(max_iter / ncv)))
@@ -100,7 +106,8 @@ def _arpack(op: BlockOperator, tol: float, max_iter: int):
 
 def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32):
     """Largest algebraic eigenpair of a symmetric operator by Lanczos with full
-    reorthogonalisation, restarted from the Ritz vector; starts from the all-ones vector.
+    reorthogonalisation, restarted from the Ritz vector every ``ncv`` steps and stopped as soon as
+    the Ritz residual ``|beta_j y_j| / theta`` is below ``tol``; starts from the all-ones vector.
     Returns ``(eigenvalue, unit vector, converged, relative residual)``. Device-generic."""
     x = _ones(n, device)
     theta, resid, used = 0.0, math.inf, 0
@@ -118,20 +125,21 @@ def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32):
                 w = w - beta[-1] * basis[j - 1]
             for _ in range(2):  # full reorthogonalisation, twice is enough
                 w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)
-            alpha.append(a)
             b = w.norm().item()
+            alpha.append(a)
             beta.append(b)
-            if b <= 1e-13 * max(abs(a), max(beta[:-1], default=0.0), 1e-300):  # invariant subspace
+            k = j + 1
+            t = np.diag(alpha) + np.diag(beta[:k - 1], 1) + np.diag(beta[:k - 1], -1)
+            vals, vecs = np.linalg.eigh(t)
+            theta, y = float(vals[-1]), vecs[:, -1]
+            resid = abs(b * y[-1]) / max(abs(theta), 1e-300)
+            invariant = b <= 1e-13 * max(abs(theta), max(beta[:-1], default=0.0), 1e-300)
+            if resid <= tol or invariant or k == m:
                 break
             basis[j + 1] = w / b
-        k = len(alpha)
-        t = np.diag(alpha) + np.diag(beta[:k - 1], 1) + np.diag(beta[:k - 1], -1)
-        vals, vecs = np.linalg.eigh(t)
-        theta, y = float(vals[-1]), vecs[:, -1]
         x = torch.from_numpy(y).to(device) @ basis[:k]
         x = x / x.norm()
-        resid = abs(beta[k - 1] * y[-1]) / max(abs(theta), 1e-300)
-        if resid <= tol:
+        if resid <= tol or invariant:
             return theta, x, True, resid
     return theta, x, False, resid
 
@@ -174,9 +182,18 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
         info["solver"] = "none (all weights are 0)"
         return _finish(_ones(n, "cpu"), normalise), info
     if solver == "auto":
-        solver = "dense" if n <= DENSE_MAX_NODES else ("arpack" if device.type == "cpu" else "lanczos")
+        solver = "dense" if n <= DENSE_MAX_NODES else ("lanczos+arpack" if device.type == "cpu" else "lanczos")
     info["solver"] = solver
-    if solver == "dense":
+    if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
+        theta, x, ok, _ = lanczos_top(op, n, tol, min(max_iter, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE)
+        if ok:
+            info["solver"] = "lanczos"
+        elif op.calls < max_iter:
+            t2, x2, ok = _arpack(op, tol, max_iter - op.calls, v0=x.cpu().numpy())
+            info["solver"] = "lanczos+arpack"
+            if x2 is not None:
+                theta, x = t2, x2
+    elif solver == "dense":
         theta, x, ok = _dense(op, tol)
     elif solver == "arpack":
         theta, x, ok = _arpack(op, tol, max_iter)
@@ -217,8 +234,9 @@ def eigenvector_centrality(
 
     ``tol``: relative residual target (default 1e-10 with float64 matrices, 1e-6 with
     float32); ``max_iter``: budget of matrix-vector products (ARPACK rounds it to whole
-    restarts); ``solver``: ``"auto"`` (dense for tiny graphs, else ARPACK on CPU, Lanczos on
-    CUDA), ``"arpack"``, ``"lanczos"`` or ``"dense"``; ``dtype``: precision of the |w| copies
+    restarts); ``solver``: ``"auto"`` (dense for tiny graphs; on the CPU a Lanczos cycle, then
+    ARPACK if needed; Lanczos on CUDA), ``"arpack"``, ``"lanczos"`` or ``"dense"``;
+    ``dtype``: precision of the |w| copies
     (``None``: float64 up to 4M edges, float32 above). Not converging is a
     :class:`~graphnn.errors.ConvergenceWarning`, never a silent answer.
     """

@@ -13,7 +13,7 @@ import torch
 
 from ..graph import Block, LayeredGraph
 from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
-                      signed_and_abs_sums)
+                      signed_and_abs_sums, use_copy)
 from .centrality import check_options, leading_eigenvector
 from .hypercore import _weighting, as_integers, cores_on
 from .strength import (STATS, add_block_sums, block_tensor, describe, neuron_frame, tensor_strength_variance,
@@ -99,6 +99,7 @@ def analyse(
     cen_blocks: list[AbsBlock] = []
     core_blocks: list[AbsBlock] = []
     todo = list(g.blocks.values())
+    copy = use_copy(g.num_edges, dev)
     for i, b in enumerate(todo):
         if progress:
             progress("load", i, len(todo))
@@ -108,14 +109,14 @@ def analyse(
         add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])
         block_recs.append(_block_record(b, rows, cols, arows))
         if centrality or (core and not weighting.integral):
-            ab = AbsBlock(b, w, Weighting(), dt, dev)
+            ab = AbsBlock(b, w, Weighting(), dt, dev, copy)
             ab.set_abs_sums(arows, acols)
             if centrality:
                 cen_blocks.append(ab)
             if core and not weighting.integral:
                 core_blocks.append(ab)
         if core and weighting.integral:
-            core_blocks.append(AbsBlock(b, w, weighting, dt, dev))
+            core_blocks.append(AbsBlock(b, w, weighting, dt, dev, copy))
         del w
     if progress:
         progress("load", len(todo), len(todo))
