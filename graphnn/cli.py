@@ -112,6 +112,22 @@ class _Formatter(logging.Formatter):
         return f"graphnn: {msg}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record, so lines logged while a
+    rich progress bar is live go through rich's redirection and do not tear the bar."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class _Session:
     """Logging to stderr, warnings routed through it, a progress callback, and the mapping of
     errors to exit codes. One per command invocation."""
@@ -127,7 +143,7 @@ class _Session:
         for h in list(root.handlers):
             if getattr(h, "_graphnn_cli", False):
                 root.removeHandler(h)
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler._graphnn_cli = True  # type: ignore[attr-defined]
         handler.setFormatter(_Formatter())
         root.addHandler(handler)
@@ -209,6 +225,10 @@ class _Session:
         if step not in self._tasks:
             self._tasks[step] = self._progress.add_task(step, total=max(total, 1))
         self._progress.update(self._tasks[step], completed=done, total=max(total, 1))
+
+    def finish(self) -> None:
+        """Stop the progress bar before the command's final lines."""
+        self._stop_progress()
 
     def _stop_progress(self) -> None:
         if self._progress is not None:
@@ -411,6 +431,7 @@ def analyse(
         res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
                             device)
         a = res.analysis
+        s.finish()
         frames = {"layers": a.layers, "neurons": a.neurons, "blocks": a.blocks}
         meta = {"command": "analyse", "source": str(ckpt), "sha256": res.provenance.sha256,
                 "options": res.provenance.options, "coverage_fraction": res.graph.coverage_fraction,
@@ -462,6 +483,7 @@ def report(
         t = time.perf_counter()
         write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out)
         s.progress("report", 1, 1)
+        s.finish()
         log.info("wrote %s (%.0f kB, figures %.2f s)", out, out.stat().st_size / 1e3, time.perf_counter() - t)
         typer.echo(str(out))
 
@@ -520,6 +542,7 @@ def compare(
                 raise typer.BadParameter(f"unknown metric(s) {missing}; per-layer columns are: {', '.join(cols)}",
                                          param_hint="--metric")
         wide = compare_layers(analyses, wanted)
+        s.finish()
         _emit_frame(wide, fmt, output, title=" vs ".join(names),
                     meta={"command": "compare", "checkpoints": [{"label": k, "source": str(r.path),
                                                                   "sha256": r.provenance.sha256}
@@ -587,6 +610,7 @@ def rewire(
             kwargs["exclude"] = list(exclude)
         record = rewire_checkpoint(ckpt, output, **kwargs)
         s.progress("rewire", 1, 1)
+        s.finish()
         used_seed = record.get("seed", seed) if isinstance(record, dict) else seed
         log.info("rewired %s -> %s with %s, seed %s (%.2f s)", ckpt, output, method, used_seed,
                  time.perf_counter() - t)
@@ -607,6 +631,7 @@ def rewire(
                 extra.append(("provenance record", str(prov)))
             write_comparison({"before": before, "after": after}, report_path, mode="rewire", extra=extra,
                              title=f"graphnn rewiring report: {method} on {ckpt.name}")
+            s.finish()
             log.info("wrote %s", report_path)
             typer.echo(str(report_path))
 
@@ -631,6 +656,7 @@ def demo(
 
         _check_device(device)
         res = run_demo(out_dir, seed=seed, epochs=epochs, device=device, progress=s.progress, log=log.info)
+        s.finish()
         typer.echo(str(res.report))
         typer.echo(str(res.compare_report))
 
