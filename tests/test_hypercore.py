@@ -10,7 +10,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import graphnn
-from graphnn.analyses.hypercore import peel
 from random_graphs import dense_abs_adjacency, layered_graphs, make_block, make_graph, random_mlp
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -159,6 +158,20 @@ def test_peel_works_on_the_float32_path():
     c32 = graphnn.hypercore(g64, dtype=torch.float32)["core"].to_numpy()
     c64 = graphnn.hypercore(g64, dtype=torch.float64)["core"].to_numpy()
     np.testing.assert_allclose(c32, c64, rtol=1e-12)  # float32 weights are exact in either copy
+
+
+def test_nan_weights_are_refused():
+    import warnings
+
+    from graphnn.errors import NonFiniteWeightsError
+
+    w = torch.ones(2, 3)
+    w[1, 2] = float("inf")
+    g = make_graph([3, 2], [("bad", 0, 1, w, 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NonFiniteWeightsError, match="bad"):
+            graphnn.hypercore(g)
 
 
 def test_bad_options_say_what_to_use():

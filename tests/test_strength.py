@@ -1,9 +1,7 @@
 """Strength and strength variance against networkx, igraph and direct sums over the edges."""
 
-import igraph
 import networkx as nx
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..graph import Block, LayeredGraph
-from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, load_abs_blocks, masked,
-                      place, resolve_device, resolve_dtype)
+from ..graph import LayeredGraph
+from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, load_abs_blocks, place,
+                      resolve_device, resolve_dtype)
 from .strength import neuron_frame
 
 SCOPES = ("network", "block")
@@ -171,20 +171,22 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: fl
 
 
 def _threshold_from_top(g: LayeredGraph, top: float) -> float:
-    """The |w| of the ``ceil(top * E)``-th largest structural edge (ties included)."""
+    """The |w| of the ``ceil(top * E)``-th largest structural edge (ties included). Holds all
+    |w| once, in the weights' own precision (at least float32)."""
     if not 0 < top <= 1:
         raise ValueError(f"top={top!r}: give the fraction of strongest edges to keep, 0 < top <= 1")
     values = []
     for b in g.blocks.values():
         m = b.matrix()
         mask = b.structure_mask()
-        a = (m[mask.to(m.device)] if mask is not None else m.reshape(-1)).abs().to(torch.float64).cpu()
-        values.append(a)
-    allv = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
-    if allv.numel() == 0:
+        a = m[mask.to(m.device)] if mask is not None else m.reshape(-1)
+        values.append(a.abs().to(torch.promote_types(a.dtype, torch.float32)).cpu())
+    if not values or sum(v.numel() for v in values) == 0:
         return 0.0
+    allv = torch.cat(values)
+    del values
     keep = max(1, int(np.ceil(top * allv.numel() - 1e-9)))
-    return float(torch.topk(allv, keep).values[-1])
+    return float(torch.kthvalue(allv, allv.numel() - keep + 1).values)
 
 
 def _weighting(g: LayeredGraph, threshold, top) -> Weighting:
