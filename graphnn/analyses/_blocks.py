@@ -1,6 +1,7 @@
-"""The weight blocks as the analyses read them: each block's matrix loaded once, its
-non-negative edge weights (|w|, or 0/1 after a threshold) held as one contiguous transposed copy,
-and exact float64 row/column sums.
+"""The weight blocks as the analyses read them: each block's matrix loaded once; its
+non-negative edge weights (|w|, or 0/1 after a threshold) either computed on the fly from the
+signed matrix a few rows at a time (large graphs on the CPU: no copy) or held as one contiguous
+transposed copy (CUDA, small graphs); exact float64 row/column sums.
 
 Nodes are numbered in a *node space*: a list of partitions laid end to end (the whole graph in
 partition order, or the partitions that a subset of blocks touches).
