@@ -354,8 +354,9 @@ def test_comparison_report_before_after(tmp_path):
 
 
 def test_checkpoint_labels_are_short_and_unique(tmp_path):
-    assert checkpoint_labels(["/r/e1/model.pt", "/r/e2/model.pt"]) == ["e1/model.pt", "e2/model.pt"]
-    assert checkpoint_labels(["a/x.pt", "b/y.pt"]) == ["x.pt", "y.pt"]
+    assert checkpoint_labels(["/r/e1/model.pt", "/r/e2/model.pt"]) == ["e1/model", "e2/model"]
+    assert checkpoint_labels(["a/x.pt", "b/y.safetensors"]) == ["x", "y"]
+    assert checkpoint_labels(["a/x.pt", "a/x.safetensors"]) == ["x.pt", "x.safetensors"]
 
 
 # -- provenance and writing ------------------------------------------------------------------

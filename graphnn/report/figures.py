@@ -338,7 +338,6 @@ def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J
                 ax.plot(s["block"].map(pos), s[column], marker=".", lw=1, label=lab, color=palette[lab])
             _layer_ticks(ax, order)
             _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float), axis="y")
-            ax.legend(frameon=False)
         else:
             d["label"] = d["block"].map(lambda s: short_label(s, 48))
             fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
@@ -347,9 +346,6 @@ def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J
                           linestyles="none", markersize=4, dodge=0.35 if len(labels) > 1 else False, ax=ax)
             _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float))
             ax.set_ylabel("")
-            leg = ax.get_legend()
-            if leg is not None:
-                leg.set_title("")
-                leg.set_frame_on(False)
+        _figure_legend(fig, [ax])
         ax.set_xlabel("J = (Var row sums + Var column sums) / 2") if len(order) <= MAX_LAYERS_DRAWN else ax.set_ylabel("J")
         return to_data_uri(fig)

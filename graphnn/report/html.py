@@ -380,7 +380,9 @@ def render_comparison(
         "title": title or ("graphnn rewiring report" if mode == "rewire" else "graphnn comparison report"),
         "subtitle": " \u2192 ".join(labels),
         "provenance": prov_rows,
-        "cards": [("checkpoints", fmt(len(labels))), ("layers", fmt(len(order))), ("metrics", fmt(len(metrics)))],
+        "cards": [("checkpoints", fmt(len(labels))), ("layers", fmt(len(order)))]
+        + ([("neurons", fmt(graphs[last].num_nodes)), ("edges", fmt(graphs[last].num_edges))]
+           if graphs.get(last) is not None else []),
         "notes": [n for g in graphs.values() for n in (getattr(g, "notes", []) or [])],
         "definitions": _definitions(analyses[last]),
         "layer_table": None,

@@ -85,14 +85,25 @@ def report_file(
     return res
 
 
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
 def checkpoint_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Short unique labels for checkpoints: the file names, with as many parent folders as
-    needed to tell them apart."""
+    """Short unique labels for checkpoints: the file names without a checkpoint suffix, with
+    as many parent folders as needed to tell them apart (the suffix stays when only it
+    differs)."""
     ps = [Path(p) for p in paths]
-    for depth in range(1, max(len(p.parts) for p in ps) + 1):
-        labels = ["/".join(p.parts[-depth:]) for p in ps]
-        if len(set(labels)) == len(labels):
-            return labels
+
+    def strip(name: str) -> str:
+        return next((name[: -len(s)] for s in _CHECKPOINT_SUFFIXES if name.endswith(s) and len(name) > len(s)), name)
+
+    for keep_suffix in (False, True):
+        for depth in range(1, max(len(p.parts) for p in ps) + 1):
+            labels = ["/".join(p.parts[-depth:]) for p in ps]
+            if not keep_suffix:
+                labels = [strip(lab) for lab in labels]
+            if len(set(labels)) == len(labels):
+                return labels
     return [f"{i}:{p}" for i, p in enumerate(ps)]
 
 
