@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -291,22 +291,6 @@ def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
     """Read every tensor of a checkpoint into an ordered ``{name: tensor}`` dict (safe loading,
     wrappers and prefixes removed, non-tensor entries dropped)."""
     return {e.name: e.load() for e in open_checkpoint(path, trust=trust) if e.is_tensor}
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path`` and move it into place only
-    when it succeeded: an interrupted write leaves no partial output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +20,7 @@ from . import figures
 from .compare import available_metrics, compare_blocks, compare_layers, compare_layers_long
 from .definitions import CONV_AGGREGATION, METRICS, describe_column
 from .provenance import Provenance
+from ..atomic import atomic_write
 
 #: Per-layer columns shown in the report's layer table, when the analysis has them.
 LAYER_COLUMNS = (
@@ -402,27 +402,9 @@ def _signed_pct(x) -> str:
     return f"{100 * float(x):+.1f} %"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_html(html: str, path: str | os.PathLike) -> Path:
     """Write ``html`` to ``path`` atomically (a temporary file in the same folder, then
     ``os.replace``), creating the folder if needed; returns the path."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(p, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     return p
