@@ -230,14 +230,15 @@ def child_big(repeats: int, device: str) -> dict:
     g = graphnn.LayeredGraph.from_matrices({f"l{i}": s for i, s in enumerate(BIG_SIZES)}, blocks)
     weights_mb = sum(w.numel() * w.element_size() for _, _, w in blocks.values()) / 2**20
     rss1 = _rss_mb()
-    times, last = [], None
-    with PeakRSS() as during:
-        for _ in range(repeats):
+    times, peaks, last = [], [], None
+    for _ in range(repeats):
+        with PeakRSS() as during:
             t = time.perf_counter()
             last = graphnn.analyse(g, device=device)
             if device != "cpu":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
+        peaks.append(during.peak)
     peak = _peak_mb()
     parts = {}
     if device == "cpu":
@@ -249,7 +250,7 @@ def child_big(repeats: int, device: str) -> dict:
             parts[name] = time.perf_counter() - t
     return {"edges": g.num_edges, "analyse_s": statistics.median(times), "analyse_runs": times,
             "steps_s": last.timings, "separate_s": parts, "rss_imports_mb": rss0, "rss_weights_mb": rss1,
-            "peak_mb": peak, "analyse_peak_mb": during.peak, "weights_mb": weights_mb, "limit_mb": 2 * weights_mb + 300,
+            "peak_mb": peak, "analyse_peaks_mb": peaks, "weights_mb": weights_mb, "limit_mb": 2 * weights_mb + 300,
             "centrality": last.centrality_info, "device": device}
 
 
@@ -347,10 +348,13 @@ def main(repeats: int = 5, quick: bool = False) -> dict:
           f"({', '.join(f'{k} {v:.2f}' for k, v in b['steps_s'].items())}); goal <= {GOALS['big_s']:.0f} s: "
           f"{_ok(b['analyse_s'] <= GOALS['big_s'])}")
     print(f"   separately: {', '.join(f'{k} {v:.2f} s' for k, v in b['separate_s'].items())}")
-    print(f"   peak RSS of the process {b['peak_mb']:.0f} MiB (interpreter + imports {b['rss_imports_mb']:.0f} MiB, "
-          f"after creating the weights {b['rss_weights_mb']:.0f} MiB, highest during analyse "
-          f"{b['analyse_peak_mb']:.0f} MiB); weights {b['weights_mb']:.0f} MiB; limit 2 x weights + 300 MiB = "
-          f"{b['limit_mb']:.0f} MiB: {_ok(b['peak_mb'] <= b['limit_mb'])}")
+    later = max(b["analyse_peaks_mb"][1:], default=float("nan"))
+    print(f"   peak RSS of the process {b['peak_mb']:.0f} MiB; limit 2 x weights + 300 MiB = {b['limit_mb']:.0f} MiB: "
+          f"{_ok(b['peak_mb'] <= b['limit_mb'])}")
+    print(f"     (interpreter + imports {b['rss_imports_mb']:.0f} MiB; after creating the {b['weights_mb']:.0f} MiB of "
+          f"weights {b['rss_weights_mb']:.0f} MiB; highest during the first analyse {b['analyse_peaks_mb'][0]:.0f} MiB, "
+          f"which includes the graph's one-time NaN/Inf count of each tensor on first read; during the later "
+          f"ones {later:.0f} MiB)")
     if torch.cuda.is_available():
         gpu = results["big_cuda"] = _run_child("big", "3", "cuda")
         print(f"   CUDA ({torch.cuda.get_device_name()}): analyse {gpu['analyse_s']:.2f} s median "

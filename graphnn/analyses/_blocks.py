@@ -20,8 +20,8 @@ from ..graph import Block, LayeredGraph
 #: Above this many edges the |w| copies are float32 (4 bytes/edge); at or below, float64.
 FLOAT64_MAX_EDGES = 4_000_000
 
-#: Elements converted to float64 at a time by :func:`exact_sums` (8 MB chunks).
-_CHUNK_ELEMENTS = 1 << 20
+#: Elements converted to float64 at a time by :func:`exact_sums` (2 MB chunks).
+_CHUNK_ELEMENTS = 1 << 18
 
 Progress = Callable[[str, int, int], None]
 

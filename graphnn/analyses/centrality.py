@@ -181,7 +181,7 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
     if total == 0.0:  # no edge has weight: A = 0, every vector is an eigenvector
         info["solver"] = "none (all weights are 0)"
         return _finish(_ones(n, "cpu"), normalise), info
-    if solver == "auto":
+    if solver == "auto" or (solver == "arpack" and n <= DENSE_MAX_NODES):  # ARPACK needs n > 2
         solver = "dense" if n <= DENSE_MAX_NODES else ("lanczos+arpack" if device.type == "cpu" else "lanczos")
     info["solver"] = solver
     if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough

@@ -37,8 +37,8 @@ SCOPES = ("network", "block")
 #: Relative tie tolerance (times the neuron's initial strength).
 TIE_RTOL = 1e-12
 _MIN_BATCH, _MAX_BATCH = 8, 512
-#: float64 entries of the per-batch work arrays (16 MB): bounds the batch size on wide graphs.
-_ELEMENTS_PER_BATCH = 1 << 21
+#: float64 entries of the per-batch work arrays (8 MB): bounds the batch size on wide graphs.
+_ELEMENTS_PER_BATCH = 1 << 20
 
 
 def _replay(a: np.ndarray, s: np.ndarray, tol: np.ndarray, level: float):
