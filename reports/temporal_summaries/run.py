@@ -264,7 +264,7 @@ def versus_baselines(cv: pd.DataFrame, horizon: int) -> pd.DataFrame:
                 for base in BASELINES:
                     b_clf = "majority" if base == "majority class" else clf
                     b = s[(s.features == base) & (s.classifier == b_clf)].set_index(key)
-                    joined = a[["accuracy", "n_train", "n_test"]].join(b[["accuracy"]], rsuffix="_base")
+                    joined = a[["accuracy", "n_train", "n_test"]].join(b[["accuracy"]].rename(columns={"accuracy": "accuracy_base"}))
                     r = stats.corrected_resampled_ttest(
                         joined["accuracy"] - joined["accuracy_base"],
                         n_train=float(joined["n_train"].mean()), n_test=float(joined["n_test"].mean()))
@@ -283,6 +283,16 @@ def display_scores(scores: pd.DataFrame, horizon: int) -> pd.DataFrame:
                      "folds": int(r.folds), "accuracy %": stats.fmt_pm(r["mean"], r["std"], 1, 100),
                      "95% CI": stats.fmt_ci(r.ci_low, r.ci_high, 1, 100)})
     return pd.DataFrame(rows)
+
+
+def horizon_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean fold accuracy (%) for every horizon T, one row per (scheme, features, classifier)."""
+    wide = scores.pivot_table(index=["scheme", "features", "classifier"], columns="horizon", values="mean", sort=False)
+    out = wide.reset_index()
+    out.columns = ["CV scheme", "features", "classifier"] + [f"T={int(c)}" for c in wide.columns]
+    for c in out.columns[3:]:
+        out[c] = out[c].map(lambda v: f"{100 * v:.1f}")
+    return out
 
 
 def display_tests(tests: pd.DataFrame) -> pd.DataFrame:
@@ -414,6 +424,7 @@ def write_report(out: Path) -> None:
     ])
     rep.heading("Results")
     rep.table(display_scores(scores, T), f"Held-out classification accuracy (%) using the first T = {T} epochs.")
+    rep.table(horizon_table(scores), "Mean held-out accuracy (%) by the number of epochs T summarised.")
     rep.table(display_tests(tests), f"Graph features against the baselines at T = {T} (difference in accuracy points).")
     for path, caption in figs:
         rep.figure(path, caption)
