@@ -74,6 +74,17 @@ def aggregate_kernel(weight: torch.Tensor, how: str) -> torch.Tensor:
     return w.sum(dim=-1)
 
 
+def count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
+    """Number of NaN/Inf entries of ``t``, without a full-size temporary: a finite sum proves
+    there are none; otherwise count chunk by chunk."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return 0
+    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        return 0
+    flat = t.reshape(-1)
+    return sum(int((~torch.isfinite(flat[i:i + chunk])).sum()) for i in range(0, flat.numel(), chunk))
+
+
 @dataclass(eq=False)
 class Block:
     """The bipartite edges between two partitions produced by one weight parameter.
@@ -310,7 +321,7 @@ class LayeredGraph:
         rec = self._coverage_index.get(block.param)
         if rec is None or rec.get("nonfinite") is not None:
             return
-        count = int((~torch.isfinite(tensor)).sum()) if tensor.is_floating_point() else 0
+        count = count_nonfinite(tensor)
         rec["nonfinite"] = count
         if count:
             warnings.warn(

@@ -13,11 +13,10 @@ import types
 import warnings
 from typing import Any, Iterable, Mapping
 
-import torch
 from torch import nn
 
 from ..errors import NonFiniteWeightsWarning, NothingMappableError, TopologyWarning, UnsupportedSourceError
-from ..graph import LayeredGraph
+from ..graph import LayeredGraph, count_nonfinite
 from .builder import GraphBuilder
 from .checkpoints import (
     TensorEntry,
@@ -129,8 +128,7 @@ def extract(
 
 
 def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
-    t = entry.load()
-    count = int((~torch.isfinite(t)).sum())
+    count = count_nonfinite(entry.load())
     builder.coverage[entry.name]["nonfinite"] = count
     if count:
         warnings.warn(f"{entry.name}: {count} NaN/Inf weights (counted in the coverage table)",
