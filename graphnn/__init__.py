@@ -7,36 +7,35 @@ analyse it (strength, eigenvector centrality, k-hypercore), and re-initialise we
 from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
+    ConvergenceWarning,
     CorruptCheckpointError,
     GraphnnError,
     GraphTooLargeError,
     MissingDependencyError,
+    NonFiniteWeightsError,
     NonFiniteWeightsWarning,
     NothingMappableError,
+    RefusedOverwriteError,
     TopologyWarning,
     UnsafeCheckpointError,
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
-from .analyses import strength, strength_variance, eigenvector_centrality, hypercore, analyse, Analysis
-from . import rewire
+from .analyses import Analysis, analyse, eigenvector_centrality, hypercore, strength, strength_variance
 from . import extract  # callable module: graphnn.extract(source, ...)
+from . import rewire
 
 __all__ = [
     "__version__",
-    "extract",
+    # extract -> graph
+    "extract", "LayeredGraph", "Partition", "Block",
+    # analyses
     "strength", "strength_variance", "eigenvector_centrality", "hypercore", "analyse", "Analysis",
-    "Block",
-    "LayeredGraph",
-    "Partition",
-    "CheckpointNotFoundError",
-    "CorruptCheckpointError",
-    "GraphnnError",
-    "GraphTooLargeError",
-    "MissingDependencyError",
-    "NonFiniteWeightsWarning",
-    "NothingMappableError",
-    "TopologyWarning",
-    "UnsafeCheckpointError",
-    "UnsupportedSourceError",
+    # rewire / re-initialise
+    "rewire",
+    # errors and warnings
+    "GraphnnError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
+    "NothingMappableError", "UnsupportedSourceError", "GraphTooLargeError", "MissingDependencyError",
+    "NonFiniteWeightsError", "RefusedOverwriteError", "NonFiniteWeightsWarning", "TopologyWarning",
+    "ConvergenceWarning",
 ]
