@@ -173,3 +173,13 @@ def tensor_target(tensor: torch.Tensor, name: str = "tensor") -> WeightTarget:
     if not tensor.is_floating_point():
         raise TypeError(f"{name} has dtype {tensor.dtype}; only floating-point weights can be re-initialised")
     return WeightTarget(name, tensor)
+
+
+def targets_of(module_or_tensor, include=None, exclude=None) -> list[WeightTarget]:
+    """The weights an in-place re-initialiser acts on: the selected weights of a module, or a
+    bare tensor (``include``/``exclude`` only make sense for a module)."""
+    if isinstance(module_or_tensor, nn.Module):
+        return select_targets(module_or_tensor, include, exclude)
+    if include is not None or exclude is not None:
+        raise ValueError("include/exclude select parameters of a module; pass a module, or drop them for a tensor")
+    return [tensor_target(module_or_tensor)]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._targets import WeightTarget, select_targets, tensor_target
+from ._targets import WeightTarget, targets_of
 
 MODES = ("faithful", "fast")
 
@@ -259,11 +259,6 @@ def pa_rewire_(
     >>> bool(layer.weight.sum(1).var() < before.sum(1).var())
     True
     """
-    if isinstance(module_or_tensor, nn.Module):
-        targets = select_targets(module_or_tensor, include, exclude)
-    else:
-        if include is not None or exclude is not None:
-            raise ValueError("include/exclude select parameters of a module; pass a module, or drop them for a tensor")
-        targets = [tensor_target(module_or_tensor)]
+    targets = targets_of(module_or_tensor, include, exclude)
     rewire_targets_(targets, seed=seed, mode=mode, device=device)
     return module_or_tensor

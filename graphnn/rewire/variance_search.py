@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..analyses.strength import tensor_strength_variance
-from ._targets import WeightTarget, select_targets, tensor_target
+from ._targets import WeightTarget, targets_of
 from .pa import _check_seed
 
 
@@ -84,11 +84,6 @@ def min_strength_variance_search_(
     >>> layer = torch.nn.Linear(100, 50)
     >>> _ = graphnn.rewire.min_strength_variance_search_(layer, trials=20, seed=0)
     """
-    if isinstance(module_or_tensor, nn.Module):
-        targets = select_targets(module_or_tensor, include, exclude)
-    else:
-        if include is not None or exclude is not None:
-            raise ValueError("include/exclude select parameters of a module; pass a module, or drop them for a tensor")
-        targets = [tensor_target(module_or_tensor)]
+    targets = targets_of(module_or_tensor, include, exclude)
     search_targets_(targets, init, trials, seed)
     return module_or_tensor
