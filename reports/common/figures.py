@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402,F401  (re-exported for the studies)
 
 plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 120, "font.size": 9,
                      "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "graphnn"})

@@ -138,10 +138,13 @@ def run_experiment(args, p: dict) -> None:
     runs = pd.DataFrame([r for o in out for r in o[0]])
     epochs = pd.DataFrame([r for o in out for r in o[1]])
     arm_rank = {a: i for i, a in enumerate(ARMS)}
-    for df in (runs, epochs):
-        df["_arm"] = df["arm"].map(arm_rank)
-        df.sort_values(KEYS + ["seed", "_arm"] + (["epoch"] if "epoch" in df else []), inplace=True, kind="stable")
-        df.drop(columns="_arm", inplace=True)
+
+    def ordered(df: pd.DataFrame) -> pd.DataFrame:
+        by = KEYS + ["seed", "_arm"] + (["epoch"] if "epoch" in df else [])
+        return (df.assign(_arm=df["arm"].map(arm_rank)).sort_values(by, kind="stable", ignore_index=True)
+                .drop(columns="_arm"))
+
+    runs, epochs = ordered(runs), ordered(epochs)
     runs.to_csv(args.out / "runs.csv", index=False)
     epochs.to_csv(args.out / "epochs.csv", index=False)
     pd.DataFrame([{"quick": args.quick, "workers": args.workers,
