@@ -30,6 +30,7 @@ import graphnn  # noqa: E402
 from reports.common import cli, data, figures, models, parallel, render, stats, training  # noqa: E402
 
 STATS = ("mean", "std", "q10", "q50", "q90")
+DIVERGED_SENTINEL = 1e3  # feature value for an epoch after a run's loss became non-finite
 MEASURES = {"degree": "weighted degree", "eigenvector": "eigenvector centrality"}
 
 
@@ -129,12 +130,14 @@ def feature_table(runs: pd.DataFrame, epochs: pd.DataFrame, layer_stats: pd.Data
                 continue
             cols[f"{measure}|{layer}|{stat}|e{epoch}"] = w[(layer, stat, epoch)]
             cols[f"{measure}|{layer}|{stat}|d{epoch}"] = w[(layer, stat, epoch)] - w[(layer, stat, epoch - 1)]
-        graph_parts[measure] = pd.DataFrame(cols)
+        # a run whose weights became non-finite before epoch t has no summary for it: it gets the
+        # same sentinel as the loss baselines (loss 1000), so no feature set hides a divergence
+        graph_parts[measure] = pd.DataFrame(cols).fillna(DIVERGED_SENTINEL)
     sets["weighted degree"] = graph_parts["degree"]
     sets["eigenvector centrality"] = graph_parts["eigenvector"]
     sets["degree + centrality"] = pd.concat([graph_parts["degree"], graph_parts["eigenvector"]], axis=1)
     ep = epochs[epochs["epoch"] <= horizon].pivot(index="run", columns="epoch")
-    finite = lambda df: df.replace([np.inf, -np.inf], np.nan).fillna(1e3)  # diverged runs
+    finite = lambda df: df.replace([np.inf, -np.inf], np.nan).fillna(DIVERGED_SENTINEL)
     sets["train loss @T"] = finite(ep["train_loss"][[horizon]].rename(columns=lambda e: f"train_loss_e{e}"))
     sets["train acc @T"] = ep["train_acc"][[horizon]].rename(columns=lambda e: f"train_acc_e{e}")
     sets["train loss + acc, epochs 1..T"] = finite(pd.concat(
@@ -144,7 +147,7 @@ def feature_table(runs: pd.DataFrame, epochs: pd.DataFrame, layer_stats: pd.Data
     hp["lr"] = np.log10(hp["lr"])
     sets["hyper-parameters (reference)"] = hp
     index = runs["run"].to_numpy()
-    return {k: v.reindex(index) for k, v in sets.items()}
+    return {k: v.reindex(index).fillna(DIVERGED_SENTINEL) for k, v in sets.items()}
 
 
 def labels(runs: pd.DataFrame) -> tuple[np.ndarray, float]:
@@ -205,6 +208,9 @@ def run_experiment(args, p: dict) -> None:
     epochs = pd.DataFrame([r for o in out for r in o[1]])
     layer_stats = pd.DataFrame([r for o in out for r in o[2]])
     train_s = time.perf_counter() - start
+    runs.to_csv(args.out / "runs.csv", index=False)
+    epochs.to_csv(args.out / "epochs.csv", index=False)
+    layer_stats.to_csv(args.out / "layer_stats.csv", index=False)
 
     y, _ = labels(runs)
     feats = {T: feature_table(runs, epochs, layer_stats, T) for T in range(1, p["horizon"] + 1)}
@@ -225,9 +231,6 @@ def run_experiment(args, p: dict) -> None:
     cv = pd.DataFrame([r for o in cv_out for r in o])
     cv.loc[cv["classifier"] == "majority", "features"] = "majority class"
 
-    runs.to_csv(args.out / "runs.csv", index=False)
-    epochs.to_csv(args.out / "epochs.csv", index=False)
-    layer_stats.to_csv(args.out / "layer_stats.csv", index=False)
     cv.to_csv(args.out / "cv_folds.csv", index=False)
     pd.DataFrame([{"quick": args.quick, "workers": args.workers,
                    "training_seconds": round(train_s, 1),
@@ -406,7 +409,9 @@ def write_report(out: Path) -> None:
         "`graphnn.eigenvector_centrality(g, normalise='l2')` (undirected, |w|).",
         "Features for horizon T: for each layer and measure, mean, std, 10/50/90% quantiles "
         "over the layer's neurons at each epoch 1..T and their change from the previous epoch "
-        "(epoch 0 included as the starting point).",
+        "(epoch 0 included as the starting point). A run whose loss became non-finite has no "
+        f"graph after that epoch: its features there are set to {DIVERGED_SENTINEL:g}, as its "
+        f"training loss is for the loss baselines.",
         "Baselines: majority class; training loss at epoch T; training accuracy at epoch T; both "
         "over epochs 1..T. References (not graph-free baselines the paper names, shown for "
         "context): the test accuracy at epoch T, and the hyper-parameters (log10 lr, dropout).",
