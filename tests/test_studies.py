@@ -291,3 +291,34 @@ def test_report_renders_the_same_table_in_markdown_and_html(tmp_path):
     html = page.read_text()
     assert "<code>code</code>" in html and "<strong>bold</strong>" in html
     assert "data:image/png;base64," in html and "<td>a|b</td>" in html
+
+
+def test_temporal_features_deltas_and_diverged_runs():
+    """Feature table of the temporal study on hand-made summaries: the value at epoch t and its
+    change from t-1 are what the layer statistics say; a run that diverged before epoch 1 gets
+    the sentinel, never NaN."""
+    import runpy
+    mod = runpy.run_path(str(ROOT / "reports" / "temporal_summaries" / "run.py"), run_name="study")
+    runs = pd.DataFrame({"run": [0, 1], "lr": [1.0, 0.01], "dropout": [0.0, 0.5], "final_acc": [0.1, 0.8]})
+    epochs = pd.DataFrame({"run": [0, 0, 1, 1], "epoch": [1, 2, 1, 2],
+                           "train_loss": [np.inf, np.inf, 2.0, 1.5], "train_acc": [0.1, 0.1, 0.3, 0.5],
+                           "test_loss": [np.inf, np.inf, 1.9, 1.4], "test_acc": [0.1, 0.1, 0.35, 0.55]})
+    rows = []
+    for run, last in ((0, 0), (1, 2)):
+        for epoch in range(last + 1):
+            for measure in ("degree", "eigenvector"):
+                base = 10 * run + epoch + (0.5 if measure == "eigenvector" else 0.0)
+                rows.append(dict(run=run, epoch=epoch, layer="fc1", measure=measure, mean=base,
+                                 std=base / 10, q10=base - 1, q50=base, q90=base + 1))
+    feats = mod["feature_table"](runs, epochs, pd.DataFrame(rows), 2)
+    for name, df in feats.items():
+        assert not df.isna().any().any(), name
+    deg = feats["weighted degree"]
+    assert deg.loc[1, "degree|fc1|mean|e2"] == 12 and deg.loc[1, "degree|fc1|mean|d2"] == 1
+    assert deg.loc[1, "degree|fc1|q90|d1"] == 1
+    assert deg.loc[0, "degree|fc1|mean|e1"] == mod["DIVERGED_SENTINEL"]
+    assert feats["train loss @T"].loc[0].item() == mod["DIVERGED_SENTINEL"]
+    assert feats["train loss @T"].loc[1].item() == 1.5
+    assert set(feats["degree + centrality"].columns) == set(deg.columns) | set(feats["eigenvector centrality"].columns)
+    y, median = mod["labels"](runs)
+    assert median == 0.45 and y.tolist() == [0, 1]
