@@ -112,7 +112,8 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e) or not _is_valid_pickle(path):
-            raise CorruptCheckpointError(_corrupt_message(path, e)) from e
+            # torch's message advises weights_only=False, which is wrong for a damaged file
+            raise CorruptCheckpointError(_corrupt_message(path, "its data is not a valid pickle stream")) from e
         if not trust:
             raise UnsafeCheckpointError(
                 f"refused to load {path}: it contains Python objects that torch.load(weights_only=True) "
@@ -152,10 +153,11 @@ def _is_valid_pickle(path: Path) -> bool:
         return False
 
 
-def _corrupt_message(path: Path, e: Exception) -> str:
+def _corrupt_message(path: Path, e: Exception | str) -> str:
     size = path.stat().st_size if path.exists() else 0
+    cause = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
     return (
-        f"could not read {path} ({size:,} bytes) as a checkpoint: {type(e).__name__}: {e}. "
+        f"could not read {path} ({size:,} bytes) as a checkpoint: {cause}. "
         "The file may be truncated or not a PyTorch/safetensors checkpoint; re-download or re-save it."
     )
 
