@@ -198,16 +198,20 @@ def test_readme_numbers_are_the_csv_numbers(study):
         median = runs["final_acc"].median()
         pos = int((runs["final_acc"] > median).sum())
         assert f"{pos} positive, {len(runs) - pos} negative" in readme
+        learned = runs[runs["final_acc"] > 0.2]
+        pos = int((learned["final_acc"] > learned["final_acc"].median()).sum())
+        assert f"**, {len(learned)} runs)" in readme and f"{pos} positive, {len(learned) - pos} negative." in readme
         table = table_with(tables, "accuracy %")
         sub = cv[cv["horizon"] == T]
-        assert len(table) == sub.groupby(["scheme", "features", "classifier"]).ngroups
+        assert len(table) == sub.groupby(["population", "scheme", "features", "classifier"]).ngroups
+        assert set(sub["population"]) == {"all runs", "runs that learned (final acc > 20%)"}
         for _, row in table.iterrows():
-            g = sub[(sub.scheme == row["CV scheme"]) & (sub.features == row["features"])
-                    & (sub.classifier == row["classifier"])]
+            g = sub[(sub.population == row["population"]) & (sub.scheme == row["CV scheme"])
+                    & (sub.features == row["features"]) & (sub.classifier == row["classifier"])]
             assert int(row["folds"]) == len(g)
             assert row["accuracy %"] == pm(g["accuracy"], 1)
         # every feature set and classifier is scored on the same folds
-        sizes = cv.groupby(["scheme", "horizon", "repeat", "fold"])["n_test"].nunique()
+        sizes = cv.groupby(["population", "scheme", "horizon", "repeat", "fold"])["n_test"].nunique()
         assert (sizes == 1).all()
         # graph features really come from graphnn summaries of every epoch 0..horizon
         ls = pd.read_csv(out / "layer_stats.csv")

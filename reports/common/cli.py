@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 
-def parse_args(description: str, script_file: str, argv=None) -> argparse.Namespace:
+def parse_args(description: str, script_file: str, argv=None, extra=None) -> argparse.Namespace:
+    """Parse the common options (``extra(parser)`` may add a study's own)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
@@ -27,6 +28,8 @@ def parse_args(description: str, script_file: str, argv=None) -> argparse.Namesp
                         help="worker processes, one torch thread each (default 2, --quick: 1)")
     parser.add_argument("--report-only", action="store_true",
                         help="only re-render the README/HTML/figures from the existing CSVs")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     if args.workers is None:
         args.workers = 1 if args.quick else 2
