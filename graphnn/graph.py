@@ -74,6 +74,19 @@ def aggregate_kernel(weight: torch.Tensor, how: str) -> torch.Tensor:
     return w.sum(dim=-1)
 
 
+def output_units(weight: torch.Tensor, transposed: bool = False, groups: int = 1) -> torch.Tensor:
+    """Scabini et al.'s tensor view: ``weight`` as an ``(n_out, numel / n_out)`` matrix whose rows
+    are output units. A view for weights stored output-first (Linear ``(out, in)``, ConvNd
+    ``(c_out, c_in/groups, *k)``); a copy for ``transposed`` ConvTranspose weights
+    ``(c_in, c_out/groups, *k)``, whose output channel ``o`` of group ``g`` gets the entries
+    ``W[g * c_in/groups : (g+1) * c_in/groups, o, ...]``."""
+    if not transposed:
+        return weight.reshape(weight.shape[0], -1)
+    cin, cout_g, k = weight.shape[0], weight.shape[1], weight.shape[2:]
+    v = weight.reshape(groups, cin // groups, cout_g, *k).transpose(1, 2)  # (g, cout_g, cin_g, *k)
+    return v.reshape(groups * cout_g, -1)
+
+
 def count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
     """Number of NaN/Inf entries of ``t``, without a full-size temporary: a finite sum proves
     there are none; otherwise count chunk by chunk."""

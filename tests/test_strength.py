@@ -153,3 +153,25 @@ def test_strength_on_extracted_models_equals_networkx(model_name):
     df = graphnn.strength(g)
     expected = np.array([G.degree(n, weight="weight") for n in g.nodes()])
     np.testing.assert_allclose(df["strength"].to_numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_conv_transpose_tensor_view_has_output_units_as_rows():
+    """J of a ConvTranspose weight (c_in, c_out/groups, *k) uses rows = output channels, the
+    same view the rewire code minimises."""
+    import graphnn
+    from graphnn.analyses.strength import tensor_strength_variance
+    from graphnn.rewire._targets import WeightTarget
+
+    torch.manual_seed(0)
+    for groups in (1, 2):
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ConvTranspose2d(4, 6, 3, groups=groups))
+        w = m[1].weight.detach()
+        # independent layout: output channel o of group g reads input channels of group g
+        cin_g, cout_g = 4 // groups, 6 // groups
+        rows = [torch.cat([w[g * cin_g + j, o].reshape(-1) for j in range(cin_g)])
+                for g in range(groups) for o in range(cout_g)]
+        want = tensor_strength_variance(torch.stack(rows))
+        got = graphnn.strength_variance(graphnn.extract(m), view="block").set_index("block").loc["1.weight"]
+        assert got["J"] == pytest.approx(want[0], rel=1e-9)
+        rewire_view = WeightTarget("w", m[1].weight, layout="transposed", groups=groups).units()
+        assert torch.equal(rewire_view, torch.stack(rows))

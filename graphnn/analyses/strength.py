@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..graph import Block, LayeredGraph
+from ..graph import Block, LayeredGraph, output_units
 from ._blocks import Progress, exact_sums, masked
 
 DIRECTIONS = ("in", "out", "total")
@@ -140,11 +140,11 @@ def block_tensor(b: Block, matrix: torch.Tensor | None = None) -> torch.Tensor:
     """The tensor whose strength variance is reported for a block: its own ``(n_dst, n_src)``
     matrix when it has no kernel aggregation (Linear, HF Conv1D transposed to out x in, a q/k/v
     slice of a fused projection), else the whole parameter as stored (conv kernels, a Linear after
-    a flatten), flattened by its first axis as Scabini et al. do."""
+    a flatten), as ``(n_out, numel / n_out)`` output units (:func:`graphnn.graph.output_units`;
+    ConvTranspose weights are stored input-first and are re-ordered)."""
     if b.aggregation is None:
         return masked(b, b.matrix()) if matrix is None else matrix
-    t = b.tensor()
-    return t.reshape(t.shape[0], -1)
+    return output_units(b.tensor(), b.kind == "conv_transpose", b.groups)
 
 
 def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer") -> pd.DataFrame:

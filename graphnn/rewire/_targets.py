@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from ..graph import output_units
+
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
@@ -48,14 +50,7 @@ class WeightTarget:
     def units(self) -> torch.Tensor:
         """The ``(n_out, fan_in)`` matrix of output units; a view when the layout allows it,
         otherwise a copy (write it back with :meth:`write_units_`)."""
-        w = self.tensor.detach()
-        if self.layout == "out_first":
-            return w.reshape(w.shape[0], -1)
-        g = self.groups
-        cin, cout_g = w.shape[0], w.shape[1]
-        k = w.shape[2:]
-        v = w.reshape(g, cin // g, cout_g, *k).transpose(1, 2)  # (g, cout_g, cin_g, *k)
-        return v.reshape(g * cout_g, -1)
+        return output_units(self.tensor.detach(), self.layout == "transposed", self.groups)
 
     def write_units_(self, m: torch.Tensor) -> None:
         """Write a ``(n_out, fan_in)`` matrix back into the tensor (in place)."""
