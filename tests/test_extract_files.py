@@ -163,3 +163,21 @@ def test_large_safetensors_reads_names_and_shapes_only(tmp_path):
     edges, grew = map(int, out.stdout.split())
     assert edges == 4 * 4096 * 4096
     assert grew < size / 8, f"extraction grew peak RSS by {grew / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+@pytest.mark.parametrize("hf_layout", [True, False])
+def test_gpt2_style_c_weights_layout_from_shapes(hf_layout):
+    """GPT-2 (HF Conv1D, stored in x out) and nanoGPT (nn.Linear, out x in) share the names
+    c_attn / c_fc / c_proj: the widening projections tell the layouts apart."""
+    torch.manual_seed(0)
+    d = 4
+    shapes = {"h.0.attn.c_attn.weight": (3 * d, d), "h.0.attn.c_proj.weight": (d, d),
+              "h.0.mlp.c_fc.weight": (4 * d, d), "h.0.mlp.c_proj.weight": (d, 4 * d)}  # (out, in)
+    linear = {k: torch.randn(*s) for k, s in shapes.items()}
+    sd = {k: (w.T.contiguous() if hf_layout else w) for k, w in linear.items()}
+    g = graphnn.extract(sd)
+    for name, w in linear.items():
+        blocks = [b for b in g.blocks.values() if b.param == name]
+        m = torch.cat([b.matrix() for b in blocks]) if len(blocks) > 1 else blocks[0].matrix()
+        assert torch.equal(m, w), name  # always (out, in), whatever the storage
+    assert g.blocks["h.0.mlp.c_fc.weight"].src == "h.0.attn.c_proj"

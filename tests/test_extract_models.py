@@ -484,3 +484,64 @@ def test_entry_index_of_concat_and_transpose():
         start = 0 if name.endswith("0:3]") else 3
         total[:, start:start + b.n_src] = part
     assert torch.allclose(total, w.sum((2, 3)).T)
+
+
+def test_torch_transformer_layers_are_not_hidden():
+    """nn.TransformerEncoderLayer lives in torch.nn but contains mapped layers: its weights must
+    be mapped (traced through, or by the registration-order fallback), never silently dropped."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 8),
+                            torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 1),
+                            torch.nn.Linear(8, 4))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback, if used, warns; what matters is the mapping
+        g = graphnn.extract(m)
+    prefix = "1.layers.0."
+    for name in ("self_attn.in_proj_weight[q]", "self_attn.in_proj_weight[k]", "self_attn.in_proj_weight[v]",
+                 "self_attn.out_proj.weight", "linear1.weight", "linear2.weight"):
+        assert prefix + name in g.blocks, name
+    assert g.blocks["2.weight"].src != "0"  # the head does not read the first layer directly
+
+
+def test_tied_weights_map_both_names():
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(12, 4)
+            self.mix = torch.nn.Linear(4, 4)
+            self.head = torch.nn.Linear(4, 12, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mix(self.embed(ids))))
+
+    m = Tied()
+    g = graphnn.extract(m)
+    assert shape_table(g) == {"mix.weight": ("embed", "mix", (4, 4)), "head.weight": ("mix", "head", (12, 4))}
+    assert g.blocks["head.weight"].matrix().data_ptr() == m.embed.weight.data_ptr()
+    cov = g.coverage.set_index("name")
+    assert cov.loc["embed.weight", "status"] == "skipped" and "include_embeddings" in cov.loc["embed.weight", "reason"]
+    g2 = graphnn.extract(m, include_embeddings=True)
+    assert set(g2.blocks) == {"embed.weight", "mix.weight", "head.weight"}
+
+
+def test_functional_linear_on_a_bare_parameter():
+    class Func(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.randn(5, 3))
+            self.w2 = torch.nn.Parameter(torch.randn(2, 5))
+
+        def forward(self, x):
+            return torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x, self.w1)), self.w2)
+
+    m = Func()
+    g = graphnn.extract(m)
+    assert shape_table(g) == {"w1": ("input", "w1", (5, 3)), "w2": ("w1", "w2", (2, 5))}
+    assert torch.equal(g.blocks["w2"].matrix(), m.w2.detach())
+
+
+def test_bad_pattern_type():
+    with pytest.raises(TypeError, match="glob pattern"):
+        graphnn.extract(seeded(LeNet), include=5)

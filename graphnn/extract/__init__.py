@@ -28,26 +28,30 @@ from .checkpoints import (
     torch_load,
     unwrap_state_dict,
 )
-from .module import walk_module
-from .rules import SKIP_EMBEDDING, Rule, rule_from_name, rules_for_module, skip_reason_for_tensor
+from .module import trace as trace_module, walk_module
+from .rules import SKIP_EMBEDDING, Rule, hf_conv1d_layout, rule_from_name, rules_for_module, skip_reason_for_tensor
 from .state_dict import chain
 
 __all__ = ["extract", "load_state_dict", "save_state_dict", "open_checkpoint", "atomic_write", "torch_load",
            "unwrap_state_dict"]
 
 
-def _as_patterns(p: str | Iterable[str] | None) -> list[str]:
+def _as_patterns(p: str | Iterable[str] | None, what: str) -> list[str]:
     if p is None:
         return []
-    return [p] if isinstance(p, str) else list(p)
+    if isinstance(p, str):
+        return [p]
+    if isinstance(p, Iterable) and all(isinstance(x, str) for x in p):
+        return list(p)
+    raise TypeError(f"{what} must be a glob pattern or a list of them (e.g. 'layer4.*'), not {p!r}")
 
 
 class _Selection:
     """include/exclude globs on parameter names, and the embedding opt-in."""
 
     def __init__(self, include, exclude, include_embeddings: bool):
-        self.include = _as_patterns(include)
-        self.exclude = _as_patterns(exclude)
+        self.include = _as_patterns(include, "include")
+        self.exclude = _as_patterns(exclude, "exclude")
         self.include_embeddings = include_embeddings
 
     def reason(self, name: str, kind: str) -> str | None:
@@ -137,9 +141,10 @@ def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
 
 def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: _Selection) -> None:
     layers: list[tuple[TensorEntry, Rule]] = []
+    hf_conv1d = hf_conv1d_layout({e.name: e.shape for e in entries if e.is_tensor})
     for e in entries:
         reason = skip_reason_for_tensor(e.name, e.shape, e.dtype)
-        rule = rule_from_name(e.name, e.shape) if reason is None else reason
+        rule = rule_from_name(e.name, e.shape, hf_conv1d) if reason is None else reason
         if isinstance(rule, str):
             builder.record(e, "skipped", "", rule)
             continue
@@ -155,48 +160,49 @@ def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: 
 
 
 def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> None:
-    entries: dict[str, TensorEntry] = {}
     rules: dict[str, Rule | str] = {}
-    for mod_name, mod in model.named_modules():
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
         for local, rule in rules_for_module(mod).items():
-            name = f"{mod_name}.{local}" if mod_name else local
-            rules[name] = rule
-    for name, p in model.named_parameters():
-        entries[name] = TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
-    visited: set[str] = set()
+            rules[f"{mod_name}.{local}" if mod_name else local] = rule
+    # every name of a tied parameter (e.g. an LM head sharing the embedding matrix) is an entry
+    entries = {name: TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
+               for name, p in model.named_parameters(remove_duplicate=False)}
+    graph = None
     if trace:
         try:
-            visited = walk_module(model, builder, entries, lambda n: selection.reason(n, rules[n].kind))
+            graph = trace_module(model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
             msg = (f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); "
                    "blocks are ordered by module registration and joined where shapes agree")
             warnings.warn(msg, TopologyWarning, stacklevel=3)
-            fresh = GraphBuilder(builder.conv, builder.source)
-            builder.__dict__.update(fresh.__dict__)
             builder.notes.append(msg)
-            trace = False
-    if not trace:
+    if graph is not None:
+        walk_module(graph, model, builder, entries, selection.reason)
+    else:
         layers = []
         for name, e in entries.items():
             rule = rules.get(name)
             if isinstance(rule, Rule):
                 reason = selection.reason(name, rule.kind)
+                builder.record(e, "skipped" if reason else "mapped", rule.kind, reason or "")
                 if reason is None:
-                    builder.record(e, "mapped", rule.kind)
                     layers.append((e, rule))
-                else:
-                    builder.record(e, "skipped", rule.kind, reason)
-                visited.add(name)
         chain(builder, layers)
+    unused = []
     for name, e in entries.items():
-        rule = rules.get(name, f"parameter not owned by any module graphnn knows")
+        rule = rules.get(name, "parameter not owned by any module graphnn knows")
         if name not in builder.coverage:
             if isinstance(rule, str):
                 builder.record(e, "skipped", "", rule)
             else:
                 builder.record(e, "skipped", rule.kind, "not used in the traced forward pass")
+                unused.append(name)
         if builder.coverage[name]["status"] == "mapped":
             _count_nonfinite(builder, e)
+    if unused:
+        warnings.warn(f"{len(unused)} layer weight(s) were not reached by the traced forward pass and are not "
+                      f"mapped: {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}", TopologyWarning,
+                      stacklevel=3)
 
 
 def _raise_nothing_mappable(builder: GraphBuilder) -> None:

@@ -8,6 +8,7 @@ slices of its weight), so no neuron is duplicated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -156,7 +157,7 @@ class GraphBuilder:
         return None if any(s is None for s in sizes) else sum(sizes)
 
     # -- reading a source ----------------------------------------------------------------
-    def resolve_source(self, src, n_src: int, reader: str, kind: str) -> tuple[list[tuple[int, int, int]], int] | None:
+    def resolve_source(self, src, n_src: int, kind: str) -> tuple[list[tuple[int, int, int]], int] | None:
         """How a layer with ``n_src`` inputs reads ``src`` (a partition id or a Concat):
         returns ``([(partition, col_start, col_stop), ...], positions)`` where ``positions > 1``
         means a flatten of a spatial map (channel-major), or ``None`` if the sizes do not fit."""
@@ -214,7 +215,7 @@ class GraphBuilder:
         return dsts
 
     def _resolve_or_new(self, entry: TensorEntry, rule: Rule, src, reader_name: str):
-        resolved = self.resolve_source(src, rule.n_src, reader_name, rule.kind) if src is not None else None
+        resolved = self.resolve_source(src, rule.n_src, rule.kind) if src is not None else None
         if resolved is None:
             if src is not None:
                 have = self.concat_size(src) if isinstance(src, Concat) else self.size(src)
@@ -234,8 +235,9 @@ class GraphBuilder:
     def record(self, entry: TensorEntry, status: str, kind: str = "", reason: str = "") -> None:
         rec = self.coverage.setdefault(entry.name, {
             "name": entry.name, "shape": str(tuple(entry.shape)),
-            "dtype": str(entry.dtype).replace("torch.", "") if entry.dtype is not None else type(entry.value).__name__,
-            "numel": _numel(entry.shape) if entry.is_tensor else 0, "status": status, "kind": kind,
+            "dtype": str(entry.dtype).replace("torch.", "") if entry.dtype is not None else (
+                entry.value if isinstance(entry.value, str) and entry.value.startswith("unsupported") else type(entry.value).__name__),
+            "numel": math.prod(entry.shape) if entry.is_tensor else 0, "status": status, "kind": kind,
             "reason": reason, "blocks": "", "nonfinite": None,
         })
         rec.update(status=status, kind=kind, reason=reason)
@@ -292,9 +294,3 @@ class GraphBuilder:
         return LayeredGraph(partitions, blocks, coverage=list(self.coverage.values()),
                             source=self.source, notes=self.notes)
 
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n

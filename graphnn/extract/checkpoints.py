@@ -34,6 +34,7 @@ _SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -208,9 +209,11 @@ def _safetensors_entries(path: Path) -> list[TensorEntry]:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             names = list(f.keys())
             info = {}
+            raw_dtypes = {}
             for n in names:
                 s = f.get_slice(n)
-                info[n] = (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(s.get_dtype()))
+                raw_dtypes[n] = s.get_dtype()
+                info[n] = (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(raw_dtypes[n]))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise CorruptCheckpointError(_corrupt_message(path, e)) from e
 
@@ -223,9 +226,10 @@ def _safetensors_entries(path: Path) -> list[TensorEntry]:
     entries = []
     for n in order_names(names):
         shape, dtype = info[n]
-        if dtype is None:  # exotic dtype (fp8...): report it as a non-float entry
-            dtype = torch.uint8
-        entries.append(TensorEntry(n, shape, dtype, loader(n)))
+        if dtype is None:  # a dtype torch cannot hold: reported, never read
+            entries.append(TensorEntry(n, shape, None, loader(n), value=f"unsupported dtype {raw_dtypes[n]}"))
+        else:
+            entries.append(TensorEntry(n, shape, dtype, loader(n)))
     return entries
 
 

@@ -32,10 +32,16 @@ _FUNCTIONAL_LAYERS = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.
 
 
 class _Tracer(fx.Tracer):
-    """Keeps every mapped layer (including HF Conv1D) and torch.nn module as a leaf."""
+    """Keeps every mapped layer (including HF Conv1D) as a leaf, and other torch.nn modules
+    too unless they contain mapped layers (``nn.TransformerEncoderLayer`` is traced through,
+    so its attention and feed-forward weights are not hidden inside a leaf)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_mapped_module(m) or super().is_leaf_module(m, qualname)
+        if is_mapped_module(m):
+            return True
+        if any(is_mapped_module(sub) for sub in m.modules() if sub is not m):
+            return False
+        return super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.Graph:
@@ -44,7 +50,7 @@ def trace(model: nn.Module) -> fx.Graph:
 
 class _Walker:
     def __init__(self, model: nn.Module, builder: GraphBuilder, entries: dict[str, TensorEntry],
-                 accept: Callable[[str], str | None]):
+                 accept: Callable[[str, str], str | None]):
         self.model = model
         self.b = builder
         self.entries = entries
@@ -84,7 +90,7 @@ class _Walker:
         """Add one weight (if accepted) and return its output partition."""
         entry = self.entries[param]
         count = self.uses[param] = self.uses.get(param, 0) + 1
-        reason = self.accept(param)
+        reason = self.accept(param, rule.kind)
         if reason is not None:
             self.b.record(entry, "skipped", rule.kind, reason)
             return self.b.new_partition(out_name, rule.n_dst, spatial=rule.kind.startswith("conv"))
@@ -196,11 +202,8 @@ def _flatten(args) -> list:
     return out
 
 
-def walk_module(model: nn.Module, builder: GraphBuilder, entries: dict[str, TensorEntry],
-                accept: Callable[[str], str | None]) -> set[str]:
-    """Trace ``model`` and add its mapped layers to ``builder``. Returns the names of the
-    parameters that the trace visited (the caller reports the rest)."""
-    graph = trace(model)
-    walker = _Walker(model, builder, entries, accept)
-    walker.walk(graph)
-    return set(walker.uses)
+def walk_module(graph: fx.Graph, model: nn.Module, builder: GraphBuilder, entries: dict[str, TensorEntry],
+                accept: Callable[[str, str], str | None]) -> None:
+    """Walk the traced ``graph`` of ``model`` and add its mapped layers to ``builder``
+    (``accept(name, kind)`` returns a reason to skip a weight, or ``None``)."""
+    _Walker(model, builder, entries, accept).walk(graph)

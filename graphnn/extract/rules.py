@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ def leaf_name(module: str) -> str:
 def skip_reason_for_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype | None) -> str | None:
     """A reason to skip any tensor regardless of the module it belongs to, else ``None``."""
     if dtype is None:
-        return "not a tensor"
+        return "not a tensor (or a tensor of a dtype torch cannot hold)"
     if not dtype.is_floating_point:
         return SKIP_NOT_FLOAT
     if len(shape) < 2:
@@ -66,8 +67,20 @@ def skip_reason_for_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype
     return None
 
 
-def rule_from_name(name: str, shape: tuple[int, ...]) -> Rule | str:
+def hf_conv1d_layout(shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the 2-D ``c_attn``/``c_fc``/``c_proj`` weights of a bare state_dict are stored
+    ``(in, out)`` like Hugging Face's GPT-2 ``Conv1D`` (``True``) or ``(out, in)`` like the
+    ``nn.Linear`` of nanoGPT/minGPT (``False``). Decided by the widening projections ``c_attn``
+    (d -> 3d) and ``c_fc`` (d -> 4d), whose output is wider than their input; ``True`` when
+    there is no such evidence."""
+    votes = [shape[1] > shape[0] for name, shape in shapes.items()
+             if len(shape) == 2 and leaf_name(module_name(name)) in ("c_attn", "c_fc")]
+    return not votes or 2 * sum(votes) >= len(votes)
+
+
+def rule_from_name(name: str, shape: tuple[int, ...], hf_conv1d: bool = True) -> Rule | str:
     """Classify a tensor of a bare state_dict by its name and shape (no module known).
+    ``hf_conv1d`` is the layout of GPT-2-style ``c_*`` weights (see :func:`hf_conv1d_layout`).
     Returns a :class:`Rule` or a skip reason."""
     last = name.rsplit(".", 1)[-1]
     mod = leaf_name(module_name(name))
@@ -80,7 +93,7 @@ def rule_from_name(name: str, shape: tuple[int, ...]) -> Rule | str:
     if len(shape) == 2:
         if _EMBED_NAME.search(mod):
             return Rule("embedding", shape[1], shape[0])
-        if mod in _HF_CONV1D:
+        if mod in _HF_CONV1D and hf_conv1d:
             return Rule("hf_conv1d", shape[1], shape[0])
         return Rule("linear", shape[0], shape[1])
     if 3 <= len(shape) <= 5:

@@ -58,8 +58,7 @@ def chain(builder: GraphBuilder, layers: list[tuple[TensorEntry, Rule]]) -> None
                 src = first["src"]
         if rule.kind == "conv" and not rule.groups_known:
             rule = _infer_groups(builder, src, rule, entry)
-        dst_name = mod if rule.kind != "attention_in_proj" else mod
-        dsts = builder.add_layer(entry, rule, src, dst_name, mod)
+        dsts = builder.add_layer(entry, rule, src, mod, mod)
         src_used = builder.blocks[-1]["src"]
         if shortcut_of and current is not None and builder.merge(dsts[-1], current) is not None:
             dsts = [current]

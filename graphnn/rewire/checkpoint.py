@@ -131,16 +131,17 @@ def _name_of(fn) -> str:
 
 def _checkpoint_targets(sd: dict, include, exclude) -> tuple[list[WeightTarget], dict[str, str]]:
     """Targets chosen by name and shape (see the module docstring), and why others were left."""
-    from graphnn.extract.rules import Rule, rule_from_name
+    from graphnn.extract.rules import Rule, hf_conv1d_layout, rule_from_name
 
     inc = _as_patterns(include, "include")
     exc = _as_patterns(exclude, "exclude")
     targets, skipped = [], {}
+    hf_conv1d = hf_conv1d_layout({n: tuple(t.shape) for n, t in sd.items() if isinstance(t, torch.Tensor)})
     for name, t in sd.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() < 2:
             skipped[name] = "not a weight (bias, norm parameter, buffer or non-float tensor)"
             continue
-        rule = rule_from_name(name, tuple(t.shape))
+        rule = rule_from_name(name, tuple(t.shape), hf_conv1d)
         kind = rule.kind if isinstance(rule, Rule) else None
         chosen = _matches(name, inc) if inc else kind in _DEFAULT_KINDS
         if chosen and exc and _matches(name, exc):
