@@ -187,3 +187,51 @@ def test_include_exclude_and_embedding_default(tmp_path):
     assert {t["name"] for t in rec["tensors"] if t["changed"]} == {"fc.weight"}
     with pytest.raises(ValueError, match="no tensor of the checkpoint"):
         rewire_checkpoint(path, tmp_path / "o4.safetensors", seed=0, include="nothing*")
+
+
+def test_wrapped_checkpoint_keeps_everything_that_is_not_rewired(tmp_path):
+    """A training checkpoint (epoch, optimizer state, DDP prefixes) comes out with the same
+    structure: only the rewired weights differ."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(4, 6)).sum().backward()
+    opt.step()
+    ckpt = {"epoch": 7, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()},
+            "optimizer": opt.state_dict(), "note": "run 3"}
+    src, out = tmp_path / "train.pt", tmp_path / "rewired.pt"
+    torch.save(ckpt, src)
+    rewire_checkpoint(src, out, method="pa", seed=1)
+    got = torch.load(out, weights_only=True)
+    assert got["epoch"] == 7 and got["note"] == "run 3"
+    assert set(got["state_dict"]) == set(ckpt["state_dict"])
+    assert torch.equal(got["optimizer"]["state"][0]["momentum_buffer"], ckpt["optimizer"]["state"][0]["momentum_buffer"])
+    for k, v in ckpt["state_dict"].items():
+        w = got["state_dict"][k]
+        assert torch.equal(w.flatten().sort().values, v.flatten().sort().values)
+        assert torch.equal(w, v) == k.endswith("bias")  # weights rewired, biases untouched
+
+
+def test_safetensors_metadata_is_kept(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    src, out = tmp_path / "m.safetensors", tmp_path / "o.safetensors"
+    save_file({"a.weight": torch.randn(5, 4), "b.weight": torch.randn(3, 5)}, src, metadata={"author": "me"})
+    rewire_checkpoint(src, out, method="pa", seed=0)
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["author"] == "me" and meta["graphnn_method"] == "pa"
+
+
+def test_existing_provenance_is_not_overwritten(tmp_path):
+    from safetensors.torch import save_file
+
+    src, out = tmp_path / "m.safetensors", tmp_path / "o.safetensors"
+    save_file({"a.weight": torch.randn(5, 4)}, src)
+    prov = tmp_path / "o.safetensors.provenance.json"
+    prov.write_text("keep me")
+    with pytest.raises(graphnn.RefusedOverwriteError, match="provenance"):
+        rewire_checkpoint(src, out, method="pa", seed=0)
+    assert prov.read_text() == "keep me" and not out.exists()

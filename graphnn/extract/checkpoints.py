@@ -163,32 +163,48 @@ def _corrupt_message(path: Path, e: Exception | str) -> str:
     )
 
 
+def locate_state_dict(obj: Any) -> tuple[list[str], str, Any]:
+    """Where the state_dict sits inside a loaded checkpoint: ``(keys, prefix, inner)``, where
+    ``keys`` lead through wrapper dicts (``{"state_dict": ...}``, ``{"model": ...}``, ...) to the
+    mapping (or module) ``inner``, and ``prefix`` is the ``module.`` (DDP) / ``_orig_mod.``
+    (torch.compile) prefix shared by all its keys. Nothing is copied, so a caller can write
+    tensors back into ``inner`` and save the whole checkpoint with everything else kept."""
+    keys: list[str] = []
+    for _ in range(4):
+        if isinstance(obj, torch.nn.Module) or not isinstance(obj, Mapping):
+            break
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, torch.nn.Module))), None)
+        if key is None:
+            break
+        keys.append(key)
+        obj = obj[key]
+    prefix = ""
+    names = [str(k) for k in obj.keys()] if isinstance(obj, Mapping) else []
+    changed = True
+    while changed and names:
+        changed = False
+        for p in _PREFIXES:
+            if all(n.startswith(prefix + p) for n in names):
+                prefix += p
+                changed = True
+    return keys, prefix, obj
+
+
 def unwrap_state_dict(obj: Any, path: str = "<object>") -> dict[str, Any]:
-    """Find the state_dict inside a loaded checkpoint: unwrap ``{"state_dict": ...}``,
-    ``{"model": ...}`` (and similar) containers and strip ``module.`` (DDP) and ``_orig_mod.``
-    (torch.compile) prefixes shared by every key."""
-    if isinstance(obj, torch.nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, Mapping):
+    """Find the state_dict inside a loaded checkpoint (see :func:`locate_state_dict`): unwrap
+    ``{"state_dict": ...}``, ``{"model": ...}`` (and similar) containers and strip ``module.``
+    (DDP) and ``_orig_mod.`` (torch.compile) prefixes shared by every key."""
+    if not isinstance(obj, (Mapping, torch.nn.Module)):
         raise CorruptCheckpointError(
             f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names to tensors)"
         )
-    for _ in range(4):
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), (Mapping, torch.nn.Module))), None)
-        if inner is None:
-            break
-        obj = inner.state_dict() if isinstance(inner, torch.nn.Module) else inner
-    sd = {str(k): v for k, v in obj.items()}
-    changed = True
-    while changed and sd:
-        changed = False
-        for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
-                changed = True
-    return sd
+    _, prefix, inner = locate_state_dict(obj)
+    if isinstance(inner, torch.nn.Module):
+        inner = inner.state_dict()
+        _, prefix, inner = locate_state_dict(inner)
+    return {str(k)[len(prefix):]: v for k, v in inner.items()}
 
 
 def entries_from_state_dict(sd: Mapping[str, Any]) -> list[TensorEntry]:
@@ -299,20 +315,27 @@ def load_state_dict(path: str | os.PathLike, trust: bool = False) -> dict[str, t
     return {e.name: e.load() for e in open_checkpoint(path, trust=trust) if e.is_tensor}
 
 
+def write_safetensors(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` of a state_dict whose tensors may share memory (shared
+    ones are copied) or be non-contiguous views. Not atomic: see :func:`save_state_dict`."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    clean = {}
+    for k, v in sd.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        clean[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    save_file(clean, str(path), metadata=metadata)
+
+
 def save_state_dict(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write a state_dict atomically in the format of ``path``'s suffix: ``.safetensors`` via
-    safetensors (tensors sharing memory are copied), anything else via ``torch.save``."""
+    safetensors (with ``metadata``), anything else via ``torch.save``."""
     path = Path(path)
     if path.suffix in SAFETENSORS_SUFFIXES:
-        from safetensors.torch import save_file
-
-        seen: set[int] = set()
-        clean = {}
-        for k, v in sd.items():
-            v = v.detach().contiguous()
-            ptr = v.untyped_storage().data_ptr()
-            clean[k] = v.clone() if ptr in seen else v
-            seen.add(ptr)
-        atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: write_safetensors(sd, tmp, metadata))
     else:
         atomic_write(path, lambda tmp: torch.save(dict(sd), tmp))

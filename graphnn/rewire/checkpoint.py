@@ -5,7 +5,9 @@ loader, applies one re-initialiser, writes ``out_path`` in the same format (safe
 safetensors, a pickle ``.pt/.pth/.bin/.ckpt`` stays a pickle) and ``<out_path>.provenance.json``
 beside it. Both files appear together or not at all: they are written to temporary files in the
 output folder and moved into place with ``os.replace`` only when both are complete. The input is
-never written to (an output that is the input, by path or by inode, is refused).
+never written to (an output that is the input, by path or by inode, is refused). Everything that
+is not rewired is kept: a pickle's wrapper dict (epoch, optimizer state, ...), its key prefixes
+and non-tensor entries, and a safetensors file's metadata.
 
 A bare checkpoint has no module, so the weights are chosen by name and shape (the rules of
 :func:`graphnn.extract` for state_dicts): Linear-like 2-D ``*weight`` tensors, 3-5-D conv
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import os
 import secrets
@@ -110,8 +111,10 @@ def _check_paths(in_path: Path, out_path: Path, overwrite: bool) -> str:
         )
     if out_path.is_dir():
         raise RefusedOverwriteError(f"{out_path} is a folder: pass a file path (e.g. {out_path / 'model.safetensors'})")
-    if out_path.exists() and not overwrite:
-        raise RefusedOverwriteError(f"{out_path} already exists: pass overwrite=True to replace it, or choose another path")
+    for existing in (out_path, Path(str(out_path) + PROVENANCE_SUFFIX)):
+        if existing.exists() and not overwrite:
+            raise RefusedOverwriteError(
+                f"{existing} already exists: pass overwrite=True to replace it, or choose another path")
     want = _format_of_input(in_path)
     got = _format_of_file(out_path)
     suffixes = _SAFETENSORS if want == "safetensors" else _PICKLE
@@ -170,16 +173,47 @@ def _variances(t: WeightTarget) -> dict:
     return {"J": j, "var_rows": vr, "var_cols": vc}
 
 
-def _save_with_lead_writer(sd: dict, path: Path, like: Path, metadata: dict[str, str]) -> None:
-    from graphnn.extract import save_state_dict
+class _Checkpoint:
+    """A checkpoint read whole, so that writing it back keeps everything that is not rewired:
+    the wrapper dict of a pickle (epoch, optimizer state, ...), the ``module.``/``_orig_mod.``
+    key prefixes, non-tensor entries, and a safetensors file's metadata. ``tensors`` holds the
+    state_dict's tensors under their unprefixed names."""
 
-    params = inspect.signature(save_state_dict).parameters
-    kwargs = {}
-    if "like" in params:
-        kwargs["like"] = like
-    if "metadata" in params and path.suffix in _SAFETENSORS:
-        kwargs["metadata"] = metadata
-    save_state_dict(sd, path, **kwargs)
+    def __init__(self, path: Path, trust: bool):
+        from graphnn.extract.checkpoints import locate_state_dict, torch_load
+
+        self.path = path
+        self.metadata: dict[str, str] = {}
+        if path.suffix in _SAFETENSORS:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                self.metadata = dict(f.metadata() or {})
+                self.tensors = {k: f.get_tensor(k) for k in f.keys()}
+            self.container = self.inner = None
+            self.prefix = ""
+            return
+        self.container = torch_load(path, trust=trust)
+        _, self.prefix, self.inner = locate_state_dict(self.container)
+        if not isinstance(self.inner, dict):
+            raise ValueError(
+                f"{path} stores a {type(self.inner).__name__}, not a state_dict: re-save it with "
+                "torch.save(model.state_dict(), ...) and rewire that file"
+            )
+        n = len(self.prefix)
+        self.tensors = {str(k)[n:]: v for k, v in self.inner.items() if isinstance(v, torch.Tensor)}
+
+    def write(self, path: Path, changed: Iterable[str], metadata: dict[str, str]) -> None:
+        """Write the checkpoint with the ``changed`` tensors replaced (not atomic: the caller
+        writes to a temporary file)."""
+        from graphnn.extract.checkpoints import write_safetensors
+
+        if self.container is None:
+            write_safetensors(self.tensors, path, {**self.metadata, **metadata})
+            return
+        for name in changed:
+            self.inner[self.prefix + name] = self.tensors[name]
+        torch.save(self.container, path)
 
 
 def rewire_checkpoint(
@@ -242,9 +276,8 @@ def rewire_checkpoint(
             raise ValueError("method='hcore' redraws every weight of the graph; include/exclude do not apply")
 
     input_record = _describe_input(in_path)
-    from graphnn.extract import load_state_dict
-
-    sd = dict(load_state_dict(in_path, trust=trust))
+    ckpt = _Checkpoint(in_path, trust)
+    sd = ckpt.tensors
     # work on copies: tensors may share memory with a memory-mapped input file
     options: dict
     per_tensor: list[dict] = []
@@ -304,11 +337,11 @@ def rewire_checkpoint(
         "output": {"path": str(out_path)},
         "tensors": per_tensor,
     }
-    _write_both(sd, record, in_path, out_path)
+    _write_both(ckpt, changed, record, out_path)
     return record
 
 
-def _write_both(sd: dict, record: dict, in_path: Path, out_path: Path) -> None:
+def _write_both(ckpt: _Checkpoint, changed: set[str], record: dict, out_path: Path) -> None:
     """Write the checkpoint and its provenance to temporary files in the output folder, then
     move both into place; on any failure remove the temporary files and re-raise."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -319,7 +352,7 @@ def _write_both(sd: dict, record: dict, in_path: Path, out_path: Path) -> None:
     try:
         meta = {"graphnn_method": record["method"], "graphnn_seed": str(record["seed"]),
                 "graphnn_version": record["graphnn_version"], "format": "pt"}
-        _save_with_lead_writer(sd, tmp_ckpt, in_path, meta)
+        ckpt.write(tmp_ckpt, changed, meta)
         digest, size = _sha256(tmp_ckpt)
         record["output"].update(sha256=digest, bytes=size)
         with open(tmp_json, "w", encoding="utf-8") as f:
