@@ -27,7 +27,6 @@ redrawn).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import secrets
@@ -37,6 +36,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from ..digest import sha256_of
 from ..errors import RefusedOverwriteError
 from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, _as_patterns, _matches
@@ -69,13 +69,7 @@ def _format_of_input(path: Path) -> str:
 
 
 def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return sha256_of(path), path.stat().st_size
 
 
 def _describe_input(path: Path) -> dict:
