@@ -29,35 +29,25 @@ from .checkpoints import (
     unwrap_state_dict,
 )
 from .module import trace as trace_module, walk_module
-from .rules import SKIP_EMBEDDING, Rule, hf_conv1d_layout, rule_from_name, rules_for_module, skip_reason_for_tensor
+from .rules import SKIP_EMBEDDING, Rule, as_patterns, matches_any, hf_conv1d_layout, rule_from_name, rules_for_module, skip_reason_for_tensor
 from .state_dict import chain
 
 __all__ = ["extract", "load_state_dict", "save_state_dict", "open_checkpoint", "atomic_write", "torch_load",
            "unwrap_state_dict"]
 
 
-def _as_patterns(p: str | Iterable[str] | None, what: str) -> list[str]:
-    if p is None:
-        return []
-    if isinstance(p, str):
-        return [p]
-    if isinstance(p, Iterable) and all(isinstance(x, str) for x in p):
-        return list(p)
-    raise TypeError(f"{what} must be a glob pattern or a list of them (e.g. 'layer4.*'), not {p!r}")
-
-
 class _Selection:
     """include/exclude globs on parameter names, and the embedding opt-in."""
 
     def __init__(self, include, exclude, include_embeddings: bool):
-        self.include = _as_patterns(include, "include")
-        self.exclude = _as_patterns(exclude, "exclude")
+        self.include = list(as_patterns(include, "include"))
+        self.exclude = list(as_patterns(exclude, "exclude"))
         self.include_embeddings = include_embeddings
 
     def reason(self, name: str, kind: str) -> str | None:
         if kind == "embedding" and not self.include_embeddings:
             return SKIP_EMBEDDING
-        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+        if self.include and not matches_any(name, self.include):
             return f"not matched by include={self.include}"
         hit = next((p for p in self.exclude if fnmatch.fnmatchcase(name, p)), None)
         if hit is not None:

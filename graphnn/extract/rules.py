@@ -7,9 +7,10 @@ row slices of each part. Parameters that are not edges get a reason instead.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -30,6 +31,27 @@ SKIP_NOT_EDGE = "not an edge: 1-D tensor (bias, norm affine parameter or buffer)
 SKIP_NOT_FLOAT = "not an edge: integer/bool tensor (counter, index or mask buffer)"
 SKIP_RNN = "recurrent layer (RNN/LSTM/GRU): not mapped in this version of graphnn"
 SKIP_EMBEDDING = "embedding table (token -> feature): excluded by default, opt in with include_embeddings=True"
+
+
+def as_patterns(value: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
+    """``include``/``exclude`` arguments as a tuple of glob patterns (``fnmatch`` on parameter
+    names); ``None`` is no pattern."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    try:
+        pats = tuple(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a glob pattern or a list of them (e.g. 'layer4.*'), not {value!r}") from None
+    for p in pats:
+        if not isinstance(p, str):
+            raise TypeError(f"{what} must be a glob pattern or a list of them (e.g. 'layer4.*'), got {p!r}")
+    return pats
+
+
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 @dataclass

@@ -14,7 +14,6 @@ from .._version import __version__
 from ..digest import sha256_of, size_of
 
 
-
 @dataclass
 class Provenance:
     """Everything a reader needs to reproduce a report.

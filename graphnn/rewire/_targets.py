@@ -17,25 +17,15 @@ rows are output channels there too (the authors never rewired transposed convolu
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
+from ..extract.rules import NORM_TYPES, as_patterns as _as_patterns, matches_any as _matches
 from ..graph import output_units
-
-_NORM_TYPES = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
-if hasattr(nn, "RMSNorm"):
-    _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
-
 
 @dataclass
 class WeightTarget:
@@ -66,25 +56,6 @@ class WeightTarget:
             w.copy_(v.reshape(w.shape))
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _as_patterns(value, what: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    try:
-        pats = tuple(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a glob string or a list of globs, not {type(value).__name__}") from None
-    for p in pats:
-        if not isinstance(p, str):
-            raise TypeError(f"{what} must contain glob strings, got {p!r}")
-    return pats
-
-
 def select_targets(
     module: nn.Module,
     include: str | Iterable[str] | None = None,
@@ -102,7 +73,7 @@ def select_targets(
     norm_params: set[int] = set()
     for mname, m in module.named_modules():
         w = getattr(m, "weight", None)
-        if isinstance(m, _NORM_TYPES):
+        if isinstance(m, NORM_TYPES):
             norm_params.update(id(p) for p in m.parameters(recurse=False))
         if not isinstance(w, torch.Tensor) or not isinstance(w, nn.Parameter):
             continue

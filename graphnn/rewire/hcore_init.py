@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..analyses.hypercore import SCOPES
 from .pa import _check_seed
 from .variance_search import seeded
 
-SCOPES = ("network", "block")
 
 
 def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.Tensor]:
