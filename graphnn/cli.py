@@ -573,8 +573,8 @@ def rewire(
         "--mode", help="PA rewiring: faithful (the authors' numpy sampler) or fast (batched, same "
                        "distribution).")] = "faithful",
     trials: Annotated[int, typer.Option("--trials", min=1, help="variance-search: number of redraws.")] = 100,
-    gamma: Annotated[float, typer.Option("--gamma", help="hcore: strength of the hypercore bias (0 = plain "
-                                                         "initialiser).")] = 1.0,
+    gamma: Annotated[float, typer.Option("--gamma", min=0.0, help="hcore: strength of the hypercore bias (0 = "
+                                                                   "plain initialiser).")] = 1.0,
     include: Include = None,
     exclude: Exclude = None,
     report_path: Annotated[Optional[Path], typer.Option(
@@ -590,6 +590,12 @@ def rewire(
     s = _Session(quiet, verbose)
     if report_path is not None:
         _check_html_path(report_path)
+    if method == "hcore" and (include or exclude):
+        raise typer.BadParameter("--method hcore redraws every weight of the graph; drop --include/--exclude",
+                                 param_hint="--include/--exclude")
+    if method == "pa" and mode == "faithful" and device not in ("auto", "cpu"):
+        raise typer.BadParameter("--mode faithful runs numpy on the CPU; use --mode fast to rewire on a GPU",
+                                 param_hint="--device")
     with s.running():
         from .rewire import rewire_checkpoint
 

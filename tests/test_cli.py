@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from typer.testing import CliRunner
 
@@ -300,3 +300,17 @@ def test_demo_trains_and_writes_reports(tmp_path):
     assert len(decoded_images(page)) == 4
     cpage = assert_self_contained(compare.read_text())
     assert [row[0] for row in cpage.tables["checkpoint-table"]] == ["init", "trained"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["--method", "hcore", "--gamma", "-1"],
+    ["--method", "hcore", "--include", "fc*"],
+    ["--method", "pa", "--mode", "faithful", "--device", "cuda"],
+])
+def test_rewire_option_conflicts_are_usage_errors(tmp_path, extra):
+    src = tmp_path / "in.safetensors"
+    save_file({"a.weight": torch.randn(4, 3), "b.weight": torch.randn(2, 4)}, src)
+    r = invoke("rewire", src, "-o", tmp_path / "out.safetensors", *extra)
+    assert r.exit_code == 2, r.output
+    assert any(w in r.output for w in ("--gamma", "hcore", "faithful")), r.output
+    assert not (tmp_path / "out.safetensors").exists()
