@@ -82,3 +82,14 @@ def test_bad_arguments():
         min_strength_variance_search_(torch.empty(3, 3), init="kaiming")
     with pytest.raises(ValueError, match=">= 2 dims"):
         min_strength_variance_search_(torch.empty(3))
+
+
+def test_initialiser_that_gives_nan_is_reported():
+    import pytest
+    import torch
+
+    import graphnn
+
+    layer = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="NaN/Inf strength variance"):
+        graphnn.rewire.min_strength_variance_search_(layer, init=lambda w: w.fill_(float("nan")), trials=3, seed=0)

@@ -58,6 +58,10 @@ def search_targets_(targets: list[WeightTarget], init: Callable, trials: int, se
                     first_j = j
                 if j < best_j:
                     best_j, best, best_k = j, w.detach().clone(), k
+            if best is None:
+                raise ValueError(
+                    f"{tg.name}: every one of the {trials} draws of {getattr(init, '__name__', init)} gave a "
+                    "NaN/Inf strength variance; check the initialiser (the tensor is left as its last draw)")
             w.copy_(best)
             records.append({"name": tg.name, "J_first": first_j, "J_best": best_j, "best_trial": best_k})
     return records
