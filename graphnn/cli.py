@@ -306,9 +306,9 @@ def _emit(text: str, output: Path | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from .report.html import write_html
+    from .atomic import atomic_write
 
-    write_html(text, output)
+    atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     log.info("wrote %s", output)
 
 

@@ -96,11 +96,10 @@ def _definitions(analysis) -> list[dict]:
     keys = ["in_strength", "out_strength", "strength", "abs_strength", "strength_var", "J",
             "centrality", "core"]
     rows = [{"name": METRICS[k][0], "definition": METRICS[k][1], "convention": METRICS[k][2]} for k in keys]
-    conv = (getattr(analysis, "options", None) or {}).get("conv")
     agg = set()
     if hasattr(analysis, "blocks") and "aggregation" in analysis.blocks:
         agg = {a for a in analysis.blocks["aggregation"].dropna().astype(str) if a and a != "None"}
-    for a in sorted(agg | ({conv} if conv in CONV_AGGREGATION else set())):
+    for a in sorted(agg):
         if a in CONV_AGGREGATION:
             rows.append({"name": f"conv aggregation '{a}'",
                          "definition": "A convolution kernel slice W[i, j, ...] becomes one channel-level edge.",
