@@ -146,9 +146,11 @@ class Block:
             self._on_load(self, t)
         return t
 
-    def matrix(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The ``(n_dst, n_src)`` weight matrix; ``dtype`` converts (copies) if given."""
-        m = self._to_matrix(self.tensor())
+    def matrix(self, dtype: torch.dtype | None = None, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(n_dst, n_src)`` weight matrix; ``dtype`` converts (copies) if given. ``tensor``
+        is the raw parameter when the caller already read it with :meth:`tensor` (a lazily
+        loaded file is then not read again)."""
+        m = self._to_matrix(self.tensor() if tensor is None else tensor)
         if tuple(m.shape) != self.shape:  # a bug, never a user error
             raise AssertionError(f"block {self.name}: matrix {tuple(m.shape)} != {self.shape}")
         return m if dtype is None or m.dtype == dtype else m.to(dtype)

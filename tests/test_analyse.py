@@ -176,3 +176,20 @@ def test_extracted_models(model_name):
     _assert_matches_individual_functions(g, a)
     assert a.centrality_info["converged"] and len(a.blocks) == len(g.blocks)
     assert "Analysis(" in repr(a)
+
+
+def test_analyse_reads_each_lazy_tensor_once(tmp_path):
+    """A checkpoint file's tensors are read once per block by analyse (the conv matrix and the
+    tensor-view J come from the same read)."""
+    import graphnn
+    from safetensors.torch import save_file
+    from models import LeNet, seeded
+
+    save_file(seeded(LeNet).state_dict(), tmp_path / "lenet.safetensors")
+    g = graphnn.extract(tmp_path / "lenet.safetensors")
+    reads = {}
+    for b in g.blocks.values():
+        load = b._load
+        b._load = lambda load=load, name=b.name: (reads.__setitem__(name, reads.get(name, 0) + 1), load())[1]
+    graphnn.analyse(g)
+    assert reads == {name: 1 for name in g.blocks}

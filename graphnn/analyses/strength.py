@@ -136,7 +136,7 @@ def tensor_strength_variance(tensor, signed: bool = True) -> tuple[float, float,
     return 0.5 * (vr + vc), vr, vc
 
 
-def block_tensor(b: Block, matrix: torch.Tensor | None = None) -> torch.Tensor:
+def block_tensor(b: Block, matrix: torch.Tensor | None = None, tensor: torch.Tensor | None = None) -> torch.Tensor:
     """The tensor whose strength variance is reported for a block: its own ``(n_dst, n_src)``
     matrix when it has no kernel aggregation (Linear, HF Conv1D transposed to out x in, a q/k/v
     slice of a fused projection), else the whole parameter as stored (conv kernels, a Linear after
@@ -144,7 +144,7 @@ def block_tensor(b: Block, matrix: torch.Tensor | None = None) -> torch.Tensor:
     ConvTranspose weights are stored input-first and are re-ordered)."""
     if b.aggregation is None:
         return masked(b, b.matrix()) if matrix is None else matrix
-    return output_units(b.tensor(), b.kind == "conv_transpose", b.groups)
+    return output_units(b.tensor() if tensor is None else tensor, b.kind == "conv_transpose", b.groups)
 
 
 def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer") -> pd.DataFrame:

@@ -103,11 +103,13 @@ def analyse(
     for i, b in enumerate(todo):
         if progress:
             progress("load", i, len(todo))
-        w = masked(b, b.matrix())
+        raw = b.tensor()  # read once: the matrix and (for aggregated blocks) the tensor view J
+        w = masked(b, b.matrix(tensor=raw))
         rows, cols, arows, acols = signed_and_abs_sums(w)
         add_block_sums(g, b, rows, cols, sums["in"], sums["out"])
         add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])
-        block_recs.append(_block_record(b, rows, cols, arows))
+        block_recs.append(_block_record(b, rows, cols, arows, raw))
+        del raw
         if centrality or (core and not weighting.integral):
             ab = AbsBlock(b, w, Weighting(), dt, dev, copy)
             ab.set_abs_sums(arows, acols)
@@ -172,13 +174,14 @@ def _layer_table(g: LayeredGraph, neurons: pd.DataFrame, metrics: list[str]) -> 
     return pd.DataFrame(recs)
 
 
-def _block_record(b: Block, rows: torch.Tensor, cols: torch.Tensor, abs_rows: torch.Tensor) -> dict[str, Any]:
+def _block_record(b: Block, rows: torch.Tensor, cols: torch.Tensor, abs_rows: torch.Tensor,
+                  raw: torch.Tensor) -> dict[str, Any]:
     """One row of the block table from the block's signed and |w| row/column sums."""
     if b.aggregation is None:  # the tensor view is this matrix: reuse its sums
         vr, vc = unbiased_var(rows.cpu().numpy()), unbiased_var(cols.cpu().numpy())
         j = 0.5 * (vr + vc)
     else:
-        j, vr, vc = tensor_strength_variance(block_tensor(b))
+        j, vr, vc = tensor_strength_variance(block_tensor(b, tensor=raw))
     return {"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
             "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind, "aggregation": b.aggregation,
             "J": j, "var_rows": vr, "var_cols": vc,
