@@ -11,6 +11,7 @@ from .errors import (
     CorruptCheckpointError,
     GraphnnError,
     GraphTooLargeError,
+    InvalidParameterError,
     MissingDependencyError,
     NonFiniteWeightsError,
     NonFiniteWeightsWarning,
@@ -34,7 +35,7 @@ __all__ = [
     # rewire / re-initialise
     "rewire",
     # errors and warnings
-    "GraphnnError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
+    "GraphnnError", "InvalidParameterError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
     "NothingMappableError", "UnsupportedSourceError", "GraphTooLargeError", "MissingDependencyError",
     "NonFiniteWeightsError", "RefusedOverwriteError", "NonFiniteWeightsWarning", "TopologyWarning",
     "ConvergenceWarning",

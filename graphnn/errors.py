@@ -12,6 +12,12 @@ class GraphnnError(Exception):
     """Base class of every graphnn error."""
 
 
+class InvalidParameterError(GraphnnError, ValueError):
+    """A usage error: an option or argument has a value graphnn cannot use (like scikit-learn's
+    ``InvalidParameterError``). The message names the option, the value and what to pass instead;
+    the CLI maps it to exit code 2."""
+
+
 class CheckpointNotFoundError(GraphnnError, FileNotFoundError):
     """The path given as a source does not exist."""
 
