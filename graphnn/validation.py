@@ -1,0 +1,144 @@
+"""The one validation layer: small checks of option values shared by the library and the CLI.
+
+Each function returns the (normalised) value when it is usable and otherwise raises
+:class:`graphnn.errors.InvalidParameterError` (a ``ValueError`` subclass; the CLI maps it to exit
+code 2) with a message that names the option, shows the bad value and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Iterable
+
+from .errors import InvalidParameterError
+
+__all__ = ["check_choice", "check_number", "check_seed", "check_bool", "check_device"]
+
+#: Device types graphnn computes on (analyses use float64, which rules out e.g. ``mps``).
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _options(choices: Iterable[Any]) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices`` (compared with ``==``), else a usage error listing them."""
+    choices = tuple(choices)
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable or uncomparable value
+        ok = False
+    if not ok:
+        raise InvalidParameterError(f"{name}={value!r} is not a valid choice: use one of {_options(choices)}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool`` (numpy booleans accepted), else a usage error."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_":  # numpy.bool_ without importing numpy
+        return bool(value)
+    raise InvalidParameterError(f"{name}={value!r}: give True or False")
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    finite: bool = True,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    allow_none: bool = False,
+) -> Any:
+    """Check a real number and return it (as a Python ``int`` when ``integer=True``).
+
+    ``positive``: > 0; ``nonnegative``: >= 0; ``finite``: not NaN or ±inf (NaN is refused even
+    with ``finite=False``: it compares false with every bound); ``integer``: an ``int`` (a float
+    such as ``3.0`` is refused); ``low``/``high``: inclusive bounds; ``allow_none``: ``None``
+    passes through. Booleans and strings are refused.
+    """
+    if value is None and allow_none:
+        return None
+    want = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidParameterError(f"{name}={value!r}: give {want}{_range_text(positive, nonnegative, low, high)}")
+    if integer and not isinstance(value, numbers.Integral):
+        raise InvalidParameterError(f"{name}={value!r}: give {want}{_range_text(positive, nonnegative, low, high)}, "
+                                    "not a float")
+    if integer:
+        value = int(value)
+    x = float(value)
+    if math.isnan(x) or (finite and math.isinf(x)):
+        raise InvalidParameterError(f"{name}={value!r}: give a finite number"
+                                    f"{_range_text(positive, nonnegative, low, high)}")
+    bad = ((positive and not x > 0) or (nonnegative and not x >= 0)
+           or (low is not None and not x >= low) or (high is not None and not x <= high))
+    if bad:
+        raise InvalidParameterError(f"{name}={value!r} is out of range: give {want}"
+                                    f"{_range_text(positive, nonnegative, low, high)}")
+    return value
+
+
+def _range_text(positive: bool, nonnegative: bool, low, high) -> str:
+    parts = []
+    if positive:
+        parts.append("> 0")
+    elif nonnegative:
+        parts.append(">= 0")
+    if low is not None:
+        parts.append(f">= {low}")
+    if high is not None:
+        parts.append(f"<= {high}")
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def check_seed(name: str, value: Any) -> int | None:
+    """A random seed: ``None`` (fresh OS entropy) or an integer >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidParameterError(f"{name}={value!r}: give a non-negative integer seed, or None for a random one")
+    if value < 0:
+        raise InvalidParameterError(f"{name}={value!r}: give a non-negative integer seed, or None for a random one")
+    return int(value)
+
+
+def check_device(device: Any = "auto", *, name: str = "device"):
+    """The one device check; returns a ``torch.device``.
+
+    ``"auto"`` (or ``None``) -> the first CUDA device when CUDA is available, else the CPU.
+    Otherwise a string or ``torch.device`` of type ``cpu`` or ``cuda[:i]``. A name torch does not
+    know, another device type, CUDA asked for where it is not available, or a CUDA index beyond the
+    visible devices is a usage error.
+    """
+    import torch
+
+    cuda_ok = torch.cuda.is_available()
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if cuda_ok else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidParameterError(f"{name}={device!r}: give 'auto', 'cpu', 'cuda' or 'cuda:<index>' "
+                                    "(a string or a torch.device)")
+    try:
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InvalidParameterError(f"{name}={device!r} is not a device: use 'auto', 'cpu', 'cuda' "
+                                    "or 'cuda:<index>'") from None
+    if dev.type not in DEVICE_TYPES:
+        raise InvalidParameterError(f"{name}={device!r}: graphnn computes on 'cpu' or 'cuda' only; "
+                                    "use 'auto', 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not cuda_ok:
+            raise InvalidParameterError(f"{name}={device!r} asks for CUDA, which is not available on "
+                                        "this machine: use 'cpu' or 'auto'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InvalidParameterError(f"{name}={device!r}: this machine has {count} CUDA device(s) "
+                                        f"(indices 0..{count - 1}); use 'cuda' or a valid index")
+    return dev
