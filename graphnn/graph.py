@@ -109,6 +109,17 @@ class Block:
     view sharing memory with the parameter (signed values); with an aggregation (conv kernels,
     flatten) it is computed on each call. ``groups > 1`` means a block-diagonal structure
     (grouped / depthwise conv): only entries inside the diagonal groups are edges.
+
+    Index maps (graph-model.md §2b): ``src_index`` (int64, length ``n_src``, values in
+    ``[0, size of src)``) says that column ``j`` is an edge from source neuron ``src_index[j]``;
+    ``dst_index`` (length ``n_dst``) that row ``i`` is an edge into ``dst_index[i]``. ``None`` is
+    the identity (then ``n_src``/``n_dst`` equal the partition sizes). A split/slice of a
+    partition is ``arange(a, b)``, a channel shuffle a permutation, grouped-query attention a
+    repeat map. Several columns (rows) mapping to one neuron are parallel edges: strength adds
+    them, centrality and cores add their |w|, the exports merge them into one edge (summed). An
+    index map costs ``O(n_src)`` integers, never an edge list. ``shape``, ``matrix()`` and
+    :attr:`num_edges` stay in *matrix space* (parallel edges counted one by one);
+    ``src_size``/``dst_size`` are the partition sizes (filled in by :class:`LayeredGraph`).
     """
 
     name: str
@@ -121,6 +132,14 @@ class Block:
     dtype: torch.dtype
     aggregation: str | None = None
     groups: int = 1
+    src_index: torch.Tensor | None = None
+    dst_index: torch.Tensor | None = None
+    src_size: int | None = None
+    dst_size: int | None = None
+    #: group id of every matrix row / column when the block is a part (a column selection) of a
+    #: grouped conv; ``None``: derived from ``groups`` as equal consecutive groups
+    row_groups: torch.Tensor | None = field(repr=False, default=None)
+    col_groups: torch.Tensor | None = field(repr=False, default=None)
     _load: Callable[[], torch.Tensor] = field(repr=False, default=None)
     _to_matrix: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, default=None)
     _on_load: Callable[["Block", torch.Tensor], None] | None = field(repr=False, default=None)
@@ -136,8 +155,32 @@ class Block:
 
     @property
     def num_edges(self) -> int:
-        """Structural edges: ``n_dst * n_src / groups`` (zero-valued weights still count)."""
+        """Structural edges in matrix space: ``n_dst * n_src / groups`` (zero-valued weights
+        still count; parallel edges of an index map count one by one)."""
+        if self.groups > 1 and (self.row_groups is not None or self.col_groups is not None):
+            r, c = self._groups_of()
+            g = int(max(int(r.max()), int(c.max()))) + 1
+            return int((torch.bincount(r, minlength=g) * torch.bincount(c, minlength=g)).sum())
         return self.shape[0] * self.shape[1] // self.groups
+
+    @property
+    def is_mapped(self) -> bool:
+        """Whether the block carries an index map on either side."""
+        return self.src_index is not None or self.dst_index is not None
+
+    def _groups_of(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.groups
+        rows = self.row_groups if self.row_groups is not None else torch.arange(self.n_dst) // (self.n_dst // g)
+        cols = self.col_groups if self.col_groups is not None else torch.arange(self.n_src) // (self.n_src // g)
+        return rows, cols
+
+    def src_neurons(self) -> torch.Tensor:
+        """Source neuron of every matrix column (``src_index``, or ``arange(n_src)``)."""
+        return self.src_index if self.src_index is not None else torch.arange(self.n_src)
+
+    def dst_neurons(self) -> torch.Tensor:
+        """Destination neuron of every matrix row (``dst_index``, or ``arange(n_dst)``)."""
+        return self.dst_index if self.dst_index is not None else torch.arange(self.n_dst)
 
     def tensor(self) -> torch.Tensor:
         """The raw parameter tensor (read from the file on each call for file sources)."""
@@ -155,26 +198,67 @@ class Block:
             raise AssertionError(f"block {self.name}: matrix {tuple(m.shape)} != {self.shape}")
         return m if dtype is None or m.dtype == dtype else m.to(dtype)
 
-    def entry_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def entry_index(self, space: str = "neuron") -> tuple[torch.Tensor, torch.Tensor]:
         """Which edge each entry of the parameter tensor belongs to: two int64 tensors of the
-        parameter's shape holding the destination and source neuron of that entry's edge in
-        this block, or ``-1`` where the entry belongs to another block of the same parameter
+        parameter's shape holding the destination and source of that entry's edge in this
+        block, or ``-1`` where the entry belongs to another block of the same parameter
         (another q/k/v part, another concatenated input). Several entries share one edge when
-        an aggregation (conv kernel, flatten positions) combines them. Needs no tensor data."""
+        an aggregation (conv kernel, flatten positions) combines them. Needs no tensor data.
+
+        ``space="neuron"`` (default): neuron indices in the ``dst``/``src`` partitions (the
+        index maps applied: what per-neuron tables such as hypercores are indexed by).
+        ``space="matrix"``: row and column of :meth:`matrix` instead (equal to the neuron
+        indices when the block has no index map)."""
+        if space not in ("neuron", "matrix"):
+            raise ValueError(f"space={space!r}: use 'neuron' (partition neurons) or 'matrix' (matrix rows/cols)")
         if self._entry_index is None:  # a plain (n_dst, n_src) matrix
-            rows = torch.arange(self.n_dst)[:, None].expand(self.shape)
-            cols = torch.arange(self.n_src)[None, :].expand(self.shape)
-            return rows.clone(), cols.clone()
-        return self._entry_index()
+            rows = torch.arange(self.n_dst)[:, None].expand(self.shape).clone()
+            cols = torch.arange(self.n_src)[None, :].expand(self.shape).clone()
+        else:
+            rows, cols = self._entry_index()
+        if space == "neuron":
+            rows, cols = _through(rows, self.dst_index), _through(cols, self.src_index)
+        return rows, cols
+
+    def neuron_entry_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`entry_index` in neuron space (destination and source neuron of every entry)."""
+        return self.entry_index("neuron")
 
     def structure_mask(self) -> torch.Tensor | None:
-        """Boolean ``(n_dst, n_src)`` mask of structural edges, or ``None`` when complete."""
+        """Boolean ``(n_dst, n_src)`` mask of structural edges (matrix space), or ``None`` when
+        complete."""
         if self.groups == 1:
             return None
-        g = self.groups
-        rows = torch.arange(self.n_dst) // (self.n_dst // g)
-        cols = torch.arange(self.n_src) // (self.n_src // g)
+        rows, cols = self._groups_of()
         return rows[:, None] == cols[None, :]
+
+
+def _through(idx: torch.Tensor, index_map: torch.Tensor | None) -> torch.Tensor:
+    """``index_map[idx]`` where ``idx >= 0``; ``-1`` stays ``-1``."""
+    if index_map is None:
+        return idx
+    out = torch.full_like(idx, -1)
+    ok = idx >= 0
+    out[ok] = index_map[idx[ok]]
+    return out
+
+
+def check_index_map(index: torch.Tensor | None, length: int, size: int, what: str) -> torch.Tensor | None:
+    """Validate an index map: 1-D int64 on the CPU, ``length`` entries in ``[0, size)``.
+    Returns it (as int64, CPU, contiguous) or ``None``; raises ``ValueError`` naming ``what``."""
+    if index is None:
+        return None
+    if not isinstance(index, torch.Tensor):
+        index = torch.as_tensor(index)
+    if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"{what}: an index map must be a 1-D integer tensor, got {index.dtype} of shape "
+                         f"{tuple(index.shape)}")
+    if index.numel() != length:
+        raise ValueError(f"{what}: index map has {index.numel()} entries but the matrix has {length}")
+    if length and (int(index.min()) < 0 or int(index.max()) >= size):
+        raise ValueError(f"{what}: index map values must lie in [0, {size}), got "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    return index.to("cpu", torch.int64).contiguous()
 
 
 class LayeredGraph:
@@ -208,14 +292,21 @@ class LayeredGraph:
         for b in blocks:
             if b.name in blks:
                 raise ValueError(f"duplicate block name {b.name!r}")
-            for end, size in ((b.src, b.n_src), (b.dst, b.n_dst)):
+            for side, end, size, index in (("src", b.src, b.n_src, b.src_index), ("dst", b.dst, b.n_dst, b.dst_index)):
                 if end not in parts:
                     raise ValueError(f"block {b.name!r} refers to unknown partition {end!r}")
-                if parts[end].size != size:
+                psize = parts[end].size
+                if index is None and psize != size:
                     raise ValueError(
                         f"block {b.name!r} has {size} neurons on partition {end!r} of size "
-                        f"{parts[end].size}"
+                        f"{psize}"
                     )
+                index = check_index_map(index, size, psize, f"block {b.name!r} {side}_index")
+                declared = getattr(b, f"{side}_size")
+                if declared is not None and declared != psize:
+                    raise ValueError(f"block {b.name!r}: {side}_size={declared} but partition {end!r} has {psize} neurons")
+                setattr(b, f"{side}_index", index)
+                setattr(b, f"{side}_size", psize)
             blks[b.name] = b
         self._partitions = parts
         self._blocks = blks
@@ -378,12 +469,18 @@ class LayeredGraph:
             else:
                 r, c = mask.nonzero(as_tuple=True)
                 rows, cols, vals = r.numpy(), c.numpy(), m[r, c].numpy()
+            if b.dst_index is not None:  # matrix rows/cols -> neurons (parallel edges repeat a pair)
+                rows = b.dst_index.numpy()[rows]
+            if b.src_index is not None:
+                cols = b.src_index.numpy()[cols]
             yield rows + self._offsets[b.dst], cols + self._offsets[b.src], vals
 
     def to_scipy(self, weight: str = "abs", max_edges: int | None = None):
         """Symmetric sparse adjacency (``scipy.sparse.csr_array``, float64) over all nodes in
         global order. ``weight="abs"`` uses |w|, ``"signed"`` the raw weights. Parallel edges
-        (two blocks joining the same pair of neurons) are summed."""
+        (two blocks joining the same pair of neurons, or several columns/rows of one block that
+        an index map sends to the same neuron) are merged into one entry: their weights are
+        summed (so with ``"abs"`` the entry is the sum of their |w|)."""
         import scipy.sparse as sp
 
         self._check_size("scipy", max_edges)
@@ -404,7 +501,10 @@ class LayeredGraph:
         """An undirected ``networkx.Graph``. Nodes are ``(partition, index)`` with attributes
         ``layer``, ``neuron`` and ``subset`` (partition position, for
         ``nx.multipartite_layout``); edges carry ``weight`` (signed by default, ``"abs"`` for
-        |w|). Parallel edges are summed."""
+        |w|). Parallel edges (two blocks joining the same pair of neurons, or columns/rows that an
+        index map sends to the same neuron) are merged into one edge whose weight is the sum of
+        theirs (for ``"abs"``: the sum of their |w|), so ``number_of_edges()`` can be smaller than
+        :attr:`num_edges`."""
         import networkx as nx
 
         self._check_size("networkx", max_edges)
@@ -426,7 +526,8 @@ class LayeredGraph:
     def to_igraph(self, weight: str = "signed", max_edges: int | None = None):
         """An undirected ``igraph.Graph`` (needs ``pip install graphnn[igraph]``). Vertex ``i`` is
         global node ``i``, with attributes ``layer``, ``neuron``, ``subset``; edges carry
-        ``weight``. Parallel edges are summed."""
+        ``weight``. Parallel edges (two blocks joining the same pair of neurons, or columns/rows
+        that an index map sends to the same neuron) are merged into one edge, weights summed."""
         try:
             import igraph as ig
         except ImportError as e:  # pragma: no cover - depends on the environment

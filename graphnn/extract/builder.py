@@ -21,9 +21,38 @@ from .rules import QKV, Rule
 
 @dataclass
 class Concat:
-    """Partitions stacked along the feature axis, in order."""
+    """Partitions stacked along the feature axis, in order (each member a partition id or an
+    :class:`Indexed` view of one)."""
 
-    members: list[int] = field(default_factory=list)
+    members: list = field(default_factory=list)
+
+
+@dataclass
+class Indexed:
+    """A partition read through an index map (graph-model.md §2b): feature ``j`` of this view is
+    neuron ``index[j]`` of partition ``base`` (a split/slice ``arange(a, b)``, a channel shuffle's
+    permutation, a repeat). ``index`` is int64 on the CPU; ``O(len)`` integers, no edge list."""
+
+    base: int
+    index: torch.Tensor
+
+    def __post_init__(self):
+        self.index = torch.as_tensor(self.index, dtype=torch.int64).reshape(-1)
+
+
+def compose(view, index: torch.Tensor):
+    """The view ``view[index]`` (feature ``j`` is feature ``index[j]`` of ``view``), for a
+    partition id, an :class:`Indexed` view or a :class:`Concat`; a Concat comes back as a Concat
+    of the members that are read (in the order of ``index`` when it stays grouped by member)
+    or, when the index interleaves members, as ``None`` (the caller cuts the chain)."""
+    index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+    if isinstance(view, int):
+        return Indexed(view, index)
+    if isinstance(view, Indexed):
+        return Indexed(view.base, view.index[index])
+    if isinstance(view, Concat):
+        return None
+    raise TypeError(f"cannot index {view!r}")
 
 
 def block_diagonal(values: torch.Tensor, n_rows: int, n_cols: int, groups: int) -> torch.Tensor:
@@ -52,10 +81,11 @@ def base_matrix(rule: Rule, conv: str) -> Callable[[torch.Tensor], torch.Tensor]
     raise ValueError(f"unknown block kind {rule.kind!r}")
 
 
-def entry_index(rule: Rule, shape: tuple[int, ...], rows: slice | None, cols: tuple[int, int] | None,
+def entry_index(rule: Rule, shape: tuple[int, ...], rows: slice | None, cols,
                 positions: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(destination, source) neuron of every entry of a parameter of ``shape`` under ``rule``
-    (see :meth:`Block.entry_index`); ``-1`` marks entries outside this block."""
+    """(matrix row, matrix column) of every entry of a parameter of ``shape`` under ``rule``
+    (see :meth:`Block.entry_index`, ``space="matrix"``); ``-1`` marks entries outside this
+    block. ``cols``: ``None``, a ``(start, stop)`` span or an int64 tensor of columns."""
     k = len(shape) - 2
     def along(v: torch.Tensor, axis: int) -> torch.Tensor:
         view = [1] * len(shape)
@@ -84,7 +114,12 @@ def entry_index(rule: Rule, shape: tuple[int, ...], rows: slice | None, cols: tu
         dst = dst - rows.start
     if positions > 1:
         src = src // positions
-    if cols is not None:
+    if isinstance(cols, torch.Tensor):
+        inverse = torch.full((int(src.max()) + 1 if src.numel() else 1,), -1, dtype=torch.int64)
+        inverse[cols] = torch.arange(cols.numel())
+        src = inverse[src]
+        valid &= src >= 0
+    elif cols is not None:
         valid &= (src >= cols[0]) & (src < cols[1])
         src = src - cols[0]
     dst[~valid] = -1
@@ -153,34 +188,76 @@ class GraphBuilder:
         return root
 
     def concat_size(self, c: Concat) -> int | None:
-        sizes = [self.size(m) for m in c.members]
+        sizes = [self.width(m) for m in c.members]
         return None if any(s is None for s in sizes) else sum(sizes)
 
+    def width(self, view) -> int | None:
+        """Number of features of a view: a partition id (its size, ``None`` while unknown), an
+        :class:`Indexed` view (its index length) or a :class:`Concat` (the sum)."""
+        if isinstance(view, Concat):
+            return self.concat_size(view)
+        if isinstance(view, Indexed):
+            return int(view.index.numel())
+        return self.size(view)
+
+    def base_of(self, view) -> int:
+        return view.base if isinstance(view, Indexed) else view
+
     # -- reading a source ----------------------------------------------------------------
-    def resolve_source(self, src, n_src: int, kind: str) -> tuple[list[tuple[int, int, int]], int] | None:
-        """How a layer with ``n_src`` inputs reads ``src`` (a partition id or a Concat):
-        returns ``([(partition, col_start, col_stop), ...], positions)`` where ``positions > 1``
-        means a flatten of a spatial map (channel-major), or ``None`` if the sizes do not fit."""
+    def resolve_source(self, src, n_src: int, kind: str, src_index: torch.Tensor | None = None):
+        """How a layer with ``n_src`` inputs reads ``src`` (a partition id, an :class:`Indexed`
+        view or a :class:`Concat` of them), optionally through ``src_index`` (column ``j`` reads
+        feature ``src_index[j]`` of ``src``): returns ``([(partition, cols, index), ...],
+        positions)``, one entry per block, where ``cols`` is ``None`` (all columns), a
+        ``(start, stop)`` span or an int64 tensor of columns of the weight, and ``index`` the
+        block's ``src_index`` (``None``: identity); ``positions > 1`` means a flatten of a
+        spatial map (channel-major). ``None`` if the sizes do not fit."""
         members = src.members if isinstance(src, Concat) else [src]
-        if isinstance(src, int) and self.size(src) is None:
+        if isinstance(src, int) and self.size(src) is None and src_index is None:
             root = self.find(src)
             self.sizes[root] = n_src
-        total = self.concat_size(src) if isinstance(src, Concat) else self.size(src)
+        total = self.width(src)
         if total is None or total == 0:
             return None
-        if total == n_src:
+        if src_index is not None:
+            if src_index.numel() != n_src or int(src_index.min()) < 0 or int(src_index.max()) >= total:
+                return None
+            positions = 1
+        elif total == n_src:
             positions = 1
         elif (kind in ("linear", "hf_conv1d") and n_src % total == 0
-              and all(self.is_spatial(m) for m in members)):
+              and all(self.is_spatial(self.base_of(m)) for m in members)):
             positions = n_src // total
         else:
             return None
-        spans, start = [], 0
+        out, start = [], 0
         for m in members:
-            s = self.size(m)
-            spans.append((m, start, start + s))
-            start += s
-        return spans, positions
+            w = self.width(m)
+            if w is None:
+                return None
+            stop = start + w
+            own = m.index if isinstance(m, Indexed) else None
+            if src_index is None:
+                cols = None if len(members) == 1 else (start, stop)
+                local = own
+            else:
+                sel = ((src_index >= start) & (src_index < stop)).nonzero().reshape(-1)
+                if sel.numel() == 0:
+                    start = stop
+                    continue
+                local = src_index[sel] - start
+                if own is not None:
+                    local = own[local]
+                contiguous = bool((sel == torch.arange(int(sel[0]), int(sel[0]) + sel.numel())).all())
+                cols = None if sel.numel() == n_src else (
+                    (int(sel[0]), int(sel[-1]) + 1) if contiguous else sel)
+            base = self.base_of(m)
+            if local is not None and local.numel() == self.size(base) and \
+                    bool((local == torch.arange(local.numel())).all()):
+                local = None  # the identity
+            out.append((base, cols, local))
+            start = stop
+        return out, positions
 
     # -- blocks -------------------------------------------------------------------------
     def _unique_block_name(self, name: str) -> str:
@@ -191,42 +268,78 @@ class GraphBuilder:
         return name
 
     def add_layer(self, entry: TensorEntry, rule: Rule, src, dst_name: str, reader_name: str,
-                  part_srcs: list | None = None) -> list[int]:
-        """Add the block(s) of one parameter reading from ``src`` (partition id, Concat or
-        ``None`` for "unknown"), creating its destination partition(s). Returns the
-        destination partition ids (three for a fused q/k/v projection, whose parts may read
-        different inputs: ``part_srcs``)."""
+                  part_srcs: list | None = None, *, src_index: torch.Tensor | None = None,
+                  dst_index: torch.Tensor | None = None, dst_size: int | None = None,
+                  rows: slice | None = None, suffix: str = "") -> list[int]:
+        """Add the block(s) of one parameter reading from ``src`` (partition id, :class:`Indexed`
+        view, :class:`Concat` or ``None`` for "unknown"), creating its destination partition(s).
+        Returns the destination partition ids (three for a fused q/k/v projection, whose parts
+        may read different inputs: ``part_srcs``).
+
+        Index maps (graph-model.md §2b): ``src_index`` (length ``rule.n_src``) sends weight
+        column ``j`` to feature ``src_index[j]`` of ``src`` (e.g. grouped-query attention's
+        repeat map for ``o_proj`` reading the v partition); the size check compares the columns
+        with ``src`` through the map (``len == n_src``, ``max < width of src``) and on a mismatch
+        the layer reads a new partition, with a note. ``dst_index`` (length of the block's rows)
+        sends row ``i`` to neuron ``dst_index[i]`` of a new destination partition of
+        ``dst_size`` neurons (default ``max + 1``). ``rows`` keeps only a row slice of the weight
+        (one part of a fused tensor; the block name gets ``suffix``), so the block and its
+        destination have ``rows.stop - rows.start`` rows. Both maps: int64, ``O(n)`` integers."""
         spatial_out = rule.kind in ("conv", "conv_transpose")
-        parts = [(f"[{p}]", slice(i * rule.n_dst, (i + 1) * rule.n_dst), f"{dst_name}.{p}") for i, p in enumerate(QKV)] \
-            if rule.kind == "attention_in_proj" else [("", None, dst_name)]
+        if rows is not None:
+            parts = [(suffix, rows, dst_name)]
+        elif rule.kind == "attention_in_proj":
+            parts = [(f"[{p}]", slice(i * rule.n_dst, (i + 1) * rule.n_dst), f"{dst_name}.{p}") for i, p in enumerate(QKV)]
+        else:
+            parts = [(suffix, None, dst_name)]
         srcs = part_srcs or [src] * len(parts)
+        if src_index is not None:
+            src_index = torch.as_tensor(src_index, dtype=torch.int64).reshape(-1)
+        if dst_index is not None:
+            dst_index = torch.as_tensor(dst_index, dtype=torch.int64).reshape(-1)
         dsts = []
-        for (suffix, rows, pname), part_src in zip(parts, srcs):
-            spans, positions = self._resolve_or_new(entry, rule, part_src, reader_name)
-            dst = self.new_partition(pname, rule.n_dst, spatial=spatial_out)
+        for (sfx, part_rows, pname), part_src in zip(parts, srcs):
+            n_rows = rule.n_dst if part_rows is None else part_rows.stop - part_rows.start
+            spans, positions = self._resolve_or_new(entry, rule, part_src, reader_name, src_index)
+            if dst_index is not None:
+                if dst_index.numel() != n_rows or (n_rows and int(dst_index.min()) < 0):
+                    raise ValueError(f"{entry.name}: dst_index has {dst_index.numel()} entries for {n_rows} rows")
+                size = int(dst_size) if dst_size is not None else int(dst_index.max()) + 1
+                if n_rows and int(dst_index.max()) >= size:
+                    raise ValueError(f"{entry.name}: dst_index reaches {int(dst_index.max())} >= dst_size={size}")
+            else:
+                size = n_rows
+            dst = self.new_partition(pname, size, spatial=spatial_out)
             dsts.append(dst)
-            for m, a, b in spans:
-                name = entry.name + suffix + (f"[in {a}:{b}]" if len(spans) > 1 else "")
+            for m, cols, index in spans:
+                tag = ""
+                if len(spans) > 1:
+                    tag = f"[in {cols[0]}:{cols[1]}]" if isinstance(cols, tuple) else f"[in {self.names[m]}]"
+                n_src = rule.n_src // positions if cols is None else (
+                    cols[1] - cols[0] if isinstance(cols, tuple) else int(cols.numel()))
                 self.blocks.append(dict(
-                    name=self._unique_block_name(name), entry=entry, rule=rule, src=m, dst=dst,
-                    rows=rows, cols=(a, b) if len(spans) > 1 else None, positions=positions,
-                    n_src=b - a,
+                    name=self._unique_block_name(entry.name + sfx + tag), entry=entry, rule=rule, src=m,
+                    dst=dst, rows=part_rows, cols=cols, positions=positions, n_src=n_src, n_dst=n_rows,
+                    src_index=index, dst_index=dst_index,
                 ))
         return dsts
 
-    def _resolve_or_new(self, entry: TensorEntry, rule: Rule, src, reader_name: str):
-        resolved = self.resolve_source(src, rule.n_src, rule.kind) if src is not None else None
+    def _resolve_or_new(self, entry: TensorEntry, rule: Rule, src, reader_name: str,
+                        src_index: torch.Tensor | None = None):
+        resolved = self.resolve_source(src, rule.n_src, rule.kind, src_index) if src is not None else None
         if resolved is None:
             if src is not None:
-                have = self.concat_size(src) if isinstance(src, Concat) else self.size(src)
+                have = self.width(src)
+                via = f" (through an index map of {src_index.numel()} entries up to {int(src_index.max())})" \
+                    if src_index is not None and src_index.numel() else ""
                 self.notes.append(
-                    f"{entry.name}: expects {rule.n_src} inputs but its input has {have}; "
+                    f"{entry.name}: expects {rule.n_src} inputs but its input has {have}{via}; "
                     f"it reads a new partition '{reader_name}.in'"
                 )
             first = not self.names
             pid = self.new_partition("input" if first else f"{reader_name}.in", rule.n_src,
                                      kind="input", spatial=rule.kind in ("conv", "conv_transpose"))
-            resolved = ([(pid, 0, rule.n_src)], 1)
+            resolved = ([(pid, None, None)], 1)
         if rule.kind in ("conv", "conv_transpose"):
             for m, _, _ in resolved[0]:
                 self.spatial[self.find(m)] = True
@@ -246,15 +359,16 @@ class GraphBuilder:
     def _matrix_fn(self, spec: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         base = base_matrix(spec["rule"], self.conv)
         rows, cols, positions, conv = spec["rows"], spec["cols"], spec["positions"], self.conv
-        n_dst = spec["rule"].n_dst
 
         def to_matrix(t: torch.Tensor) -> torch.Tensor:
             m = base(t)
             if rows is not None:
                 m = m[rows]
             if positions > 1:
-                m = aggregate_kernel(m.reshape(n_dst, -1, positions), conv)
-            if cols is not None:
+                m = aggregate_kernel(m.reshape(m.shape[0], -1, positions), conv)
+            if isinstance(cols, torch.Tensor):
+                m = m.index_select(1, cols.to(m.device))
+            elif cols is not None:
                 m = m[:, cols[0]:cols[1]]
             return m
         return to_matrix
@@ -279,12 +393,16 @@ class GraphBuilder:
         for spec in self.blocks:
             entry, rule = spec["entry"], spec["rule"]
             agg = self.conv if (rule.kind in ("conv", "conv_transpose") or spec["positions"] > 1) else None
-            n_dst = rule.n_dst
+            cols, groups, col_groups = spec["cols"], rule.groups, None
+            if groups > 1 and cols is not None:  # a column part of a grouped conv
+                full = torch.arange(cols[0], cols[1]) if isinstance(cols, tuple) else cols
+                col_groups = full // (rule.n_src // groups)  # rows of other groups are no edges
             blocks.append(Block(
                 name=spec["name"], param=entry.name, src=self.names[self.find(spec["src"])],
-                dst=self.names[self.find(spec["dst"])], shape=(n_dst, spec["n_src"]), kind=rule.kind,
+                dst=self.names[self.find(spec["dst"])], shape=(spec["n_dst"], spec["n_src"]), kind=rule.kind,
                 param_shape=tuple(entry.shape), dtype=entry.dtype, aggregation=agg,
-                groups=rule.groups if spec["cols"] is None else 1,
+                groups=groups, col_groups=col_groups,
+                src_index=spec["src_index"], dst_index=spec["dst_index"],
                 _load=entry.load, _to_matrix=self._matrix_fn(spec),
                 _entry_index=(lambda r=rule, sh=tuple(entry.shape), sp=spec: entry_index(
                     r, sh, sp["rows"], sp["cols"], sp["positions"])),
