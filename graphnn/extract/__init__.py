@@ -6,7 +6,6 @@ loaders live beside it (``graphnn.extract.load_state_dict``, ``graphnn.extract.s
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import sys
 import types
@@ -29,30 +28,16 @@ from .checkpoints import (
     unwrap_state_dict,
 )
 from .module import trace as trace_module, walk_module
-from .rules import SKIP_EMBEDDING, Rule, as_patterns, matches_any, hf_conv1d_layout, rule_from_name, rules_for_module, skip_reason_for_tensor
+from .rules import Rule
+from .selection import Selection, WeightRecord, read_config, records_from_entries, select_weights, tie_groups
 from .state_dict import chain
 
 __all__ = ["extract", "load_state_dict", "save_state_dict", "open_checkpoint", "atomic_write", "torch_load",
-           "unwrap_state_dict"]
+           "unwrap_state_dict", "select_weights", "WeightRecord"]
 
 
-class _Selection:
-    """include/exclude globs on parameter names, and the embedding opt-in."""
-
-    def __init__(self, include, exclude, include_embeddings: bool):
-        self.include = list(as_patterns(include, "include"))
-        self.exclude = list(as_patterns(exclude, "exclude"))
-        self.include_embeddings = include_embeddings
-
-    def reason(self, name: str, kind: str) -> str | None:
-        if kind == "embedding" and not self.include_embeddings:
-            return SKIP_EMBEDDING
-        if self.include and not matches_any(name, self.include):
-            return f"not matched by include={self.include}"
-        hit = next((p for p in self.exclude if fnmatch.fnmatchcase(name, p)), None)
-        if hit is not None:
-            return f"excluded by exclude pattern {hit!r}"
-        return None
+# the one selection policy (include/exclude globs, embedding opt-in) lives in .selection
+_Selection = Selection
 
 
 def extract(
@@ -109,7 +94,8 @@ def extract(
         _from_entries(entries_from_state_dict(unwrap_state_dict(source)), builder, selection)
     elif isinstance(source, (str, os.PathLike)):
         builder = GraphBuilder(conv, source=os.fspath(source))
-        _from_entries(open_checkpoint(source, trust=trust), builder, selection)
+        config = read_config(source) if os.path.isdir(source) else None
+        _from_entries(open_checkpoint(source, trust=trust), builder, selection, config)
     else:
         raise UnsupportedSourceError(
             f"cannot extract a graph from a {type(source).__name__}: pass an nn.Module, a state_dict "
@@ -129,31 +115,29 @@ def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
                       NonFiniteWeightsWarning, stacklevel=4)
 
 
-def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: _Selection) -> None:
+def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: Selection,
+                  config: dict | None = None) -> None:
     layers: list[tuple[TensorEntry, Rule]] = []
-    hf_conv1d = hf_conv1d_layout({e.name: e.shape for e in entries if e.is_tensor})
-    for e in entries:
-        reason = skip_reason_for_tensor(e.name, e.shape, e.dtype)
-        rule = rule_from_name(e.name, e.shape, hf_conv1d) if reason is None else reason
-        if isinstance(rule, str):
-            builder.record(e, "skipped", "", rule)
+    by_name = {e.name: e for e in entries}
+    for rec in records_from_entries(entries, selection, config):
+        if not rec.stored:  # declared tied by config.json, not held by the files
             continue
-        reason = selection.reason(e.name, rule.kind)
-        if reason is not None:
-            builder.record(e, "skipped", rule.kind, reason)
+        e = by_name[rec.name]
+        if rec.rule is None:
+            builder.record(e, "skipped", "", rec.reason)
             continue
-        builder.record(e, "mapped", rule.kind)
-        layers.append((e, rule))
+        if not rec.selected:
+            builder.record(e, "skipped", rec.kind, rec.reason)
+            continue
+        builder.record(e, "mapped", rec.kind)
+        layers.append((e, rec.rule))
         if e.in_memory:
             _count_nonfinite(builder, e)
     chain(builder, layers)
 
 
 def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> None:
-    rules: dict[str, Rule | str] = {}
-    for mod_name, mod in model.named_modules(remove_duplicate=False):
-        for local, rule in rules_for_module(mod).items():
-            rules[f"{mod_name}.{local}" if mod_name else local] = rule
+    rules: dict[str, Rule | str] = {r.name: r.rule or r.reason for r in select_weights(model)}
     # every name of a tied parameter (e.g. an LM head sharing the embedding matrix) is an entry
     entries = {name: TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
                for name, p in model.named_parameters(remove_duplicate=False)}

@@ -19,7 +19,10 @@ from torch import nn
 QKV = ("q", "k", "v")
 
 _RNN_PARAM = re.compile(r"(^|\.)(weight|bias)_(ih|hh)(_l\d+)?(_reverse)?$")
-_EMBED_NAME = re.compile(r"(embed|wte$|wpe$|tok_embeddings|word_embeddings|position_embeddings)", re.I)
+_EMBED_NAME = re.compile(r"(embed|wte$|wpe$|tok_embeddings|word_embeddings|position_embeddings|^shared$"
+                         r"|relative_attention_bias$)", re.I)
+#: Output heads whose name says "embed" (GPT-NeoX ``embed_out`` is the LM head, a Linear).
+_HEAD_NAME = re.compile(r"^(embed_out|lm_head)$")
 _HF_CONV1D = {"c_attn", "c_proj", "c_fc", "q_attn"}
 
 RNN_TYPES = (nn.RNNBase, nn.RNNCellBase)
@@ -113,7 +116,7 @@ def rule_from_name(name: str, shape: tuple[int, ...], hf_conv1d: bool = True) ->
     if "weight" not in last:
         return f"not a layer weight (name does not end in 'weight'): position/class tokens and other free parameters are not edges"
     if len(shape) == 2:
-        if _EMBED_NAME.search(mod):
+        if _EMBED_NAME.search(mod) and not _HEAD_NAME.match(mod):
             return Rule("embedding", shape[1], shape[0])
         if mod in _HF_CONV1D and hf_conv1d:
             return Rule("hf_conv1d", shape[1], shape[0])
