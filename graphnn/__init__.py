@@ -9,6 +9,7 @@ from .errors import (
     CheckpointNotFoundError,
     ConvergenceWarning,
     CorruptCheckpointError,
+    DisconnectedGraphWarning,
     GraphnnError,
     GraphTooLargeError,
     InvalidParameterError,
@@ -22,7 +23,7 @@ from .errors import (
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
-from .analyses import Analysis, analyse, eigenvector_centrality, hypercore, strength, strength_variance
+from .analyses import Analysis, analyse, connected_components, eigenvector_centrality, hypercore, strength, strength_variance
 from . import extract  # callable module: graphnn.extract(source, ...)
 from . import rewire
 
@@ -31,12 +32,12 @@ __all__ = [
     # extract -> graph
     "extract", "LayeredGraph", "Partition", "Block",
     # analyses
-    "strength", "strength_variance", "eigenvector_centrality", "hypercore", "analyse", "Analysis",
+    "strength", "strength_variance", "eigenvector_centrality", "connected_components", "hypercore", "analyse", "Analysis",
     # rewire / re-initialise
     "rewire",
     # errors and warnings
     "GraphnnError", "InvalidParameterError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
     "NothingMappableError", "UnsupportedSourceError", "GraphTooLargeError", "MissingDependencyError",
     "NonFiniteWeightsError", "RefusedOverwriteError", "NonFiniteWeightsWarning", "TopologyWarning",
-    "ConvergenceWarning",
+    "ConvergenceWarning", "DisconnectedGraphWarning",
 ]

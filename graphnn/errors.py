@@ -62,8 +62,18 @@ class NonFiniteWeightsError(GraphnnError, ValueError):
     """An analysis that needs finite weights (eigenvector centrality, hypercores) met NaN/Inf."""
 
 
+class CheckpointWarning(UserWarning):
+    """A checkpoint folder is readable but not clean (e.g. one tensor stored in two shards, or
+    shards holding tensors the index does not list); the message says which copy is used."""
+
+
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped before reaching its tolerance; the result is an estimate."""
+
+
+class DisconnectedGraphWarning(UserWarning):
+    """The graph falls apart into components and a whole-graph result (eigenvector centrality)
+    is zero on most neurons; ``per_component=True`` gives each component its own vector."""
 
 
 class RefusedOverwriteError(GraphnnError, FileExistsError):

@@ -30,7 +30,7 @@ def _dense_oracle(g):
     """Projection of the all-ones vector on the top eigenspace of the dense |w| adjacency."""
     vals, vecs = _spectrum(g)
     top = vals[-1]
-    space = vecs[:, vals >= top - 1e-9 * max(abs(top), 1.0)]
+    space = vecs[:, vals >= top - 1e-9 * abs(top)]  # relative: centrality is scale-invariant
     x = space @ (space.T @ np.ones(len(vals)))
     return x / np.linalg.norm(x), top
 
@@ -63,6 +63,7 @@ def test_equals_igraph_on_connected_graphs_including_self_loops(g):
     assert got.max() == pytest.approx(1.0, abs=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore::graphnn.DisconnectedGraphWarning")
 @SETTINGS
 @given(layered_graphs(max_nodes=16, max_size=5), st.sampled_from(["arpack", "lanczos", "dense"]))
 def test_every_solver_equals_the_dense_eigendecomposition(g, solver):
@@ -100,14 +101,96 @@ def test_disconnected_graph_puts_the_vector_on_the_strongest_component():
     np.testing.assert_allclose(c, [ref[n] for n in g.nodes()], atol=1e-6)
 
 
-def test_two_identical_components_share_the_vector_like_networkx():
+ALL_SOLVERS = ("arpack", "lanczos", "dense", "auto")
+
+
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
+def test_two_identical_components_share_the_vector_like_networkx(solver):
     w = torch.rand(3, 4, generator=torch.Generator().manual_seed(2)) + 0.5
     g = make_graph([4, 3, 4, 3], [("a", 0, 1, w, 1), ("b", 2, 3, w.clone(), 1)])
-    for solver in ("arpack", "lanczos", "dense"):
-        c = graphnn.eigenvector_centrality(g, solver=solver)["centrality"].to_numpy()
-        np.testing.assert_allclose(c[:7], c[7:], atol=1e-9)
-        ref = nx.eigenvector_centrality(g.to_networkx(weight="abs"), weight="weight", max_iter=10_000, tol=1e-13)
-        np.testing.assert_allclose(c, [ref[n] for n in g.nodes()], atol=1e-6)
+    c = graphnn.eigenvector_centrality(g, solver=solver)["centrality"].to_numpy()
+    np.testing.assert_allclose(c[:7], c[7:], atol=1e-9)
+    ref = nx.eigenvector_centrality(g.to_networkx(weight="abs"), weight="weight", max_iter=10_000, tol=1e-13)
+    np.testing.assert_allclose(c, [ref[n] for n in g.nodes()], atol=1e-6)
+
+
+def _k22_beside_star():
+    """K_{2,2} (partitions p0, p1) beside the star K_{1,4} (p2 -> p3): both have lambda = 2."""
+    return make_graph([2, 2, 1, 4], [("k22", 0, 1, torch.ones(2, 2, dtype=torch.float64), 1),
+                                     ("star", 2, 3, torch.ones(4, 1, dtype=torch.float64), 1)])
+
+
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
+def test_different_components_with_equal_eigenvalue_give_networkx_vector(solver):
+    g = _k22_beside_star()
+    got = graphnn.eigenvector_centrality(g, solver=solver)
+    ref = nx.eigenvector_centrality(g.to_networkx(weight="abs"), weight="weight", max_iter=100_000, tol=1e-14)
+    np.testing.assert_allclose(got["centrality"].to_numpy(), [ref[n] for n in g.nodes()], atol=1e-6)
+    # by hand: 1^T u_a u_a + 1^T u_b u_b with u_a = 1/2 (K22), u_b = (1/sqrt2 centre, 1/(2 sqrt2) leaves)
+    u_a = np.full(4, 0.5)
+    u_b = np.array([1 / np.sqrt(2)] + [1 / (2 * np.sqrt(2))] * 4)
+    x = np.concatenate([u_a.sum() * u_a, u_b.sum() * u_b])
+    np.testing.assert_allclose(got["centrality"].to_numpy(), x / np.linalg.norm(x), atol=1e-9)
+    assert got.attrs["eigenvalue"] == pytest.approx(2.0, rel=1e-10)
+    assert got.attrs["tied_components"] == 2 and got.attrs["components"] == 2
+
+
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
+def test_per_component_normalises_each_component_on_its_own(solver):
+    strong = torch.rand(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 1.0
+    weak = torch.rand(3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
+    g = make_graph([5, 4, 3, 3, 2], [("s", 0, 1, strong, 1), ("w", 2, 3, weak, 1)])  # p4: 2 isolated neurons
+    got = graphnn.eigenvector_centrality(g, solver=solver, per_component=True)
+    c = got["centrality"].to_numpy()
+    a = dense_abs_adjacency(g)
+    for nodes in (np.arange(0, 9), np.arange(9, 15)):  # each component's own Perron vector, by eigh
+        vals, vecs = np.linalg.eigh(a[np.ix_(nodes, nodes)])
+        u = np.abs(vecs[:, -1])
+        np.testing.assert_allclose(c[nodes], u, atol=1e-8)
+    np.testing.assert_allclose(c[15:], 0.0)
+    assert got["component"].tolist() == [0] * 9 + [1] * 6 + [2, 3]
+    assert len(got.attrs["component_eigenvalues"]) == 4
+    mx = graphnn.eigenvector_centrality(g, solver=solver, per_component=True, normalise="max")["centrality"]
+    assert mx[:9].max() == pytest.approx(1.0) and mx[9:15].max() == pytest.approx(1.0)
+
+
+def test_a_graph_in_pieces_warns_and_names_per_component():
+    blocks = [(f"b{i}", 2 * i, 2 * i + 1, torch.full((2, 2), 1.0 + i, dtype=torch.float64), 1) for i in range(4)]
+    g = make_graph([2] * 8, blocks)  # 4 components; the strongest has 4 of 16 neurons
+    with pytest.warns(graphnn.DisconnectedGraphWarning, match=r"4 connected components.*per_component=True"):
+        c = graphnn.eigenvector_centrality(g)["centrality"].to_numpy()
+    np.testing.assert_allclose(c[:12], 0.0, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # per_component: nothing to warn about
+        graphnn.eigenvector_centrality(g, per_component=True)
+        graphnn.eigenvector_centrality(random_mlp([30, 20, 10], seed=3))  # connected: no warning
+
+
+def test_many_small_components_beside_a_large_one_match_the_dense_oracle():
+    """Large component through the iterative solver, 40 small ones (depthwise-like) densely."""
+    gen = torch.Generator().manual_seed(8)
+    big = torch.rand(70, 80, generator=gen, dtype=torch.float64)
+    diag = torch.diag(torch.rand(40, generator=gen, dtype=torch.float64) + 0.1)  # 40 pairs
+    g = make_graph([80, 70, 40, 40], [("big", 0, 1, big, 1), ("dw", 2, 3, diag, 1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
+        for solver in ALL_SOLVERS:
+            got = graphnn.eigenvector_centrality(g, solver=solver)
+            np.testing.assert_allclose(got["centrality"], _dense_oracle(g)[0], atol=1e-8)
+            assert got.attrs["components"] == 41
+    per = graphnn.eigenvector_centrality(g, per_component=True)["centrality"].to_numpy()
+    np.testing.assert_allclose(per[150:], 1 / np.sqrt(2), atol=1e-12)  # each pair: (1, 1)/sqrt(2)
+
+
+@SETTINGS
+@given(layered_graphs(max_nodes=16, max_size=5))
+def test_components_equal_networkx(g):
+    got = graphnn.connected_components(g)
+    G = nx.from_numpy_array(dense_abs_adjacency(g))
+    expected = {frozenset(c) for c in nx.connected_components(G)}
+    labels = got["component"].to_numpy()
+    assert {frozenset(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)} == expected
+    assert labels[0] == 0 and got.attrs["sizes"] == np.bincount(labels).tolist()
 
 
 def test_float32_matrices_agree_with_float64_to_1e6():

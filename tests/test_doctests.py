@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["graphnn.graph", "graphnn.extract"]
+MODULES = ["graphnn.graph", "graphnn.extract", "graphnn.analyses.centrality", "graphnn.analyses.components"]
 
 
 @pytest.mark.parametrize("name", MODULES)

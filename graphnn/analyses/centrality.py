@@ -31,15 +31,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import ConvergenceWarning
+from ..errors import ConvergenceWarning, DisconnectedGraphWarning
 from ..graph import LayeredGraph
 from ._blocks import NodeSpace, Placed, load_abs_blocks, place, resolve_device, resolve_dtype
+from .components import component_labels, index_map
 from .strength import neuron_frame
 
 NORMALISATIONS = ("l2", "max")
 SOLVERS = ("auto", "arpack", "lanczos", "dense")
-#: Graphs with at most this many neurons use the dense solver under ``solver="auto"``.
+#: Components of at most this many neurons are solved densely by every solver (ARPACK needs > 2).
 DENSE_MAX_NODES = 3
+#: Under ``solver="auto"``, components of at most this many neurons are solved densely.
+DENSE_COMPONENT_MAX = 64
 _DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
 #: Lanczos steps tried first under ``solver="auto"`` on the CPU before ARPACK takes over.
 _FIRST_CYCLE = 32
@@ -73,19 +76,6 @@ def _ones(n: int, device) -> torch.Tensor:
     return torch.full((n,), 1.0 / math.sqrt(n), dtype=torch.float64, device=device)
 
 
-def _dense(op: BlockOperator, tol: float):
-    """Exact eigenpair from the n x n matrix assembled column by column (tiny graphs only)."""
-    a = torch.stack([op(e) for e in torch.eye(op.n, dtype=torch.float64, device=op.device)], 1).cpu()
-    a = 0.5 * (a + a.T)
-    vals, vecs = torch.linalg.eigh(a)
-    top = vals[-1].item()
-    space = vecs[:, vals >= top - max(tol, 1e-12) * max(abs(top), 1.0)]
-    x = space @ (space.T @ _ones(op.n, "cpu"))  # projection of the all-ones vector
-    if x.norm() == 0:
-        x = vecs[:, -1]
-    return top, x / x.norm(), True
-
-
 def _arpack(op: BlockOperator, tol: float, max_iter: int, v0: np.ndarray | None = None):
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
@@ -104,12 +94,13 @@ def _arpack(op: BlockOperator, tol: float, max_iter: int, v0: np.ndarray | None 
         return None, None, False
 
 
-def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32):
+def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0: torch.Tensor | None = None):
     """Largest algebraic eigenpair of a symmetric operator by Lanczos with full
     reorthogonalisation, restarted from the Ritz vector every ``ncv`` steps and stopped as soon as
-    the Ritz residual ``|beta_j y_j| / theta`` is below ``tol``; starts from the all-ones vector.
-    Returns ``(eigenvalue, unit vector, converged, relative residual)``. Device-generic."""
-    x = _ones(n, device)
+    the Ritz residual ``|beta_j y_j| / theta`` is below ``tol``; starts from ``x0`` (unit norm;
+    default the all-ones vector). Returns ``(eigenvalue, unit vector, converged, relative
+    residual)``. Device-generic."""
+    x = _ones(n, device) if x0 is None else x0.to(device, torch.float64)
     theta, resid, used = 0.0, math.inf, 0
     while used < max_iter:
         m = max(1, min(ncv, n, max_iter - used))
@@ -164,47 +155,168 @@ def check_options(normalise: str, solver: str, max_iter: int) -> None:
         raise ValueError(f"max_iter={max_iter!r}: give a positive number of matrix-vector products")
 
 
+class _Restricted:
+    """The operator restricted to the neurons of one component: ``x -> m * A (m * x)``."""
+
+    def __init__(self, op: BlockOperator, mask: torch.Tensor):
+        self.op, self.mask, self.n = op, mask, op.n
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x.to(self.mask.device, torch.float64) * self.mask) * self.mask
+
+
+def _small_matrices(placed: list[Placed], n: int, comps: list[np.ndarray]) -> list[np.ndarray]:
+    """The dense |w| adjacency of each component in ``comps`` (node arrays), gathered from the
+    blocks in one pass: ``A = B + B^T`` with ``B[dst, src] = |W|`` (parallel edges summed)."""
+    which = np.full(n, -1, dtype=np.int64)
+    pos = np.zeros(n, dtype=np.int64)
+    for k, nodes in enumerate(comps):
+        which[nodes] = k
+        pos[nodes] = np.arange(len(nodes))
+    mats = [np.zeros((len(c), len(c))) for c in comps]
+    for p in placed:
+        rg, cg = index_map(p, "dst"), index_map(p, "src")
+        ri, ci = np.nonzero(which[rg] >= 0)[0], np.nonzero(which[cg] >= 0)[0]
+        if not len(ri) or not len(ci):
+            continue
+        dev = p.block.device
+        cols = torch.as_tensor(ci, device=dev)
+        step = max(1, (1 << 18) // len(ci))
+        for i in range(0, len(ri), step):
+            r = ri[i:i + step]
+            sub = p.block.rows(torch.as_tensor(r, device=dev)).index_select(1, cols)
+            sub = sub.to(torch.float64).cpu().numpy()
+            same = which[rg[r]][:, None] == which[cg[ci]][None, :]  # other pairs are 0 anyway
+            a, b = np.nonzero(same & (sub != 0))
+            for k in np.unique(which[rg[r[a]]]):
+                sel = which[rg[r[a]]] == k
+                np.add.at(mats[k], (pos[rg[r[a[sel]]]], pos[cg[ci[b[sel]]]]), sub[a[sel], b[sel]])
+    return [m + m.T for m in mats]
+
+
+def _dense_perron(a: np.ndarray) -> tuple[float, np.ndarray]:
+    """Top eigenpair of a small symmetric non-negative matrix of a connected graph."""
+    vals, vecs = np.linalg.eigh(a)
+    x = vecs[:, -1]
+    return float(vals[-1]), (-x if x.sum() < 0 else x)
+
+
+def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: float, max_iter: int,
+                      device: torch.device):
+    """Top eigenpair of one component by Lanczos and/or ARPACK, started from the component's
+    all-ones vector; returns ``(eigenvalue, vector, converged, solver used)``."""
+    mask = torch.zeros(op.n, dtype=torch.float64, device=device)
+    mask[torch.as_tensor(nodes, device=device)] = 1.0
+    x0 = mask / math.sqrt(len(nodes))
+    sub = _Restricted(op, mask)
+    budget = max(1, max_iter)
+    if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
+        start = op.calls
+        theta, x, ok, _ = lanczos_top(sub, op.n, tol, min(budget, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE, x0=x0)
+        used = "lanczos"
+        spent = op.calls - start
+        if not ok and spent < budget:
+            t2, x2, ok = _arpack(sub, tol, budget - spent, v0=x.cpu().numpy())
+            used = "lanczos+arpack"
+            if x2 is not None:
+                theta, x = t2, x2
+    elif solver == "arpack":
+        theta, x, ok = _arpack(sub, tol, budget, v0=x0.cpu().numpy())
+        used = "arpack"
+        if x is None:  # ARPACK gave nothing back: take the Lanczos estimate with the same budget
+            theta, x, ok, _ = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+    else:
+        theta, x, ok, _ = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+        used = "lanczos"
+    x = x.to(device, torch.float64)[torch.as_tensor(nodes, device=device)]
+    if x.sum() < 0:
+        x = -x
+    return float(theta), x / x.norm(), ok, used
+
+
 def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", tol: float | None = None,
                         max_iter: int = 10_000, solver: str = "auto", device: torch.device,
-                        dtype: torch.dtype) -> tuple[np.ndarray, dict]:
-    """The centrality vector (global node order) and its info dict on already loaded blocks."""
+                        dtype: torch.dtype, per_component: bool = False) -> tuple[np.ndarray, dict]:
+    """The centrality vector (global node order) and its info dict on already loaded blocks.
+
+    The graph is split into connected components first (:mod:`.components`). Each component's
+    top eigenvector is unique (Perron–Frobenius) and solved on its own, started from its
+    all-ones vector, so no solver can mix the components of a shared eigenvalue differently.
+    Components whose largest strength (an upper bound on their eigenvalue) is below the best
+    eigenvalue found so far are skipped unless ``per_component``."""
     check_options(normalise, solver, max_iter)
     tol = default_tol(dtype) if tol is None else float(tol)
     if not tol > 0:
         raise ValueError(f"tol={tol!r}: give a positive relative tolerance, e.g. 1e-8")
     op = BlockOperator(n, placed, device, dtype)
     info = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
-            "solver": solver, "normalise": normalise}
-    total = sum(p.block.total() for p in placed)
+            "solver": solver, "normalise": normalise, "per_component": bool(per_component)}
     if n == 0:
         return np.zeros(0), info
+    total = sum(p.block.total() for p in placed)
+    labels = component_labels(n, placed)
+    sizes = np.bincount(labels)
+    info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
     if total == 0.0:  # no edge has weight: A = 0, every vector is an eigenvector
         info["solver"] = "none (all weights are 0)"
         return _finish(_ones(n, "cpu"), normalise), info
-    if solver == "auto" or (solver == "arpack" and n <= DENSE_MAX_NODES):  # ARPACK needs n > 2
-        solver = "dense" if n <= DENSE_MAX_NODES else ("lanczos+arpack" if device.type == "cpu" else "lanczos")
-    info["solver"] = solver
-    if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
-        theta, x, ok, _ = lanczos_top(op, n, tol, min(max_iter, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE)
-        if ok:
-            info["solver"] = "lanczos"
-        elif op.calls < max_iter:
-            t2, x2, ok = _arpack(op, tol, max_iter - op.calls, v0=x.cpu().numpy())
-            info["solver"] = "lanczos+arpack"
-            if x2 is not None:
-                theta, x = t2, x2
-    elif solver == "dense":
-        theta, x, ok = _dense(op, tol)
-    elif solver == "arpack":
-        theta, x, ok = _arpack(op, tol, max_iter)
-        if x is None:  # ARPACK gave nothing back: take the Lanczos estimate with the same budget
-            theta, x, ok, _ = lanczos_top(op, n, tol, max_iter, device)
+
+    strength = torch.zeros(n, dtype=torch.float64)
+    for p in placed:
+        dst_sums, src_sums = p.block.sums()
+        strength.index_add_(0, torch.from_numpy(index_map(p, "dst")), dst_sums.cpu().to(torch.float64))
+        strength.index_add_(0, torch.from_numpy(index_map(p, "src")), src_sums.cpu().to(torch.float64))
+    bound = np.zeros(len(sizes))  # largest strength: an upper bound on the component's eigenvalue
+    np.maximum.at(bound, labels, strength.numpy())
+    lower = np.bincount(labels, weights=strength.numpy()) / sizes  # Rayleigh quotient of its ones vector
+    order = np.argsort(labels, kind="stable")
+    members = np.split(order, np.cumsum(sizes)[:-1])
+    tie = max(2 * tol, 1e-12)
+    floor = 0.0 if per_component else lower.max() * (1 - tie)  # no eigenvalue below it can be the top
+    candidates = [int(c) for c in np.flatnonzero((bound > 0) & (bound >= floor))]
+
+    small_max = {"auto": DENSE_COMPONENT_MAX, "dense": n}.get(solver, DENSE_MAX_NODES)
+    iterative = "lanczos+arpack" if solver == "auto" and device.type == "cpu" else (
+        "lanczos" if solver == "auto" else solver)
+    solved: dict[int, tuple[float, torch.Tensor | np.ndarray, bool]] = {}
+    used: set[str] = set()
+    small = [c for c in candidates if sizes[c] <= small_max]
+    for c, a in zip(small, _small_matrices(placed, n, [members[c] for c in small]) if small else []):
+        theta, x = _dense_perron(a)
+        solved[c] = (theta, x, True)
+        used.add("dense")
+    for c in candidates:
+        if c not in solved:
+            theta, x, ok, how = _iterative_perron(op, members[c], iterative, tol, max(1, max_iter - op.calls),
+                                                  device)
+            solved[c] = (theta, x, ok)
+            used.add(how)
+    best = max(v[0] for v in solved.values())
+
+    x = torch.zeros(n, dtype=torch.float64)
+    ok = all(v[2] for v in solved.values())
+    tied = [c for c, v in solved.items() if v[0] >= best - tie * abs(best)]
+    if per_component:
+        comp_values = np.zeros(len(sizes))
+        for c, (theta, u, _) in solved.items():
+            u = torch.as_tensor(u, dtype=torch.float64).cpu()
+            x[torch.from_numpy(members[c])] = torch.as_tensor(_finish(u, normalise))
+            comp_values[c] = theta
+        info["component_eigenvalues"] = comp_values.tolist()
     else:
-        theta, x, ok, _ = lanczos_top(op, n, tol, max_iter, device)
-    iterations = op.calls
-    x = x.to(device, torch.float64)
-    resid = ((op(x) - theta * x).norm() / max(abs(theta), 1e-300)).item()
-    info.update(eigenvalue=float(theta), iterations=int(iterations), converged=bool(ok), residual=resid)
+        for c in tied:  # projection of the all-ones vector on the shared top eigenspace
+            u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
+            u = u / u.norm()
+            x[torch.from_numpy(members[c])] += u.sum() * u
+    if per_component:
+        resid = max(_residual(op, x, members[c], th, device) for c, (th, _, _) in solved.items())
+    else:
+        resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, device)
+    info.update(eigenvalue=float(best), iterations=int(op.calls), converged=bool(ok), residual=resid,
+                solver="+".join(sorted(used)) if solver == "auto" else solver,
+                tied_components=len(tied))
+    if solver == "auto" and used <= {"lanczos", "lanczos+arpack"}:
+        info["solver"] = "lanczos+arpack" if "lanczos+arpack" in used else "lanczos"
     if not ok:
         warnings.warn(
             f"eigenvector centrality did not converge within max_iter={max_iter} matrix-vector "
@@ -212,7 +324,27 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
             "Raise max_iter, loosen tol, or use dtype=torch.float64; slow convergence means the "
             "leading eigenvalue is (nearly) shared, e.g. by disconnected parts of equal strength",
             ConvergenceWarning, stacklevel=3)
-    return _finish(x, normalise), info
+    outside = n - sum(int(sizes[c]) for c in tied)
+    if not per_component and len(sizes) > 1 and outside > n / 2:
+        listed = ", ".join(str(s) for s in info["largest_components"])
+        warnings.warn(
+            f"the graph falls apart into {len(sizes)} connected components (largest sizes: {listed}); "
+            f"eigenvector centrality lives on the {len(tied)} component(s) with the largest eigenvalue, "
+            f"so {outside} of {n} neurons get 0. Pass per_component=True to normalise each component "
+            "on its own, or select one part with include=/exclude=", DisconnectedGraphWarning, stacklevel=3)
+    return (x.numpy() if per_component else _finish(x, normalise)), info
+
+
+def _residual(op: BlockOperator, x: torch.Tensor, nodes: np.ndarray, theta: float, device) -> float:
+    """``|A x_c - theta x_c| / theta`` of the part of ``x`` on ``nodes``."""
+    xc = torch.zeros_like(x)
+    idx = torch.from_numpy(nodes)
+    xc[idx] = x[idx]
+    norm = xc.norm()
+    if norm == 0:
+        return 0.0
+    xc = (xc / norm).to(device)
+    return ((op(xc) - theta * xc).norm() / max(abs(theta), 1e-300)).item()
 
 
 def eigenvector_centrality(
@@ -224,6 +356,7 @@ def eigenvector_centrality(
     *,
     solver: str = "auto",
     dtype: torch.dtype | None = None,
+    per_component: bool = False,
 ) -> pd.DataFrame:
     """Eigenvector centrality of every neuron on the |w| adjacency (see the module docstring).
 
@@ -239,14 +372,39 @@ def eigenvector_centrality(
     ``dtype``: precision of the |w| copies
     (``None``: float64 up to 4M edges, float32 above). Not converging is a
     :class:`~graphnn.errors.ConvergenceWarning`, never a silent answer.
+
+    Disconnected graphs: the vector lives on the connected component(s) with the largest
+    eigenvalue (components whose eigenvalues agree to within ``2 * tol`` share it, weighted as
+    networkx's power iteration from the uniform start weights them) and is 0 elsewhere; when
+    that leaves most neurons at 0 a :class:`~graphnn.errors.DisconnectedGraphWarning` says so.
+    ``per_component=True`` instead normalises each component's own top eigenvector on its own
+    (neurons without edges get 0) and adds a ``component`` column (components numbered by their
+    first neuron); ``df.attrs["component_eigenvalues"]`` lists each component's eigenvalue.
+    ``df.attrs`` also carries ``components`` (their number), ``largest_components`` (sizes)
+    and ``tied_components`` (how many share the top eigenvalue).
+
+    Examples
+    --------
+    >>> import torch, graphnn
+    >>> w = torch.ones(2, 2)
+    >>> g = graphnn.LayeredGraph.from_matrices({"a": 2, "b": 2, "c": 2, "d": 2},
+    ...                                        {"x": ("a", "b", w), "y": ("c", "d", 2 * w)})
+    >>> graphnn.eigenvector_centrality(g)["centrality"].round(3).tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.5]
+    >>> graphnn.eigenvector_centrality(g, per_component=True)["centrality"].round(3).tolist()
+    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     """
     check_options(normalise, solver, max_iter)
     dev = resolve_device(device)
     dt = resolve_dtype(g.num_edges, dtype)
     blocks = load_abs_blocks(g, dtype=dt, device=dev)
     space = NodeSpace.of_graph(g)
-    x, info = leading_eigenvector(space.n, place(space, blocks), normalise=normalise, tol=tol,
-                                  max_iter=max_iter, solver=solver, device=dev, dtype=dt)
-    df = neuron_frame(g, {"centrality": x})
+    placed = place(space, blocks)
+    x, info = leading_eigenvector(space.n, placed, normalise=normalise, tol=tol, max_iter=max_iter,
+                                  solver=solver, device=dev, dtype=dt, per_component=per_component)
+    columns = {"centrality": x}
+    if per_component:
+        columns["component"] = component_labels(space.n, placed)
+    df = neuron_frame(g, columns)
     df.attrs.update(info)
     return df

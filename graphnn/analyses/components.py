@@ -1,0 +1,113 @@
+"""Connected components of the neuron graph (edges = entries with non-zero weight).
+
+Two neurons are in one component when a path of non-zero edges joins them; a neuron with no
+non-zero edge is a component of its own. Computed from the placed blocks in one pass over the
+weights without an edge list: a chunk of rows whose entries are all non-zero is joined as a star
+(each row to the chunk's first column, each column to the chunk's first row: same connectivity
+as the complete bipartite chunk); only chunks with zeros contribute their non-zero entries. The
+edges gathered so far are folded into a spanning forest whenever they grow large, so the extra
+memory is a few integers per neuron.
+
+Example
+-------
+>>> import torch, graphnn
+>>> g = graphnn.LayeredGraph.from_matrices({"a": 2, "b": 2}, {"w": ("a", "b", torch.eye(2))})
+>>> graphnn.connected_components(g)["component"].tolist()
+[0, 1, 0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..graph import LayeredGraph
+from ._blocks import NodeSpace, Placed, Weighting, load_abs_blocks, place, resolve_device
+from .strength import neuron_frame
+
+#: Row chunks are scanned ``_SCAN_ELEMENTS`` entries at a time.
+_SCAN_ELEMENTS = 1 << 18
+#: Gathered edges are folded into a spanning forest above this many.
+_FOLD_EDGES = 1 << 22
+
+
+def index_map(p: Placed, side: str) -> np.ndarray:
+    """Global node of each matrix row (``side="dst"``) or column (``"src"``) of a placed block,
+    through the block's index map where it has one (graph-model.md §2b)."""
+    b = p.block
+    off, n = (p.dst_off, b.n_dst) if side == "dst" else (p.src_off, b.n_src)
+    idx = getattr(b, f"{side}_index", None)
+    if idx is None:
+        return np.arange(off, off + n, dtype=np.int64)
+    return off + np.asarray(torch.as_tensor(idx).cpu(), dtype=np.int64)
+
+
+def _labels(n: int, edges: list[np.ndarray]) -> np.ndarray:
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), dtype=np.int64)
+    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
+    return connected_components(adj, directed=False)[1].astype(np.int64)
+
+
+def _fold(n: int, edges: list[np.ndarray]) -> list[np.ndarray]:
+    """A spanning forest with the connectivity of ``edges``: each neuron joined to the first
+    neuron of its component."""
+    labels = _labels(n, edges)
+    _, first = np.unique(labels, return_index=True)  # the first node of each component
+    root = first[labels]
+    keep = root != np.arange(n)
+    return [np.stack([np.arange(n)[keep], root[keep]])]
+
+
+def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
+    """Component label of every node (``0 .. k-1``, numbered by each component's first node)."""
+    edges: list[np.ndarray] = []
+    count = 0
+    for p in placed:
+        b = p.block
+        if b.n_dst == 0 or b.n_src == 0:
+            continue
+        rows_g, cols_g = index_map(p, "dst"), index_map(p, "src")
+        step = max(1, _SCAN_ELEMENTS // b.n_src)
+        for i in range(0, b.n_dst, step):
+            idx = torch.arange(i, min(i + step, b.n_dst), device=b.device)
+            nz = (b.rows(idx) != 0).cpu().numpy()
+            r = rows_g[i:i + len(idx)]
+            if nz.all():  # a complete bipartite chunk: a star has the same connectivity
+                e = np.concatenate([np.stack([r, np.full(len(r), cols_g[0])]),
+                                    np.stack([np.full(len(cols_g), r[0]), cols_g])], axis=1)
+            else:
+                ri, ci = np.nonzero(nz)
+                e = np.stack([r[ri], cols_g[ci]])
+            edges.append(e)
+            count += e.shape[1]
+            if count > _FOLD_EDGES:
+                edges = _fold(n, edges)
+                count = edges[0].shape[1]
+    labels = _labels(n, edges)
+    # renumber by first node so labels do not depend on scipy's traversal order
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[labels]
+
+
+def connected_components(g: LayeredGraph, device: str | torch.device = "auto") -> pd.DataFrame:
+    """Connected components of ``g``'s neurons, joined by edges of non-zero weight.
+
+    Returns a DataFrame ``layer, neuron, component`` (component ``0`` holds the first neuron of
+    the graph; components are numbered by their first neuron). ``df.attrs["sizes"]`` lists the
+    number of neurons of each component, by component number.
+    """
+    dev = resolve_device(device)
+    blocks = load_abs_blocks(g, weighting=Weighting(), dtype=torch.float64, device=dev)
+    space = NodeSpace.of_graph(g)
+    labels = component_labels(space.n, place(space, blocks))
+    df = neuron_frame(g, {"component": labels})
+    df.attrs["sizes"] = np.bincount(labels).tolist() if labels.size else []
+    return df
