@@ -33,6 +33,7 @@ import torch
 
 from ..errors import ConvergenceWarning, DisconnectedGraphWarning
 from ..graph import LayeredGraph
+from ..validation import check_bool, check_choice, check_number
 from ._blocks import NodeSpace, Placed, load_abs_blocks, place, resolve_device, resolve_dtype
 from .components import component_labels, index_map
 from .strength import neuron_frame
@@ -145,14 +146,15 @@ def _finish(x: torch.Tensor, normalise: str) -> np.ndarray:
     return (x / scale).numpy() if scale > 0 else x.numpy()
 
 
-def check_options(normalise: str, solver: str, max_iter: int) -> None:
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise={normalise!r}: use 'l2' (unit Euclidean norm, as networkx) or "
-                         "'max' (largest entry 1, as igraph)")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r}: use one of {', '.join(SOLVERS)}")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
-        raise ValueError(f"max_iter={max_iter!r}: give a positive number of matrix-vector products")
+def check_options(normalise: str, solver: str, max_iter: int, tol: float | None = None,
+                  per_component: bool = False) -> None:
+    """Usage errors (:class:`~graphnn.errors.InvalidParameterError`) for bad centrality options:
+    ``normalise`` 'l2' (unit Euclidean norm, as networkx) or 'max' (largest entry 1, as igraph)."""
+    check_choice("normalise", normalise, NORMALISATIONS)
+    check_choice("solver", solver, SOLVERS)
+    check_number("max_iter", max_iter, integer=True, positive=True)
+    check_number("tol", tol, positive=True, allow_none=True)
+    check_bool("per_component", per_component)
 
 
 class _Restricted:
@@ -244,10 +246,8 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
     all-ones vector, so no solver can mix the components of a shared eigenvalue differently.
     Components whose largest strength (an upper bound on their eigenvalue) is below the best
     eigenvalue found so far are skipped unless ``per_component``."""
-    check_options(normalise, solver, max_iter)
+    check_options(normalise, solver, max_iter, tol, per_component)
     tol = default_tol(dtype) if tol is None else float(tol)
-    if not tol > 0:
-        raise ValueError(f"tol={tol!r}: give a positive relative tolerance, e.g. 1e-8")
     op = BlockOperator(n, placed, device, dtype)
     info = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
             "solver": solver, "normalise": normalise, "per_component": bool(per_component)}
@@ -394,7 +394,7 @@ def eigenvector_centrality(
     >>> graphnn.eigenvector_centrality(g, per_component=True)["centrality"].round(3).tolist()
     [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
     """
-    check_options(normalise, solver, max_iter)
+    check_options(normalise, solver, max_iter, tol, per_component)
     dev = resolve_device(device)
     dt = resolve_dtype(g.num_edges, dtype)
     blocks = load_abs_blocks(g, dtype=dt, device=dev)
