@@ -64,6 +64,14 @@ def _fold(n: int, edges: list[np.ndarray]) -> list[np.ndarray]:
     return [np.stack([np.arange(n)[keep], root[keep]])]
 
 
+def _rows(b, i: int, j: int) -> torch.Tensor:
+    """Rows ``i:j`` of a block's non-negative weights ``A`` (a view of the |w| copy when there is
+    one)."""
+    if getattr(b, "t", None) is not None:
+        return b.t[:, i:j].t()
+    return b.rows(torch.arange(i, j, device=b.device))
+
+
 def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
     """Component label of every node (``0 .. k-1``, numbered by each component's first node)."""
     edges: list[np.ndarray] = []
@@ -75,14 +83,13 @@ def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
         rows_g, cols_g = index_map(p, "dst"), index_map(p, "src")
         step = max(1, _SCAN_ELEMENTS // b.n_src)
         for i in range(0, b.n_dst, step):
-            idx = torch.arange(i, min(i + step, b.n_dst), device=b.device)
-            nz = (b.rows(idx) != 0).cpu().numpy()
-            r = rows_g[i:i + len(idx)]
-            if nz.all():  # a complete bipartite chunk: a star has the same connectivity
+            nz = _rows(b, i, min(i + step, b.n_dst)) != 0
+            r = rows_g[i:i + nz.shape[0]]
+            if bool(nz.all()):  # a complete bipartite chunk: a star has the same connectivity
                 e = np.concatenate([np.stack([r, np.full(len(r), cols_g[0])]),
                                     np.stack([np.full(len(cols_g), r[0]), cols_g])], axis=1)
             else:
-                ri, ci = np.nonzero(nz)
+                ri, ci = np.nonzero(nz.cpu().numpy())
                 e = np.stack([r[ri], cols_g[ci]])
             edges.append(e)
             count += e.shape[1]
