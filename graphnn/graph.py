@@ -331,8 +331,9 @@ class LayeredGraph:
         blocks: Mapping[str, tuple[str, str, torch.Tensor]],
     ) -> "LayeredGraph":
         """Build a graph from plain matrices: ``partitions`` maps names to sizes (in order),
-        ``blocks`` maps a block name to ``(src, dst, W)`` with ``W`` of shape ``(n_dst, n_src)``.
-        The blocks share memory with the given tensors.
+        ``blocks`` maps a block name to ``(src, dst, W)`` with ``W`` of shape ``(n_dst, n_src)``,
+        or to ``(src, dst, W, src_index, dst_index)`` for an index-mapped block (either map may
+        be ``None``; see :class:`Block`). The blocks share memory with the given tensors.
 
         >>> import torch
         >>> g = LayeredGraph.from_matrices({"a": 2, "b": 3}, {"w": ("a", "b", torch.ones(3, 2))})
@@ -341,12 +342,18 @@ class LayeredGraph:
         """
         parts = [Partition(n, int(s), kind="features") for n, s in partitions.items()]
         blks, cov = [], []
-        for name, (src, dst, w) in blocks.items():
+        for name, spec in blocks.items():
+            if len(spec) not in (3, 5):
+                raise ValueError(f"block {name!r}: give (src, dst, W) or (src, dst, W, src_index, dst_index)")
+            src, dst, w = spec[:3]
+            src_index, dst_index = spec[3:] if len(spec) == 5 else (None, None)
             if w.dim() != 2:
                 raise ValueError(f"block {name!r}: expected a 2-D (n_dst, n_src) matrix, got {tuple(w.shape)}")
             blks.append(Block(
                 name=name, param=name, src=src, dst=dst, shape=tuple(w.shape), kind="matrix",
                 param_shape=tuple(w.shape), dtype=w.dtype,
+                src_index=None if src_index is None else torch.as_tensor(src_index),
+                dst_index=None if dst_index is None else torch.as_tensor(dst_index),
                 _load=(lambda w=w: w), _to_matrix=(lambda t: t),
             ))
             cov.append({"name": name, "shape": str(tuple(w.shape)), "dtype": str(w.dtype).replace("torch.", ""),

@@ -14,8 +14,10 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..errors import NonFiniteWeightsError
+from ..errors import InvalidParameterError, NonFiniteWeightsError
 from ..graph import Block, LayeredGraph
+from ..validation import check_device
+from ..validation import check_device
 
 #: Above this many edges the |w| copies are float32 (4 bytes/edge); at or below, float64.
 FLOAT64_MAX_EDGES = 4_000_000
@@ -27,28 +29,22 @@ Progress = Callable[[str, int, int], None]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` (or ``None``) -> CUDA when available, else CPU; anything else as given."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a torch device: use 'auto', 'cpu' or 'cuda'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA, which is not available here: use "
-                         "device='cpu' or device='auto'")
-    return dev
+    """``"auto"`` (or ``None``) -> CUDA when available, else CPU; ``cpu``/``cuda[:i]`` as given.
+    An alias of :func:`graphnn.validation.check_device` (a bad device raises
+    :class:`~graphnn.errors.InvalidParameterError`)."""
+    return check_device(device)
 
 
 def resolve_dtype(num_edges: int, dtype: torch.dtype | str | None) -> torch.dtype:
     """Precision of the |w| copies: ``None`` -> float64 up to ``FLOAT64_MAX_EDGES`` edges,
-    float32 above (sums and vectors are float64 either way)."""
+    float32 above (sums and vectors are float64 either way); ``"float32"``/``"float64"`` accepted.
+    Anything else raises :class:`~graphnn.errors.InvalidParameterError`."""
     if dtype is None:
         return torch.float64 if num_edges <= FLOAT64_MAX_EDGES else torch.float32
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype, dtype)
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype={dtype!r}: use torch.float32, torch.float64 or None (automatic)")
+        raise InvalidParameterError(f"dtype={dtype!r}: use torch.float32, torch.float64 or None (automatic)")
     return dtype
 
 
@@ -131,21 +127,54 @@ def use_copy(num_edges: int, device: torch.device) -> bool:
     return device.type != "cpu" or num_edges <= CPU_COPY_MAX_EDGES
 
 
+class _Inverse:
+    """The inverse of an index map ``index`` (matrix row/column -> neuron, ``size`` neurons):
+    for a set of neurons, the matrix rows/columns that map to them. ``O(len(index))`` ints."""
+
+    def __init__(self, index: torch.Tensor, size: int, device: torch.device):
+        index = index.to(device)
+        self.order = torch.argsort(index, stable=True)
+        self.counts = torch.bincount(index, minlength=size)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def select(self, neurons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lines, pos)``: the matrix lines mapped to ``neurons`` and, for each, the position
+        in ``neurons`` of its neuron."""
+        c = self.counts[neurons]
+        k = torch.arange(neurons.numel(), device=neurons.device)
+        pos = torch.repeat_interleave(k, c)
+        first = torch.repeat_interleave(self.starts[neurons] - (torch.cumsum(c, 0) - c), c)
+        lines = self.order[first + torch.arange(pos.numel(), device=neurons.device)]
+        return lines, pos
+
+
 class AbsBlock:
     """One block's non-negative edge weights ``A = f(W)`` (``(n_dst, n_src)``; ``f`` is the
-    :class:`Weighting`), zero outside the block's structure.
+    :class:`Weighting`), zero outside the block's structure, seen in *neuron space*.
 
     With ``copy`` (CUDA, and small graphs on the CPU, see :func:`use_copy`) ``A`` is held
-    transposed and contiguous as ``t`` (``(n_src, n_dst)``, compute dtype) on the device.
+    transposed and contiguous as ``t`` (``(m_src, m_dst)``, compute dtype) on the device.
     Without it nothing is copied: ``A`` is computed from the signed matrix ``w`` (a view of the
     parameter for an in-memory model) a few cache-sized rows at a time, so the analyses of a
     large graph cost little more memory than its weights.
+
+    Neuron space (graph-model.md §2b): ``n_dst``/``n_src`` are the sizes of the destination and
+    source *partitions*; the weight matrix is ``(m_dst, m_src)``, equal to them unless the block
+    has index maps. Every method takes and returns neuron-space vectors: matrix column ``j``
+    reads neuron ``src_index[j]`` (a gather), and rows/columns that map to the same neuron add
+    up (``index_add_``: parallel edges are summed), so the callers (centrality's block operator,
+    the hypercore peeling) use slices ``[off, off + n)`` of a node space as for any block.
     """
 
     def __init__(self, block: Block, w: torch.Tensor, weighting: Weighting, dtype: torch.dtype,
                  device: torch.device, copy: bool):
         self.name, self.src, self.dst = block.name, block.src, block.dst
-        self.n_dst, self.n_src = block.shape
+        self.m_dst, self.m_src = block.shape
+        self.n_dst = block.dst_size if block.dst_size is not None else self.m_dst
+        self.n_src = block.src_size if block.src_size is not None else self.m_src
+        self._src_map = None if block.src_index is None else block.src_index.to(device)
+        self._dst_map = None if block.dst_index is None else block.dst_index.to(device)
+        self._inv_src = self._inv_dst = None
         self.weighting = weighting
         self.dtype = dtype
         self.device = device
@@ -156,7 +185,7 @@ class AbsBlock:
         if not copy:
             self.w = w if w.device == device else w.to(device)
         else:
-            t = torch.empty((self.n_src, self.n_dst), dtype=dtype, device=device)
+            t = torch.empty((self.m_src, self.m_dst), dtype=dtype, device=device)
             if weighting.tau is None:
                 t.copy_(w.t())
                 t.abs_()
@@ -167,9 +196,26 @@ class AbsBlock:
             self.t = t
         self._sums = None
 
+    # -- matrix space <-> neuron space ------------------------------------------------------
+    def _to_dst(self, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Matrix-row values (along ``dim``) summed into destination neurons."""
+        if self._dst_map is None:
+            return v
+        shape = list(v.shape)
+        shape[dim] = self.n_dst
+        return torch.zeros(shape, dtype=v.dtype, device=v.device).index_add_(dim, self._dst_map, v)
+
+    def _to_src(self, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Matrix-column values (along ``dim``) summed into source neurons."""
+        if self._src_map is None:
+            return v
+        shape = list(v.shape)
+        shape[dim] = self.n_src
+        return torch.zeros(shape, dtype=v.dtype, device=v.device).index_add_(dim, self._src_map, v)
+
     def _a(self, w_part: torch.Tensor, rows: slice | torch.Tensor | None = None,
            cols: torch.Tensor | None = None) -> torch.Tensor:
-        """``f`` applied to a piece of ``w``, in the compute dtype, masked."""
+        """``f`` applied to a piece of ``w`` (matrix space), in the compute dtype, masked."""
         a = self.weighting(w_part).to(self.dtype)
         if self.mask is not None:
             m = self.mask
@@ -177,57 +223,94 @@ class AbsBlock:
             a = a * (m.index_select(1, cols) if cols is not None else m)
         return a
 
+    def _matrix_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.t is not None:
+            src_sums, dst_sums = exact_sums(self.t)
+        else:
+            dst_sums, src_sums = exact_sums(self.w, fn=self.weighting)
+            if self.mask is not None:  # rare (grouped blocks are small): redo on the masked matrix
+                dst_sums, src_sums = exact_sums(self._a(self.w))
+        return dst_sums, src_sums
+
     def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact float64 sums of ``A``: (``dst_sums`` = row sums, ``src_sums`` = column sums);
-        raises :class:`NonFiniteWeightsError` on NaN/Inf weights."""
+        """Exact float64 sums of ``A`` per neuron: (``dst_sums``, length ``n_dst``; ``src_sums``,
+        length ``n_src``), parallel edges added; raises :class:`NonFiniteWeightsError` on
+        NaN/Inf weights."""
         if self._sums is None:
-            if self.t is not None:
-                src_sums, dst_sums = exact_sums(self.t)
-            else:
-                dst_sums, src_sums = exact_sums(self.w, fn=self.weighting)
-                if self.mask is not None:  # rare (grouped blocks are small): redo on the masked matrix
-                    dst_sums, src_sums = exact_sums(self._a(self.w))
+            dst_sums, src_sums = self._matrix_sums()
             if not (torch.isfinite(src_sums).all() and torch.isfinite(dst_sums).all()):
                 raise NonFiniteWeightsError(
                     f"block {self.name!r} has NaN or infinite weights; eigenvector centrality and "
                     "hypercores need finite weights: fix the checkpoint, or leave the parameter out "
                     "(graphnn.extract(..., exclude=[...]))")
-            self._sums = (dst_sums, src_sums)
+            self._sums = (self._to_dst(dst_sums), self._to_src(src_sums))
         return self._sums
 
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """``A[idx, :]`` as a ``(k, n_src)`` tensor (``idx``: destination neurons)."""
+    def _matrix_rows(self, idx: torch.Tensor) -> torch.Tensor:
         if self.t is not None:
             return self.t.index_select(1, idx).t()
         return self._a(self.w.index_select(0, idx), rows=idx)
 
-    def cols(self, idx: torch.Tensor) -> torch.Tensor:
-        """``A[:, idx]`` transposed, a ``(k, n_dst)`` tensor (``idx``: source neurons)."""
+    def _matrix_cols(self, idx: torch.Tensor) -> torch.Tensor:
         if self.t is not None:
             return self.t.index_select(0, idx)
         return self._a(self.w.index_select(1, idx), cols=idx).t()
 
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The adjacency rows of destination neurons ``idx``: a ``(k, n_src)`` tensor whose entry
+        ``(q, u)`` sums ``A`` over the edges between ``idx[q]`` and source neuron ``u``."""
+        if self._dst_map is None:
+            a = self._matrix_rows(idx)
+        else:
+            if self._inv_dst is None:
+                self._inv_dst = _Inverse(self._dst_map, self.n_dst, self.device)
+            lines, pos = self._inv_dst.select(idx)
+            a = torch.zeros(idx.numel(), self.m_src, dtype=self.dtype, device=self.device).index_add_(
+                0, pos, self._matrix_rows(lines))
+        return self._to_src(a, dim=1)
+
+    def cols(self, idx: torch.Tensor) -> torch.Tensor:
+        """The adjacency rows of source neurons ``idx``: a ``(k, n_dst)`` tensor (``A[:, idx]``
+        transposed, parallel edges summed)."""
+        if self._src_map is None:
+            a = self._matrix_cols(idx)
+        else:
+            if self._inv_src is None:
+                self._inv_src = _Inverse(self._src_map, self.n_src, self.device)
+            lines, pos = self._inv_src.select(idx)
+            a = torch.zeros(idx.numel(), self.m_dst, dtype=self.dtype, device=self.device).index_add_(
+                0, pos, self._matrix_cols(lines))
+        return self._to_dst(a, dim=1)
+
     def matvecs(self, x_src: torch.Tensor, x_dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A @ x_src, A.T @ x_dst)`` in the compute dtype, in one pass over the weights."""
+        """``(A @ x_src, A.T @ x_dst)`` in the compute dtype, in one pass over the weights;
+        ``x_src``/``x_dst`` and the results are neuron-space (lengths ``n_src``/``n_dst``):
+        inputs gathered through the index maps, outputs summed back (``index_add_``)."""
+        if self._src_map is not None:
+            x_src = x_src.index_select(0, self._src_map)
+        if self._dst_map is not None:
+            x_dst = x_dst.index_select(0, self._dst_map)
         if self.t is not None:
-            return self.t.t() @ x_src, self.t @ x_dst
-        y_dst = torch.empty(self.n_dst, dtype=self.dtype, device=self.device)
-        y_src = torch.zeros(self.n_src, dtype=self.dtype, device=self.device)
-        step = max(1, _STREAM_ELEMENTS // max(self.n_src, 1))
-        for i in range(0, self.n_dst, step):
-            a = self._a(self.w[i:i + step], rows=slice(i, i + step))
-            y_dst[i:i + step] = a @ x_src
-            y_src.addmv_(a.t(), x_dst[i:i + step])
-        return y_dst, y_src
+            y_dst, y_src = self.t.t() @ x_src, self.t @ x_dst
+        else:
+            y_dst = torch.empty(self.m_dst, dtype=self.dtype, device=self.device)
+            y_src = torch.zeros(self.m_src, dtype=self.dtype, device=self.device)
+            step = max(1, _STREAM_ELEMENTS // max(self.m_src, 1))
+            for i in range(0, self.m_dst, step):
+                a = self._a(self.w[i:i + step], rows=slice(i, i + step))
+                y_dst[i:i + step] = a @ x_src
+                y_src.addmv_(a.t(), x_dst[i:i + step])
+        return self._to_dst(y_dst), self._to_src(y_src)
 
     def set_abs_sums(self, dst_sums: torch.Tensor, src_sums: torch.Tensor) -> None:
-        """Reuse |w| sums already computed from the (masked) signed matrix, when they are exactly
-        the sums of ``A`` (|w| weighting, and no rounding into the compute dtype)."""
+        """Reuse |w| sums already computed from the (masked) signed matrix (matrix space: row and
+        column sums of ``|W|``), when they are exactly the sums of ``A`` (|w| weighting, and no
+        rounding into the compute dtype)."""
         exact = self.w is not None and self.w.element_size() <= torch.tensor([], dtype=self.dtype).element_size()
         if self.weighting.tau is None and exact:
             if not (torch.isfinite(src_sums).all() and torch.isfinite(dst_sums).all()):
                 return  # sums() will raise with the message
-            self._sums = (dst_sums.to(self.device), src_sums.to(self.device))
+            self._sums = (self._to_dst(dst_sums.to(self.device)), self._to_src(src_sums.to(self.device)))
 
     def total(self) -> float:
         """Sum of all entries of ``A``."""

@@ -7,7 +7,9 @@ Definitions (graph-model.md §3):
   ``signed=True`` (default, as Scabini et al.) sums the raw weights, ``signed=False`` sums |w|.
   A block from a partition to itself contributes its row *and* its column to each neuron, so a
   diagonal entry (a self-loop) counts twice in the total, like ``networkx``'s ``G.degree`` and
-  igraph's ``strength(loops=True)``; two blocks joining the same pair of partitions add up.
+  igraph's ``strength(loops=True)``; two blocks joining the same pair of partitions add up, and
+  so do the columns (rows) of an index-mapped block that read (write) the same neuron: they are
+  parallel edges (graph-model.md §2b).
   Only structural edges count (entries outside ``Block.structure_mask()`` are ignored).
   Sums are accumulated in float64.
 * Tensor view (Scabini et al., used by PA rewiring): a weight tensor flattened to
@@ -24,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..graph import Block, LayeredGraph, output_units
+from ..validation import check_bool, check_choice
 from ._blocks import Progress, exact_sums, masked
 
 DIRECTIONS = ("in", "out", "total")
@@ -34,8 +37,8 @@ STATS = ("mean", "var", "std", "cv")
 def strength_column(direction: str, signed: bool = True) -> str:
     """Name of the value column: ``in_strength``, ``out_strength`` or ``strength`` (total),
     prefixed with ``abs_`` when ``signed=False``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction={direction!r}: use 'in', 'out' or 'total'")
+    check_choice("direction", direction, DIRECTIONS)
+    check_bool("signed", signed)
     name = {"in": "in_strength", "out": "out_strength", "total": "strength"}[direction]
     return name if signed else "abs_" + name
 
@@ -69,17 +72,26 @@ def node_strengths(g: LayeredGraph, signed: bool = True,
 
 def add_block_sums(g: LayeredGraph, b: Block, rows: torch.Tensor, cols: torch.Tensor,
                    n_in: np.ndarray, n_out: np.ndarray) -> None:
-    """Add a block's row sums to its destinations' in-strengths and its column sums to its
-    sources' out-strengths."""
+    """Add a block's row sums (matrix space) to its destinations' in-strengths and its column
+    sums to its sources' out-strengths; through the index maps when the block has them
+    (several rows/columns sent to one neuron add up: parallel edges)."""
     d, s = g.offset(b.dst), g.offset(b.src)
-    n_in[d:d + b.n_dst] += rows.cpu().numpy()
-    n_out[s:s + b.n_src] += cols.cpu().numpy()
+    r, c = rows.cpu().numpy(), cols.cpu().numpy()
+    if b.dst_index is None:
+        n_in[d:d + b.n_dst] += r
+    else:
+        np.add.at(n_in, d + b.dst_index.numpy(), r)
+    if b.src_index is None:
+        n_out[s:s + b.n_src] += c
+    else:
+        np.add.at(n_out, s + b.src_index.numpy(), c)
 
 
 def strength(g: LayeredGraph, direction: str = "total", signed: bool = True) -> pd.DataFrame:
     """Strength of every neuron: a DataFrame ``layer, neuron, <value>`` where the value column is
     named by :func:`strength_column` (``in_strength``, ``out_strength`` or ``strength`` for the
-    total; ``abs_`` prefix when ``signed=False``).
+    total; ``abs_`` prefix when ``signed=False``). A bad ``direction`` or a non-bool ``signed``
+    raises :class:`~graphnn.errors.InvalidParameterError`.
 
     >>> import torch, graphnn
     >>> g = graphnn.LayeredGraph.from_matrices({"a": 2, "b": 1}, {"w": ("a", "b", torch.tensor([[1., -3.]]))})
@@ -157,7 +169,9 @@ def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer")
 
     ``view="block"``: Scabini et al.'s tensor view, one row per block: ``block, param, rows,
     cols`` (the flattened shape, see :func:`block_tensor`), ``J, var_rows, var_cols``.
+    Another ``view`` or a non-bool ``signed`` raises :class:`~graphnn.errors.InvalidParameterError`.
     """
+    check_bool("signed", signed)
     if view == "block":
         recs = []
         for b in g.blocks.values():
@@ -167,8 +181,7 @@ def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer")
                          "cols": int(t.numel() // t.shape[0]), "J": j, "var_rows": vr, "var_cols": vc})
         return pd.DataFrame(recs, columns=["block", "param", "rows", "cols", "J", "var_rows", "var_cols"]).astype(
             {"rows": "int64", "cols": "int64", "J": "float64", "var_rows": "float64", "var_cols": "float64"})
-    if view != "layer":
-        raise ValueError(f"view={view!r}: use 'layer' (per partition) or 'block' (per weight tensor)")
+    check_choice("view", view, ("layer", "block"))
     n_in, n_out = node_strengths(g, signed)
     cols = {strength_column(d, signed): v for d, v in
             (("in", n_in), ("out", n_out), ("total", n_in + n_out))}
