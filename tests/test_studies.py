@@ -1,6 +1,7 @@
-"""The studies under reports/: each run.py --quick runs end to end into a temporary folder, writes
-its outputs, and the numbers in its README are the ones its CSVs give (recomputed here
-independently with pandas/scipy). Also the statistics helpers against scipy and brute force."""
+"""The studies under reports/: each run.py --quick runs end to end into the fresh temporary folder
+it prints, leaves the committed results under reports/ untouched, and the numbers in its README
+are the ones its CSVs give (recomputed here independently with pandas/scipy). Also the
+statistics helpers against scipy and brute force."""
 
 from __future__ import annotations
 
@@ -66,19 +67,41 @@ def p2(p: float) -> str:
     return "< 1e-4" if p < 1e-4 else f"{p:.2g}"
 
 
-def run_study(name: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+def run_study(name: str, out: Path | None, *extra: str,
+              env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """``run.py --quick`` of a study (``--out out`` unless ``out`` is None: the default output)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env_extra or {}))
+    where = [] if out is None else ["--out", str(out)]
     proc = subprocess.run([sys.executable, str(ROOT / "reports" / name / "run.py"), "--quick",
-                           "--out", str(out), *extra], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=str(ROOT))
+                           *where, *extra], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=str(ROOT))
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
+def snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under ``folder`` (bytecode caches aside): size, mtime (ns) and sha256."""
+    import hashlib
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
 @pytest.fixture(scope="module", params=STUDIES)
 def study(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(request.param)
-    run_study(request.param, out)
+    """The study's ``--quick`` run with the default output: a fresh temporary folder (under
+    ``$TMPDIR``, pointed here at a pytest folder), printed; nothing under reports/ changes (the
+    committed full results keep their bytes and mtimes, and no file appears or goes)."""
+    tmp = tmp_path_factory.mktemp(f"tmpdir-{request.param}")
+    committed = snapshot(ROOT / "reports")
+    assert (ROOT / "reports" / request.param / "run.py").is_file()
+    proc = run_study(request.param, None, env_extra={"TMPDIR": str(tmp)})
+    printed = re.findall(r"--quick outputs go to (.+?) \(the committed", proc.stdout)
+    assert len(printed) == 1, proc.stdout[-2000:]
+    out = Path(printed[0])
+    assert out.parent == tmp.resolve() and out.name.startswith(f"graphnn-{request.param}-quick-")
+    assert f"report: {out / 'README.md'}" in proc.stdout
+    assert snapshot(ROOT / "reports") == committed, "a --quick run changed files under reports/"
     return request.param, out
 
 
@@ -88,7 +111,7 @@ def test_outputs_exist_and_html_is_self_contained(study):
     name, out = study
     readme = (out / "README.md").read_text(encoding="utf-8")
     assert "--quick smoke run" in readme
-    assert not (out / "run.py").exists()  # outputs went to --out, not beside run.py
+    assert not (out / "run.py").exists()  # outputs went to the printed folder, not beside run.py
     for section in ("## Question", "## Protocol", "## Results", "## Conclusion"):
         assert section in readme
     csvs = sorted(p.name for p in out.glob("*.csv"))
@@ -118,6 +141,48 @@ def test_report_only_rerenders_the_same_readme(study):
                            "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "README.md").read_text(encoding="utf-8") == before
+
+
+# ----------------------------------------------------------------------------- output folder
+def test_output_folder_policy(tmp_path, monkeypatch):
+    """Full run: beside run.py; smoke run: a fresh folder under $TMPDIR, a new one each time;
+    --out wins, except that a smoke run into the study folder is refused."""
+    import tempfile
+    from reports.common import cli
+    study = ROOT / "reports" / "pa_rewiring"
+    assert cli.output_folder(study, None, smoke=False) == study
+    assert cli.output_folder(study, tmp_path / "x", smoke=True) == (tmp_path / "x").resolve()
+    assert cli.output_folder(study, tmp_path / "x", smoke=False) == (tmp_path / "x").resolve()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    first, second = (cli.output_folder(study, None, smoke=True) for _ in range(2))
+    assert first != second and first.parent == second.parent == tmp_path.resolve()
+    assert first.is_dir() and not any(first.iterdir())
+    for spelling in (study, study / ".." / "pa_rewiring"):
+        with pytest.raises(ValueError, match="committed full results"):
+            cli.output_folder(study, spelling, smoke=True)
+    link = tmp_path / "link"
+    link.symlink_to(study, target_is_directory=True)
+    with pytest.raises(ValueError, match="committed full results"):
+        cli.output_folder(study, link, smoke=True)
+
+
+def test_parse_args_usage_errors_exit_2(tmp_path, capsys):
+    """Smoke runs never get the study folder; re-rendering --quick results needs their folder."""
+    from reports.common import cli
+    script = str(ROOT / "reports" / "temporal_summaries" / "run.py")
+    extra = lambda p: p.add_argument("--cv-only", action="store_true")  # noqa: E731
+    for argv in (["--quick", "--out", str(ROOT / "reports" / "temporal_summaries")],
+                 ["--quick", "--report-only"], ["--quick", "--cv-only"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.parse_args("t", script, argv, extra=extra)
+        assert exc.value.code == 2, argv
+    err = capsys.readouterr().err
+    assert "committed full results" in err and "pass the folder that the --quick run printed" in err
+    args = cli.parse_args("t", script, ["--quick", "--report-only", "--out", str(tmp_path)], extra=extra)
+    assert args.out == tmp_path.resolve()
+    args = cli.parse_args("t", script, ["--report-only"], extra=extra)
+    assert args.out == ROOT / "reports" / "temporal_summaries"  # the committed results, in place
+    assert capsys.readouterr().out == ""  # only a smoke run announces its folder
 
 
 # ----------------------------------------------------------------------------- per study

@@ -2,7 +2,7 @@
 base initialiser at equal total training steps?
 
     python reports/hcore_init/run.py            # full study (about 10 min on 2 cores)
-    python reports/hcore_init/run.py --quick    # smoke run
+    python reports/hcore_init/run.py --quick    # smoke run, into a new temporary folder (printed)
     python reports/hcore_init/run.py --report-only
 
 Arms per seed (all Kaiming-normal based, same minibatch order):
@@ -309,6 +309,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         run_experiment(args, protocol(args.quick))
     write_report(args.out)
+    cli.finished(args)
 
 
 if __name__ == "__main__":

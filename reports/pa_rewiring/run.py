@@ -3,7 +3,7 @@ initialisation? Paired seeds, MLP and small CNN, MNIST and MNIST-1D, Kaiming-nor
 orthogonal base initialisers.
 
     python reports/pa_rewiring/run.py            # full study (about 15 min on 2 cores)
-    python reports/pa_rewiring/run.py --quick    # smoke run
+    python reports/pa_rewiring/run.py --quick    # smoke run, into a new temporary folder (printed)
     python reports/pa_rewiring/run.py --report-only
 
 Writes runs.csv (one row per seed x configuration x arm), layers.csv (strength variance of every
@@ -432,6 +432,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         run_experiment(args, protocol(args.quick))
     write_report(args.out)
+    cli.finished(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 training run ends above or below the median accuracy (Vahedian et al.)?
 
     python reports/temporal_summaries/run.py            # full study (about 15 min on 2 cores)
-    python reports/temporal_summaries/run.py --quick    # smoke run
+    python reports/temporal_summaries/run.py --quick    # smoke run, into a new temporary folder (printed)
     python reports/temporal_summaries/run.py --report-only
 
 A population of LeNet-style 1-D CNNs is trained on MNIST-1D over a learning-rate x dropout grid;
@@ -541,7 +541,8 @@ def conclusion(scores: pd.DataFrame, tests: pd.DataFrame, T: int) -> list[str]:
 def main(argv=None) -> None:
     def extra(parser):
         parser.add_argument("--cv-only", action="store_true",
-                            help="redo the cross-validation and the report from the training CSVs")
+                            help="redo the cross-validation and the report from the training CSVs in the "
+                                 "output folder (default: beside run.py), with the protocol of its meta.csv")
     args = cli.parse_args(__doc__.splitlines()[0], __file__, argv, extra=extra)
     if args.cv_only:
         quick = bool(pd.read_csv(args.out / "meta.csv").iloc[0]["quick"])
@@ -550,6 +551,7 @@ def main(argv=None) -> None:
         run_training(args, protocol(args.quick))
         run_cv(args, protocol(args.quick))
     write_report(args.out)
+    cli.finished(args)
 
 
 if __name__ == "__main__":
