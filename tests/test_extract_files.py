@@ -126,10 +126,13 @@ def test_minilm_checkpoint_every_linear_mapped():
     assert set(skipped[skipped["name"].str.contains("_embeddings")]["reason"].str[:15]) == {"embedding table"}
     assert "encoder.layer.3.attention.self.query" in g.partitions
     b = g.blocks["encoder.layer.0.intermediate.dense.weight"]
-    assert b.shape == (1536, 384) and b.src == "encoder.layer.0.attention.output.dense"
+    # BERT family rules (graph-model.md §2c): one residual stream that every layer reads and writes
+    assert g.topology.startswith("family rules: bert")
+    assert b.shape == (1536, 384) and b.src == "stream" and g.partitions["stream"].size == 384
+    assert g.blocks["encoder.layer.0.attention.output.dense.weight"].dst == "stream"
     # q, k and v read the same input
     srcs = {g.blocks[f"encoder.layer.2.attention.self.{p}.weight"].src for p in ("query", "key", "value")}
-    assert srcs == {"encoder.layer.1.output.dense"}
+    assert srcs == {"stream"}
     assert g.num_edges == 6 * (4 * 384 * 384 + 2 * 384 * 1536) + 384 * 384
     with_emb = graphnn.extract(path, include_embeddings=True)
     assert with_emb.blocks["embeddings.word_embeddings.weight"].shape == (384, 30522)
@@ -180,4 +183,5 @@ def test_gpt2_style_c_weights_layout_from_shapes(hf_layout):
         blocks = [b for b in g.blocks.values() if b.param == name]
         m = torch.cat([b.matrix() for b in blocks]) if len(blocks) > 1 else blocks[0].matrix()
         assert torch.equal(m, w), name  # always (out, in), whatever the storage
-    assert g.blocks["h.0.mlp.c_fc.weight"].src == "h.0.attn.c_proj"
+    # GPT-2 family rules: c_proj writes the residual stream that c_fc reads
+    assert g.blocks["h.0.mlp.c_fc.weight"].src == "stream" == g.blocks["h.0.attn.c_proj.weight"].dst

@@ -31,6 +31,17 @@ from .module import trace as trace_module, walk_module
 from .rules import Rule
 from .selection import Selection, WeightRecord, read_config, records_from_entries, select_weights, tie_groups
 from .state_dict import chain
+from .families import family_of
+from .family_graph import family_graph
+from .hf import module_config
+
+#: ``g.topology`` values (graph-model.md §2d): how the dataflow was obtained.
+TOPOLOGY_TRACED = "traced module (torch.fx)"
+TOPOLOGY_REGISTRATION = "module registration order (torch.fx failed)"
+TOPOLOGY_CHAINING = "shape chaining (inferred from names and shapes)"
+CHAINING_NOTE = ("topology was inferred from parameter names and shapes (no known architecture family): "
+                 "consecutive blocks are joined where shapes agree; pass the model itself or a Hugging Face "
+                 "folder with config.json for exact dataflow")
 
 __all__ = ["extract", "load_state_dict", "save_state_dict", "open_checkpoint", "atomic_write", "torch_load",
            "unwrap_state_dict", "select_weights", "WeightRecord"]
@@ -88,14 +99,25 @@ def extract(
     selection = _Selection(include, exclude, include_embeddings)
     if isinstance(source, nn.Module):
         builder = GraphBuilder(conv, source=type(source).__name__)
-        _from_module(source, builder, selection, trace)
+        g = _from_transformers_module(source, builder, selection)
+        if g is not None:
+            return g
+        topology = _from_module(source, builder, selection, trace)
     elif isinstance(source, Mapping):
         builder = GraphBuilder(conv, source="state_dict")
-        _from_entries(entries_from_state_dict(unwrap_state_dict(source)), builder, selection)
+        entries = entries_from_state_dict(unwrap_state_dict(source))
+        g = _from_family(entries, None, builder, selection, "the state_dict's parameter names")
+        if g is not None:
+            return g
+        topology = _from_entries(entries, builder, selection)
     elif isinstance(source, (str, os.PathLike)):
         builder = GraphBuilder(conv, source=os.fspath(source))
         config = read_config(source) if os.path.isdir(source) else None
-        _from_entries(open_checkpoint(source, trust=trust), builder, selection, config)
+        entries = open_checkpoint(source, trust=trust)
+        g = _from_family(entries, config, builder, selection, "config.json" if config else "the checkpoint's names")
+        if g is not None:
+            return g
+        topology = _from_entries(entries, builder, selection, config)
     else:
         raise UnsupportedSourceError(
             f"cannot extract a graph from a {type(source).__name__}: pass an nn.Module, a state_dict "
@@ -104,7 +126,45 @@ def extract(
         )
     if not builder.blocks:
         _raise_nothing_mappable(builder)
-    return builder.build()
+    g = builder.build()
+    g.topology = topology
+    return g
+
+
+def _from_family(entries: list[TensorEntry], config, builder: GraphBuilder, selection: _Selection, where: str,
+                 ties=None, origin: str | None = None) -> LayeredGraph | None:
+    """The graph from the family rule table (graph-model.md §2c) when the config or the names
+    identify a known transformer family, else ``None``. Sets ``g.topology`` to
+    ``"family rules: <family> (<where the names came from>)"``."""
+    family, how = family_of(config, (e.name for e in entries))
+    if family is None:
+        return None
+    g = family_graph(entries, family, f"{how} in {where}", config, builder, selection.reason, ties=ties,
+                     on_mapped=lambda e: _count_nonfinite(builder, e))
+    if not g.blocks:
+        _raise_nothing_mappable(builder)
+    g.topology = f"family rules: {family.name} ({origin or where})"
+    return g
+
+
+def _from_transformers_module(model: nn.Module, builder: GraphBuilder, selection: _Selection) -> LayeredGraph | None:
+    """A transformers ``PreTrainedModel`` of a known family: the family rules applied to its
+    named parameters and config. torch.fx does not trace these models and registration order
+    would lose every residual, so the rule table is used first (the same one as for their
+    checkpoints, so module and file give one graph). Tied parameters are found by identity.
+    ``None`` for other modules."""
+    config = module_config(model)
+    if config is None:
+        return None
+    entries, first, ties = [], {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        entries.append(TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True))
+        if id(p) in first:
+            ties[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return _from_family(entries, config, builder, selection, f"the {type(model).__name__} config", ties=ties,
+                        origin=f"transformers module {type(model).__name__}")
 
 
 def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
@@ -116,7 +176,7 @@ def _count_nonfinite(builder: GraphBuilder, entry: TensorEntry) -> None:
 
 
 def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: Selection,
-                  config: dict | None = None) -> None:
+                  config: dict | None = None) -> str:
     layers: list[tuple[TensorEntry, Rule]] = []
     by_name = {e.name: e for e in entries}
     for rec in records_from_entries(entries, selection, config):
@@ -134,9 +194,12 @@ def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: 
         if e.in_memory:
             _count_nonfinite(builder, e)
     chain(builder, layers)
+    if layers:
+        builder.notes.append(CHAINING_NOTE)
+    return TOPOLOGY_CHAINING
 
 
-def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> None:
+def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> str:
     rules: dict[str, Rule | str] = {r.name: r.rule or r.reason for r in select_weights(model)}
     # every name of a tied parameter (e.g. an LM head sharing the embedding matrix) is an entry
     entries = {name: TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
@@ -150,6 +213,7 @@ def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection,
                    "blocks are ordered by module registration and joined where shapes agree")
             warnings.warn(msg, TopologyWarning, stacklevel=3)
             builder.notes.append(msg)
+    topology = TOPOLOGY_TRACED if graph is not None else TOPOLOGY_REGISTRATION
     if graph is not None:
         walk_module(graph, model, builder, entries, selection.reason)
     else:
@@ -177,6 +241,7 @@ def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection,
         warnings.warn(f"{len(unused)} layer weight(s) were not reached by the traced forward pass and are not "
                       f"mapped: {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}", TopologyWarning,
                       stacklevel=3)
+    return topology
 
 
 def _raise_nothing_mappable(builder: GraphBuilder) -> None:

@@ -64,8 +64,19 @@ def _natural_key(text: str):
 # Segment names that usually come first / last inside their parent module. Used only to undo a
 # lexical sort of names (which puts BERT's ``attention.output`` before ``attention.self`` and a
 # ResNet's ``fc`` before ``layer1``).
-_EARLY = {"embeddings": -2, "embed": -2, "stem": -2, "self": -1, "self_attn": -1, "attention": -1, "attn": -1}
-_LATE = {"output": 1, "out_proj": 1, "o_proj": 1, "down_proj": 1, "w2": 1, "fc": 2, "head": 2,
+_EARLY = {"embeddings": -2, "embed": -2, "stem": -2, "shared": -2, "wte": -2, "wpe": -2,
+          "self": -1, "self_attn": -1, "attention": -1, "attn": -1, "encoder": -1,
+          # attention projections in dataflow order q, k, v (then o/out_proj, late)
+          "q": -3, "k": -2, "v": -1, "query": -3, "key": -2, "value": -1,
+          "q_proj": -3, "k_proj": -2, "v_proj": -1, "q_lin": -3, "k_lin": -2, "v_lin": -1,
+          # gated MLPs: gate, up (then down, late)
+          "gate_proj": -2, "up_proj": -1, "w1": -2, "w3": -1, "wi": -1, "wi_0": -2, "wi_1": -1,
+          # fused projections before the layer that reads them
+          "query_key_value": -3, "qkv_proj": -3, "c_attn": -3, "W_pack": -3, "gate_up_proj": -1, "c_fc": -1,
+          "dense_h_to_4h": -1}
+_LATE = {"output": 1, "out_proj": 1, "o_proj": 1, "o": 1, "out_lin": 1, "down_proj": 1, "w2": 1, "wo": 1,
+         "dense": 1, "dense_4h_to_h": 1,
+         "fc": 2, "head": 2,
          "classifier": 2, "lm_head": 2, "pooler": 2}
 
 
@@ -77,8 +88,10 @@ def order_names(names: list[str]) -> list[str]:
     """Keep the stored order when it carries information; if the names are merely sorted
     lexically (as safetensors headers and HF index files store them), recover module order as
     far as names allow: numbers compare as numbers (``layer.2`` before ``layer.10``) and common
-    segment names are placed early (``embeddings``, ``self``/``attention``) or late
-    (``output``, ``o_proj``, ``down_proj``, ``fc``/``head``/``classifier``/``pooler``)."""
+    segment names are placed early (``embeddings``/``shared``/``wte``, ``self``/``attention``,
+    ``encoder`` before ``decoder``), in dataflow order (``q``, ``k``, ``v`` then ``o``;
+    ``gate_proj``, ``up_proj`` then ``down_proj``) or late (``output``, ``o_proj``,
+    ``down_proj``, ``fc``/``head``/``classifier``/``pooler``/``lm_head``)."""
     return sorted(names, key=_model_order_key) if names == sorted(names) else list(names)
 
 
