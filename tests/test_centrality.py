@@ -270,3 +270,37 @@ def test_extracted_models_equal_igraph(model_name):
     got = graphnn.eigenvector_centrality(g, normalise="max")["centrality"].to_numpy()
     ref = np.array(g.to_igraph(weight="abs").eigenvector_centrality(weights="weight"))
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_index_mapped_blocks_components_and_centrality_equal_networkx():
+    """A GQA-like repeat map (4 columns read 2 value neurons) and a permutation, one graph:
+    components and the centrality vector equal networkx on a graph the test builds by hand."""
+    gen = torch.Generator().manual_seed(9)
+    v = torch.rand(2, 3, generator=gen, dtype=torch.float64) + 0.1      # x(3) -> v(2)
+    o = torch.rand(3, 4, generator=gen, dtype=torch.float64) + 0.1      # o reads v through (0, 0, 1, 1)
+    p = torch.rand(2, 2, generator=gen, dtype=torch.float64) + 0.1      # an isolated pair, permuted columns
+    g = graphnn.LayeredGraph.from_matrices(
+        {"x": 3, "v": 2, "y": 3, "a": 2, "b": 2},
+        {"v": ("x", "v", v), "o": ("v", "y", o, torch.tensor([0, 0, 1, 1]), None),
+         "p": ("a", "b", p, torch.tensor([1, 0]), None)})
+    G = nx.Graph()
+    G.add_nodes_from(range(12))
+    def add(i, j, w):
+        G.add_edge(i, j, weight=G.get_edge_data(i, j, {"weight": 0.0})["weight"] + abs(float(w)))
+    for i in range(2):
+        for j in range(3):
+            add(3 + i, j, v[i, j])
+    for i in range(3):
+        for j, src in enumerate([0, 0, 1, 1]):
+            add(5 + i, 3 + src, o[i, j])
+    for i in range(2):
+        for j, src in enumerate([1, 0]):
+            add(10 + i, 8 + src, p[i, j])
+    labels = graphnn.connected_components(g)["component"].to_numpy()
+    assert labels.tolist() == [0] * 8 + [1] * 4
+    ref = nx.eigenvector_centrality(G, weight="weight", max_iter=100_000, tol=1e-14)
+    for solver in ALL_SOLVERS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
+            c = graphnn.eigenvector_centrality(g, solver=solver)["centrality"].to_numpy()
+        np.testing.assert_allclose(c, [ref[k] for k in range(12)], atol=1e-6)

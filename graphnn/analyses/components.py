@@ -35,14 +35,12 @@ _FOLD_EDGES = 1 << 22
 
 
 def index_map(p: Placed, side: str) -> np.ndarray:
-    """Global node of each matrix row (``side="dst"``) or column (``"src"``) of a placed block,
-    through the block's index map where it has one (graph-model.md §2b)."""
+    """Global node of each neuron-space row (``side="dst"``) or column (``"src"``) of a placed
+    block. :class:`~graphnn.analyses._blocks.AbsBlock` already presents index-mapped blocks in
+    neuron space (graph-model.md §2b: parallel edges summed), so this is a range."""
     b = p.block
     off, n = (p.dst_off, b.n_dst) if side == "dst" else (p.src_off, b.n_src)
-    idx = getattr(b, f"{side}_index", None)
-    if idx is None:
-        return np.arange(off, off + n, dtype=np.int64)
-    return off + np.asarray(torch.as_tensor(idx).cpu(), dtype=np.int64)
+    return np.arange(off, off + n, dtype=np.int64)
 
 
 def _labels(n: int, edges: list[np.ndarray]) -> np.ndarray:
@@ -65,9 +63,9 @@ def _fold(n: int, edges: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _rows(b, i: int, j: int) -> torch.Tensor:
-    """Rows ``i:j`` of a block's non-negative weights ``A`` (a view of the |w| copy when there is
-    one)."""
-    if getattr(b, "t", None) is not None:
+    """Neuron-space rows ``i:j`` of a block's non-negative weights ``A`` (a view of the |w| copy
+    when the block has no index map)."""
+    if b.t is not None and b._src_map is None and b._dst_map is None:  # matrix space == neuron space
         return b.t[:, i:j].t()
     return b.rows(torch.arange(i, j, device=b.device))
 
