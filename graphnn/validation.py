@@ -20,18 +20,20 @@ DEVICE_TYPES = ("cpu", "cuda")
 
 
 def _options(choices: Iterable[Any]) -> str:
-    return ", ".join(repr(c) for c in choices)
+    """``'a', 'b' or 'c'``."""
+    shown = [repr(c) for c in choices]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices`` (compared with ``==``), else a usage error listing them."""
     choices = tuple(choices)
     try:
-        ok = value in choices
-    except TypeError:  # an unhashable or uncomparable value
+        ok = any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices)
+    except Exception:  # noqa: BLE001 - a value whose == fails is not a valid choice
         ok = False
     if not ok:
-        raise InvalidParameterError(f"{name}={value!r} is not a valid choice: use one of {_options(choices)}")
+        raise InvalidParameterError(f"{name} must be one of {_options(choices)}, not {value!r}")
     return value
 
 
@@ -41,7 +43,7 @@ def check_bool(name: str, value: Any) -> bool:
         return value
     if type(value).__name__ == "bool_":  # numpy.bool_ without importing numpy
         return bool(value)
-    raise InvalidParameterError(f"{name}={value!r}: give True or False")
+    raise InvalidParameterError(f"{name} must be True or False, not {value!r}")
 
 
 def check_number(
@@ -61,51 +63,51 @@ def check_number(
     ``positive``: > 0; ``nonnegative``: >= 0; ``finite``: not NaN or ±inf (NaN is refused even
     with ``finite=False``: it compares false with every bound); ``integer``: an ``int`` (a float
     such as ``3.0`` is refused); ``low``/``high``: inclusive bounds; ``allow_none``: ``None``
-    passes through. Booleans and strings are refused.
+    passes through. Booleans, strings and tensors are refused. The message reads e.g.
+    ``gamma must be a finite number with 0 <= gamma, not inf``.
     """
     if value is None and allow_none:
         return None
-    want = "an integer" if integer else "a number"
+    want = _wanted(name, integer, finite, positive, nonnegative, low, high) + (" or None" if allow_none else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidParameterError(f"{name}={value!r}: give {want}{_range_text(positive, nonnegative, low, high)}")
+        raise InvalidParameterError(f"{name} must be {want}, not {value!r}")
     if integer and not isinstance(value, numbers.Integral):
-        raise InvalidParameterError(f"{name}={value!r}: give {want}{_range_text(positive, nonnegative, low, high)}, "
-                                    "not a float")
+        raise InvalidParameterError(f"{name} must be {want}, not {value!r}")
     if integer:
         value = int(value)
     x = float(value)
-    if math.isnan(x) or (finite and math.isinf(x)):
-        raise InvalidParameterError(f"{name}={value!r}: give a finite number"
-                                    f"{_range_text(positive, nonnegative, low, high)}")
-    bad = ((positive and not x > 0) or (nonnegative and not x >= 0)
+    bad = (math.isnan(x) or (finite and math.isinf(x))
+           or (positive and not x > 0) or (nonnegative and not x >= 0)
            or (low is not None and not x >= low) or (high is not None and not x <= high))
     if bad:
-        raise InvalidParameterError(f"{name}={value!r} is out of range: give {want}"
-                                    f"{_range_text(positive, nonnegative, low, high)}")
+        raise InvalidParameterError(f"{name} must be {want}, not {value!r}")
     return value
 
 
-def _range_text(positive: bool, nonnegative: bool, low, high) -> str:
-    parts = []
-    if positive:
-        parts.append("> 0")
-    elif nonnegative:
-        parts.append(">= 0")
-    if low is not None:
-        parts.append(f">= {low}")
-    if high is not None:
-        parts.append(f"<= {high}")
-    return (" " + " and ".join(parts)) if parts else ""
+def _wanted(name: str, integer: bool, finite: bool, positive: bool, nonnegative: bool, low, high) -> str:
+    """``a positive integer``, ``a finite number with 0 < top <= 1``, ..."""
+    noun = "integer" if integer else "number"
+    adjective = "finite " if finite and not integer else ""
+    if low is None and high is None and (positive or nonnegative):
+        sign = "positive " if positive else "non-negative "
+        return f"a {sign}{adjective}{noun}"
+    lower = "0 < " if positive else ("0 <= " if nonnegative else "")
+    if low is not None and not (positive and low <= 0) and not (nonnegative and low <= 0):
+        lower = f"{low} <= "
+    upper = f" <= {high}" if high is not None else ""
+    article = "an" if not adjective and integer else "a"
+    if not lower and not upper:
+        return f"{article} {adjective}{noun}"
+    return f"{article} {adjective}{noun} with {lower}{name}{upper}"
 
 
 def check_seed(name: str, value: Any) -> int | None:
     """A random seed: ``None`` (fresh OS entropy) or an integer >= 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidParameterError(f"{name}={value!r}: give a non-negative integer seed, or None for a random one")
-    if value < 0:
-        raise InvalidParameterError(f"{name}={value!r}: give a non-negative integer seed, or None for a random one")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InvalidParameterError(f"{name} must be a non-negative integer, or None for a random seed; "
+                                    f"not {value!r}")
     return int(value)
 
 
@@ -135,7 +137,7 @@ def check_device(device: Any = "auto", *, name: str = "device"):
                                     "use 'auto', 'cpu' or 'cuda'")
     if dev.type == "cuda":
         if not cuda_ok:
-            raise InvalidParameterError(f"{name}={device!r} asks for CUDA, which is not available on "
+            raise InvalidParameterError(f"{name}={device!r} asks for CUDA, but CUDA is not available on "
                                         "this machine: use 'cpu' or 'auto'")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:

@@ -334,7 +334,7 @@ def test_bad_inputs_raise_clear_errors():
         pa_rewire_(w, mode="faithful", device="cuda")
     with pytest.raises(ValueError, match=">= 2 dims"):
         pa_rewire_(torch.zeros(5))
-    with pytest.raises(TypeError, match="seed must be"):
+    with pytest.raises(graphnn.InvalidParameterError, match="seed must be"):
         pa_rewire_(w, seed=True)
     with pytest.raises(ValueError, match="seed must be"):
         pa_rewire_(w, seed=-1)

@@ -17,7 +17,6 @@ import torch
 from ..errors import InvalidParameterError, NonFiniteWeightsError
 from ..graph import Block, LayeredGraph
 from ..validation import check_device
-from ..validation import check_device
 
 #: Above this many edges the |w| copies are float32 (4 bytes/edge); at or below, float64.
 FLOAT64_MAX_EDGES = 4_000_000

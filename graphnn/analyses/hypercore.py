@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import InvalidParameterError
 from ..graph import LayeredGraph
+from ..validation import check_choice, check_number
 from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, load_abs_blocks, place,
                       resolve_device, resolve_dtype)
 from .strength import neuron_frame
@@ -173,8 +175,7 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: fl
 def _threshold_from_top(g: LayeredGraph, top: float) -> float:
     """The |w| of the ``ceil(top * E)``-th largest structural edge (ties included). Holds all
     |w| once, in the weights' own precision (at least float32)."""
-    if not 0 < top <= 1:
-        raise ValueError(f"top={top!r}: give the fraction of strongest edges to keep, 0 < top <= 1")
+    top = float(check_number("top", top, positive=True, high=1))
     values = []
     for b in g.blocks.values():
         m = b.matrix()
@@ -191,15 +192,12 @@ def _threshold_from_top(g: LayeredGraph, top: float) -> float:
 
 def _weighting(g: LayeredGraph, threshold, top) -> Weighting:
     if threshold is not None and top is not None:
-        raise ValueError("give either threshold= (keep |w| >= tau) or top= (keep the strongest fraction "
-                         "of edges), not both")
+        raise InvalidParameterError("give either threshold= (keep |w| >= tau) or top= (keep the strongest "
+                                    f"fraction of edges), not both (got threshold={threshold!r}, top={top!r})")
     if top is not None:
-        return Weighting(_threshold_from_top(g, float(top)))
+        return Weighting(_threshold_from_top(g, top))
     if threshold is not None:
-        tau = float(threshold)
-        if not (tau >= 0 and np.isfinite(tau)):
-            raise ValueError(f"threshold={threshold!r}: give a finite |w| cut-off >= 0")
-        return Weighting(tau)
+        return Weighting(float(check_number("threshold", threshold, nonnegative=True)))
     return Weighting()
 
 
@@ -259,15 +257,16 @@ def hypercore(
     strongest fraction ``q`` of the structural edges (every edge tied with the last one kept
     too): the classic unweighted k-core, returned as integers. Without either, the cores are
     weighted by |w| (float64). ``dtype``: precision of the |w| copies (``None``: float64 up to
-    4M edges, float32 above; the peeling sums are float64 either way).
+    4M edges, float32 above; the peeling sums are float64 either way). A bad option (unknown
+    scope, ``threshold`` < 0 or not finite, ``top`` outside (0, 1], both given, unknown device or
+    dtype) raises :class:`~graphnn.errors.InvalidParameterError`.
 
     >>> import torch, graphnn
     >>> g = graphnn.LayeredGraph.from_matrices({"a": 2, "b": 2}, {"w": ("a", "b", torch.tensor([[1., 1.], [1., 0.]]))})
     >>> graphnn.hypercore(g)["core"].tolist()
     [1.0, 1.0, 1.0, 1.0]
     """
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r}: use 'network' (whole graph) or 'block' (each block on its own)")
+    check_choice("scope", scope, SCOPES)
     weighting = _weighting(g, threshold, top)
     dev = resolve_device(device)
     dt = resolve_dtype(g.num_edges, dtype)

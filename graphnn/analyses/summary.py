@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from ..graph import Block, LayeredGraph
+from ..validation import check_bool, check_choice
 from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
                       signed_and_abs_sums, use_copy)
 from .centrality import check_options, leading_eigenvector
@@ -77,12 +78,14 @@ def analyse(
     ``normalise``, ``tol``, ``max_iter`` are those of :func:`graphnn.eigenvector_centrality`;
     ``core_scope``, ``core_threshold``, ``core_top`` are :func:`graphnn.hypercore`'s ``scope``,
     ``threshold`` and ``top``. ``progress(step, done, total)`` is called as the steps ``load``,
-    ``centrality`` and ``hypercore`` advance.
+    ``centrality`` and ``hypercore`` advance. A bad option raises
+    :class:`~graphnn.errors.InvalidParameterError`.
     """
     t_start = time.perf_counter()
     check_options(normalise, "auto", max_iter)
-    if core_scope not in ("network", "block"):
-        raise ValueError(f"core_scope={core_scope!r}: use 'network' or 'block'")
+    check_choice("core_scope", core_scope, ("network", "block"))
+    for name, flag in (("strength", strength), ("centrality", centrality), ("core", core)):
+        check_bool(name, flag)
     weighting = _weighting(g, core_threshold, core_top) if core else Weighting()
     dev = resolve_device(device)
     dt = resolve_dtype(g.num_edges, dtype)

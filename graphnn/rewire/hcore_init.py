@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..analyses.hypercore import SCOPES
+from ..validation import check_choice, check_number
 from .pa import _check_seed
 from .variance_search import seeded
 
@@ -128,9 +129,8 @@ def reinit_tensors_(
 
 
 def _check_gamma(gamma) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not np.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"gamma must be a finite number >= 0, not {gamma!r}")
-    return float(gamma)
+    """A finite number >= 0 (:func:`graphnn.validation.check_number`)."""
+    return float(check_number("gamma", gamma, nonnegative=True))
 
 
 def hcore_graph(source, conv: str = "l2"):
@@ -141,8 +141,7 @@ def hcore_graph(source, conv: str = "l2"):
 
 
 def compute_cores(graph, scope: str) -> pd.DataFrame:
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    check_choice("scope", scope, SCOPES)
     from ..analyses.hypercore import hypercore
 
     return hypercore(graph, scope=scope)
@@ -202,8 +201,7 @@ def hcore_reinit_(
         raise TypeError(f"hcore_reinit_ takes an nn.Module, got {type(module).__name__}; for a checkpoint use rewire_checkpoint(..., method='hcore')")
     gamma = _check_gamma(gamma)
     seed = _check_seed(seed)
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    check_choice("scope", scope, SCOPES)
     g = hcore_graph(module, conv)
     if cores is None:
         cores = compute_cores(g, scope) if gamma != 0 else None

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InvalidParameterError
+from ..validation import check_choice, check_device, check_seed
 from ._targets import WeightTarget, targets_of
 
 MODES = ("faithful", "fast")
@@ -54,13 +56,8 @@ _TORCH_ON_CPU = False
 
 
 def _check_seed(seed) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be a non-negative int or None, not {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None, not {seed}")
-    return int(seed)
+    """``None`` or a non-negative int (:func:`graphnn.validation.check_seed`)."""
+    return check_seed("seed", seed)
 
 
 # -- faithful (numpy) --------------------------------------------------------------------------
@@ -182,31 +179,26 @@ def _rewire_fast_(targets: list[WeightTarget], seed: int | None, device) -> None
 
 
 def _check_device(device, mode: str):
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str):
-        raise TypeError(f"device must be 'auto', 'cpu', 'cuda[:i]' or a torch.device, not {device!r}")
-    if device == "auto":
-        return device
+    """``"auto"`` (each tensor where it lives) or the device string checked by
+    :func:`graphnn.validation.check_device`; ``faithful`` runs on the CPU only."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return "auto"
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu' or 'cuda[:i]'") from None
-    if mode == "faithful" and dev.type != "cpu":
-        raise ValueError(
+        kind = torch.device(device.strip() if isinstance(device, str) else device).type
+    except (RuntimeError, TypeError, ValueError):
+        kind = None  # check_device says why
+    if mode == "faithful" and kind not in (None, "cpu"):
+        raise InvalidParameterError(
             f"mode='faithful' runs numpy on the CPU and cannot use device={device!r}; "
             "use mode='fast' to rewire on a GPU"
         )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
-    return str(dev)
+    return str(check_device(device))
 
 
 def rewire_targets_(targets: list[WeightTarget], seed=None, mode: str = "faithful", device="auto") -> None:
     """PA-rewire a list of targets in place (shared by modules, tensors and checkpoints)."""
     seed = _check_seed(seed)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    check_choice("mode", mode, MODES)
     device = _check_device(device, mode)
     for tg in targets:
         if not bool(torch.isfinite(tg.tensor.detach()).all()):
@@ -244,6 +236,9 @@ def pa_rewire_(
         ``include`` replaces the default selection by the >= 2-D parameters it matches (any
         module but norm layers, e.g. ``"*in_proj_weight"``); ``exclude`` removes names.
     device : ``"auto"`` (where each tensor lives), ``"cpu"`` or ``"cuda[:i]"``; ``fast`` only.
+
+    A bad option (seed, mode, device, or ``mode="faithful"`` with a GPU device) raises
+    :class:`~graphnn.errors.InvalidParameterError`.
 
     The values of every rewired tensor are a permutation of its values before (sorted values are
     equal exactly); biases, norm parameters and buffers are never touched. Apply it to weights at

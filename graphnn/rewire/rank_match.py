@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import check_choice
+
 GROUPS = ("out_unit", "tensor")
 
 
@@ -36,8 +38,7 @@ def rank_match_(tensor: torch.Tensor, reference: torch.Tensor, group: str = "out
             f"rank_match_ takes two tensors, got {type(tensor).__name__} and {type(reference).__name__}; "
             "for a module, call it on each parameter (e.g. with the same parameter of a fresh copy)"
         )
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, not {group!r}")
+    check_choice("group", group, GROUPS)
     if tuple(tensor.shape) != tuple(reference.shape):
         raise ValueError(
             f"reference has shape {tuple(reference.shape)} but tensor has {tuple(tensor.shape)}: "

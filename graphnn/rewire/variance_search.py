@@ -16,13 +16,13 @@ from torch import nn
 
 from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, targets_of
+from ..validation import check_number
 from .pa import _check_seed
 
 
 def _check_trials(trials) -> int:
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive int, not {trials!r}")
-    return trials
+    """A positive int (:func:`graphnn.validation.check_number`)."""
+    return check_number("trials", trials, integer=True, positive=True)
 
 
 @contextlib.contextmanager
