@@ -4,6 +4,10 @@ Extract a model or checkpoint into a :class:`LayeredGraph` whose edges *are* the
 analyse it (strength, eigenvector centrality, k-hypercore), and re-initialise weights by rewiring.
 """
 
+from . import _cli_startup
+
+_cli_startup.guard()  # the graphnn command only: Ctrl-C while importing exits 130 without a traceback
+
 from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
