@@ -366,7 +366,8 @@ def describe(
         cols = ["name", "shape", "dtype", "numel", "status", "kind", "reason", "blocks"]
         summary = (f"{len(cov)} parameters, {int((cov['status'] == 'mapped').sum())} mapped "
                    f"({100 * g.coverage_fraction:.1f} % of entries); {len(g.partitions)} layers, "
-                   f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges")
+                   f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges; "
+                   f"topology: {getattr(g, 'topology', None) or 'unknown'}")
         import pandas as pd
 
         parts = pd.DataFrame([{"layer": p.name, "size": p.size, "kind": p.kind, "members": list(p.members)}
@@ -377,7 +378,8 @@ def describe(
         _emit_frame(
             cov[cols], fmt, output, title=str(ckpt), caption=summary,
             meta={"command": "describe", "source": str(ckpt), "coverage_fraction": g.coverage_fraction,
-                  "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes)},
+                  "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes),
+                  "topology": getattr(g, "topology", None)},
             tables={"parameters": cov, "partitions": parts, "blocks": blocks},
         )
         for n in g.notes:

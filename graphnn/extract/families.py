@@ -228,23 +228,22 @@ def attention_shape(config: Mapping[str, Any], tower: str = "main") -> tuple[int
 
 
 def tied_aliases(family: Family, config: Mapping[str, Any] | None, names: set[str]) -> dict[str, str]:
-    """Names that the model uses but a checkpoint may leave out because they share another
-    tensor: ``{alias: stored name}``. Encoder-decoder token embeddings share ``shared``; a
-    language-model head shares the input embedding when ``tie_word_embeddings`` is true (the
-    transformers default) and the architecture has a head."""
+    """Names that share the tensor of another name by the model's definition: ``{alias: stored
+    name}``, whether or not a checkpoint stores the alias too (``save_pretrained`` leaves tied
+    names out of safetensors; a ``.bin`` may keep them). Encoder-decoder token embeddings share
+    ``shared``; a language-model head shares the input embedding when ``tie_word_embeddings`` is
+    true (the transformers default) and the architecture has a head."""
     out: dict[str, str] = {}
     shared = next((n for n in names if re.fullmatch(r"(.+\.)?shared\.weight", n)), None)
     if family.towers == "encoder-decoder" and shared is not None:
         pre = shared[: -len("shared.weight")]
         for side in ("encoder", "decoder"):
-            alias = f"{pre}{side}.embed_tokens.weight"
-            if alias not in names:
-                out[alias] = shared
+            out[f"{pre}{side}.embed_tokens.weight"] = shared
     if not config:
         return out
     archs = [str(a) for a in (config.get("architectures") or [])]
     has_head = any(a.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration")) for a in archs)
-    if has_head and config.get("tie_word_embeddings", True) and "lm_head.weight" not in names:
+    if has_head and config.get("tie_word_embeddings", True):
         emb = shared or next((n for n in sorted(names) if re.search(
             r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in)\.weight$", n) and "decoder.embed" not in n
             and not n.startswith("encoder.")), None)

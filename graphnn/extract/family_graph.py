@@ -378,8 +378,11 @@ def family_graph(entries: list[TensorEntry], family: Family, how: str, config: M
     ties = dict(ties) if ties is not None else _storage_ties(entries)
     for alias, stored in tied_aliases(family, config, set(names)).items():
         src = by_name[stored]
-        by_name[alias] = TensorEntry(alias, src.shape, src.dtype, src.load, in_memory=src.in_memory)
-        ties[alias] = stored
+        if alias in by_name and tuple(by_name[alias].shape) != tuple(src.shape):
+            continue  # stored with another shape: not the tie the config describes
+        if alias not in by_name:
+            by_name[alias] = TensorEntry(alias, src.shape, src.dtype, src.load, in_memory=src.in_memory)
+        ties.setdefault(alias, stored)
     ordered = sorted(by_name.values(), key=lambda e: _model_order_key(e.name))
     asm = _Assembler(family, config, names, builder.conv, builder)
     shapes = {e.name: tuple(e.shape) for e in ordered if e.is_tensor}
