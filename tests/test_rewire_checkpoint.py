@@ -159,13 +159,14 @@ def test_interrupted_write_leaves_no_partial_output(checkpoint, monkeypatch, fai
         monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
         monkeypatch.setattr(torch, "save", half_then_fail)
     else:
-        real_dump = json.dump
+        real_dumps = json.dumps
 
-        def fail_dump(obj, fh, *a, **k):
-            fh.write('{"schema": ')
-            raise OSError("disk full (simulated)")
+        def fail_dumps(obj, *a, **k):
+            if isinstance(obj, dict) and obj.get("schema", "").startswith("graphnn.rewire.provenance"):
+                raise OSError("disk full (simulated)")
+            return real_dumps(obj, *a, **k)
 
-        monkeypatch.setattr(json, "dump", fail_dump)
+        monkeypatch.setattr(json, "dumps", fail_dumps)
     with pytest.raises(OSError, match="simulated"):
         rewire_checkpoint(path, out, seed=1)
     assert sorted(p.name for p in path.parent.iterdir()) == before, "no output, no temporary file left"
@@ -181,12 +182,15 @@ def test_include_exclude_and_embedding_default(tmp_path):
     assert changed == {"fc.weight", "head.weight"}, "embedding tables are left alone by default"
     reasons = {t["name"]: t.get("reason", "") for t in rec["tensors"]}
     assert "include" in reasons["embed.weight"]
-    rec = rewire_checkpoint(path, tmp_path / "o2.safetensors", seed=0, include="*embed*", exclude=None)
+    rec = rewire_checkpoint(path, tmp_path / "o2.safetensors", seed=0, include="*embed*", exclude=None,
+                            include_embeddings=True)
     assert {t["name"] for t in rec["tensors"] if t["changed"]} == {"embed.weight"}
     rec = rewire_checkpoint(path, tmp_path / "o3.safetensors", seed=0, exclude="head.*")
     assert {t["name"] for t in rec["tensors"] if t["changed"]} == {"fc.weight"}
-    with pytest.raises(ValueError, match="no tensor of the checkpoint"):
+    with pytest.raises(graphnn.InvalidParameterError, match="no tensor of the checkpoint"):
         rewire_checkpoint(path, tmp_path / "o4.safetensors", seed=0, include="nothing*")
+    with pytest.raises(graphnn.InvalidParameterError, match="include_embeddings=True"):
+        rewire_checkpoint(path, tmp_path / "o5.safetensors", seed=0, include="*embed*")
 
 
 def test_wrapped_checkpoint_keeps_everything_that_is_not_rewired(tmp_path):
@@ -235,3 +239,54 @@ def test_existing_provenance_is_not_overwritten(tmp_path):
     with pytest.raises(graphnn.RefusedOverwriteError, match="provenance"):
         rewire_checkpoint(src, out, method="pa", seed=0)
     assert prov.read_text() == "keep me" and not out.exists()
+
+
+def test_checkpoint_never_appears_without_its_provenance(checkpoint, monkeypatch):
+    """The provenance is published first and the checkpoint last: a failure between the two
+    steps leaves neither (the published JSON is removed again)."""
+    import graphnn.rewire.checkpoint as ck
+
+    path, _ = checkpoint
+    out = path.with_name("pair" + path.suffix)
+    before = sorted(p.name for p in path.parent.iterdir())
+    seen = {}
+
+    def fail_between(tmp, out_path, overwrite):
+        seen["provenance_was_there"] = os.path.exists(str(out_path) + PROVENANCE_SUFFIX)
+        raise OSError("killed between the two steps (simulated)")
+
+    monkeypatch.setattr(ck, "_publish_checkpoint", fail_between)
+    with pytest.raises(OSError, match="simulated"):
+        rewire_checkpoint(path, out, seed=1)
+    assert seen["provenance_was_there"], "the provenance is published before the checkpoint"
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+
+
+def test_a_kill_between_the_steps_leaves_only_a_recognised_provenance(tmp_path):
+    """A hard kill (os._exit) between the two publications leaves the JSON alone, never a
+    checkpoint without provenance; the next run refuses the orphan unless overwrite=True and
+    removes the dead run's temporary checkpoint."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    src, out = tmp_path / "m.safetensors", tmp_path / "o.safetensors"
+    save_file({"a.weight": torch.randn(5, 4), "b.weight": torch.randn(3, 5)}, src)
+    code = (
+        "import os, graphnn.rewire.checkpoint as ck\n"
+        "ck._publish_checkpoint = lambda *a: os._exit(9)\n"
+        f"ck.rewire_checkpoint({str(src)!r}, {str(out)!r}, seed=0)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    rc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root).returncode
+    assert rc == 9
+    prov = tmp_path / ("o.safetensors" + PROVENANCE_SUFFIX)
+    assert prov.exists() and not out.exists()
+    assert any(".graphnn-partial." in p.name for p in tmp_path.iterdir()), "the dead run's temporary is left"
+    with pytest.raises(RefusedOverwriteError, match="interrupted"):
+        rewire_checkpoint(src, out, seed=0)
+    rec = rewire_checkpoint(src, out, seed=0, overwrite=True)
+    assert json.loads(prov.read_text())["output"]["sha256"] == rec["output"]["sha256"] == sha(out)
+    assert not any(".graphnn-partial." in p.name for p in tmp_path.iterdir()), "stale temporaries are removed"

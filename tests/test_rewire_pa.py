@@ -304,7 +304,8 @@ def test_512_square_variance_levels_of_the_paper_table(mode):
 # -- selection and errors -----------------------------------------------------------------------
 def test_include_and_exclude_globs():
     mha = nn.MultiheadAttention(8, 2)
-    assert rewirable_weights(mha) == ["out_proj.weight"]
+    # the one selection policy: what extraction maps (the fused q/k/v projection too)
+    assert rewirable_weights(mha) == ["in_proj_weight", "out_proj.weight"]
     assert rewirable_weights(mha, include="*in_proj_weight") == ["in_proj_weight"]
     net = small_net()
     assert rewirable_weights(net, exclude=["0.*", "7.weight"]) == ["3.weight", "4.weight"]
@@ -314,6 +315,14 @@ def test_include_and_exclude_globs():
     assert not torch.equal(net[7].weight, before["7.weight"])
     # include never reaches biases or norm parameters (LayerNorm([6, 10, 10]).weight is 3-D)
     assert rewirable_weights(net, include="*") == ["0.weight", "3.weight", "4.weight", "7.weight"]
+    # nor recurrent weights, which extraction does not map either
+    rnn = nn.Sequential(nn.LSTM(4, 5), )
+    assert rewirable_weights(rnn) == []
+    with pytest.raises(ValueError, match="matched no parameter"):
+        rewirable_weights(rnn, include="*")
+    emb = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3))
+    assert rewirable_weights(emb) == ["1.weight"]
+    assert rewirable_weights(emb, include_embeddings=True) == ["0.weight", "1.weight"]
 
 
 def test_tied_weight_is_rewired_once():

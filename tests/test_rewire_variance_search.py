@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import graphnn
 from graphnn.rewire import min_strength_variance_search_
 
 torch.set_num_threads(1)
@@ -78,8 +79,10 @@ def test_one_trial_is_the_plain_initialiser_and_custom_init_works():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="trials must be a positive int"):
         min_strength_variance_search_(torch.empty(3, 3), trials=0)
-    with pytest.raises(TypeError, match="init must be a callable"):
+    with pytest.raises(graphnn.InvalidParameterError, match="not an initialiser graphnn knows"):
         min_strength_variance_search_(torch.empty(3, 3), init="kaiming")
+    with pytest.raises(graphnn.InvalidParameterError, match="init must be"):
+        min_strength_variance_search_(torch.empty(3, 3), init=3)
     with pytest.raises(ValueError, match=">= 2 dims"):
         min_strength_variance_search_(torch.empty(3))
 

@@ -1,18 +1,19 @@
 """Which weight tensors the re-initialisers touch, and their ``(n_out, fan_in)`` unit view.
 
-Default selection (as the PA-rewiring authors' loop over ``Conv2d``/``Linear`` modules, widened to
-every ``ConvNd``): the ``.weight`` of each ``nn.Linear`` (and subclasses, e.g. attention's
-``out_proj``), ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` module. Never biases, norm
-parameters or buffers. ``include`` globs (``fnmatch`` on fully qualified parameter names) replace
-the default selection by *every* parameter with >= 2 dims that matches, whatever its module (e.g.
-``"*in_proj_weight"``, ``"*embed*.weight"``; ``["*"]`` for all), except normalisation parameters;
-``exclude`` globs then remove names. Buffers are never candidates.
+Selection is graphnn's one policy, :func:`graphnn.extract.select_weights`: the tensors that
+:func:`graphnn.extract` maps to blocks (``describe``'s "mapped" rows), i.e. the weights of Linear,
+ConvNd, ConvTransposeNd, HF ``Conv1D`` and ``MultiheadAttention`` (its fused ``in_proj_weight`` and
+``out_proj``), embeddings only with ``include_embeddings=True``; never biases, norm parameters,
+buffers or RNN/LSTM/GRU weights. ``include`` globs (``fnmatch`` on fully qualified names) keep
+only the weights they match; ``exclude`` globs remove names. A tensor tied under several names
+(an LM head sharing the embedding matrix) is one target, re-initialised once, selected when one of
+its names is (an LM head is a Linear) and none is excluded.
 
 Unit view: every target is seen as a matrix ``M`` of shape ``(n_out, numel / n_out)`` whose rows
 are output units (Scabini et al.'s flattening). For Linear and ConvNd weights this is the stored
-layout reshaped. ``ConvTranspose`` weights are stored ``(c_in, c_out/groups, *k)``; graphnn
-permutes them to the layout of the equivalent convolution, ``(c_out, c_in/groups, *k)``, so that
-rows are output channels there too (the authors never rewired transposed convolutions).
+layout reshaped. HF ``Conv1D`` weights are stored ``(in, out)`` and ``ConvTranspose`` weights
+``(c_in, c_out/groups, *k)``; graphnn permutes them so that rows are output units there too (the
+authors never rewired transposed convolutions).
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from ..extract.rules import NORM_TYPES, as_patterns as _as_patterns, matches_any as _matches
+from ..errors import InvalidParameterError
+from ..extract.rules import as_patterns as _as_patterns, matches_any as _matches
 from ..graph import output_units
+
 
 @dataclass
 class WeightTarget:
     """One weight tensor to re-initialise. ``layout`` is ``"out_first"`` (rows of the stored
-    tensor are output units) or ``"transposed"`` (ConvTranspose: ``(c_in, c_out/groups, *k)``)."""
+    tensor are output units) or ``"transposed"`` (HF ``Conv1D`` ``(in, out)``, ConvTranspose
+    ``(c_in, c_out/groups, *k)``); ``aliases`` are the other names of a tied tensor."""
 
     name: str
     tensor: torch.Tensor
     layout: str = "out_first"
     groups: int = 1
+    aliases: tuple[str, ...] = ()
 
     def units(self) -> torch.Tensor:
         """The ``(n_out, fan_in)`` matrix of output units; a view when the layout allows it,
@@ -60,52 +64,31 @@ def select_targets(
     module: nn.Module,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
+    include_embeddings: bool = False,
 ) -> list[WeightTarget]:
     """The weight tensors of ``module`` that a re-initialiser touches (see the module docstring),
     in registration order, each once even when tied."""
+    from ..extract.selection import select_weights, tie_groups
+
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    inc = _as_patterns(include, "include")
-    exc = _as_patterns(exclude, "exclude")
-    seen: set[int] = set()
+    records = select_weights(module, include, exclude, include_embeddings)
+    params = dict(module.named_parameters(remove_duplicate=False))
     out: list[WeightTarget] = []
-    owner_kind: dict[int, tuple[str, int]] = {}
-    norm_params: set[int] = set()
-    for mname, m in module.named_modules():
-        w = getattr(m, "weight", None)
-        if isinstance(m, NORM_TYPES):
-            norm_params.update(id(p) for p in m.parameters(recurse=False))
-        if not isinstance(w, torch.Tensor) or not isinstance(w, nn.Parameter):
+    for g in tie_groups(records):
+        if not g.selected:
             continue
-        if isinstance(m, _ConvTransposeNd):
-            owner_kind[id(w)] = ("transposed", m.groups)
-        elif isinstance(m, (nn.Linear, _ConvNd)):
-            owner_kind[id(w)] = ("out_first", 1)
-    for name, p in module.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            continue
-        if isinstance(p, nn.parameter.UninitializedParameter):
-            if id(p) in owner_kind or (inc and _matches(name, inc)):
-                raise ValueError(
-                    f"{name} is not initialised yet (lazy module): run one forward pass before re-initialising"
-                )
-            continue
-        if inc:
-            chosen = _matches(name, inc) and p.dim() >= 2 and id(p) not in norm_params
-        else:
-            chosen = id(p) in owner_kind and p.dim() >= 2
-        if not chosen or (exc and _matches(name, exc)):
-            continue
+        p = params[g.primary.name]
         if not p.is_floating_point():
-            raise TypeError(f"{name} has dtype {p.dtype}; only floating-point weights can be re-initialised")
-        layout, groups = owner_kind.get(id(p), ("out_first", 1))
-        seen.add(id(p))
-        out.append(WeightTarget(name, p, layout, groups))
-    if inc and not out:
-        candidates = [n for n, p in module.named_parameters() if p.dim() >= 2]
-        raise ValueError(
-            f"include={list(inc)} matched no parameter with >= 2 dims; parameters with >= 2 dims are: "
-            + (", ".join(candidates[:20]) + (" ..." if len(candidates) > 20 else "") if candidates else "none")
+            raise TypeError(f"{g.primary.name} has dtype {p.dtype}; only floating-point weights can be re-initialised")
+        out.append(WeightTarget(g.names[0], p, g.primary.layout, g.primary.groups, g.names[1:]))
+    if include and not out:
+        weights = [r.name for r in records if r.is_weight]
+        raise InvalidParameterError(
+            f"include={list(_as_patterns(include, 'include'))}, exclude={list(_as_patterns(exclude, 'exclude'))} "
+            "matched no parameter to re-initialise; the weights graphnn maps are: "
+            + (", ".join(weights[:20]) + (" ..." if len(weights) > 20 else "") if weights else "none")
+            + ("" if include_embeddings else " (embeddings need include_embeddings=True)")
         )
     return out
 
@@ -114,9 +97,12 @@ def rewirable_weights(
     module: nn.Module,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
+    include_embeddings: bool = False,
 ) -> list[str]:
-    """Names of the parameters that ``pa_rewire_``, ``min_strength_variance_search_`` and
-    ``hcore_reinit_`` would touch with these ``include``/``exclude`` globs.
+    """Names of the tensors that ``pa_rewire_`` and ``min_strength_variance_search_`` touch with
+    these options (a tied tensor under its first name): the weights :func:`graphnn.extract` maps.
+    ``hcore_reinit_`` (no include/exclude) redraws those of them that the traced forward pass
+    reaches (the mapped rows of the graph's coverage table).
 
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
@@ -124,7 +110,7 @@ def rewirable_weights(
     >>> rewirable_weights(net)
     ['0.weight', '3.weight']
     """
-    return [t.name for t in select_targets(module, include, exclude)]
+    return [t.name for t in select_targets(module, include, exclude, include_embeddings)]
 
 
 def tensor_target(tensor: torch.Tensor, name: str = "tensor") -> WeightTarget:
@@ -141,11 +127,12 @@ def tensor_target(tensor: torch.Tensor, name: str = "tensor") -> WeightTarget:
     return WeightTarget(name, tensor)
 
 
-def targets_of(module_or_tensor, include=None, exclude=None) -> list[WeightTarget]:
+def targets_of(module_or_tensor, include=None, exclude=None, include_embeddings: bool = False) -> list[WeightTarget]:
     """The weights an in-place re-initialiser acts on: the selected weights of a module, or a
-    bare tensor (``include``/``exclude`` only make sense for a module)."""
+    bare tensor (``include``/``exclude``/``include_embeddings`` only make sense for a module)."""
     if isinstance(module_or_tensor, nn.Module):
-        return select_targets(module_or_tensor, include, exclude)
-    if include is not None or exclude is not None:
-        raise ValueError("include/exclude select parameters of a module; pass a module, or drop them for a tensor")
+        return select_targets(module_or_tensor, include, exclude, include_embeddings)
+    if include is not None or exclude is not None or include_embeddings:
+        raise InvalidParameterError(
+            "include/exclude/include_embeddings select parameters of a module; pass a module, or drop them for a tensor")
     return [tensor_target(module_or_tensor)]

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..analyses.hypercore import SCOPES
+from .inits import bind_init, check_init
 from ..validation import check_choice, check_number
 from .pa import _check_seed
 from .variance_search import seeded
@@ -71,12 +72,14 @@ def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.T
     return lookup
 
 
-def endpoint_products(graph, lookup) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """For every mapped parameter: ``(c_i * c_j per entry, mask of entries mapped to an edge)``,
-    both of the parameter's shape (float64), from each block's :meth:`~graphnn.Block.entry_index`
-    (the destination and source neuron of every entry's edge)."""
+def endpoint_products(graph, lookup, params=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For every mapped parameter (or those named in ``params``): ``(c_i * c_j per entry, mask of
+    entries mapped to an edge)``, both of the parameter's shape (float64), from each block's
+    :meth:`~graphnn.Block.entry_index` (the destination and source neuron of every entry's edge)."""
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for blk in graph.blocks.values():
+        if params is not None and blk.param not in params:
+            continue
         dst, src = blk.entry_index()
         ok = dst >= 0
         fac = torch.zeros(blk.param_shape, dtype=torch.float64)
@@ -97,14 +100,22 @@ def reinit_tensors_(
     seed,
 ) -> list[dict]:
     """Apply steps 2-4 to ``tensors`` (name -> tensor, in place) for every name in
-    ``products``; returns one record per tensor (name, std of the draw, factor range)."""
+    ``products``; returns one record per tensor (name, std of the draw, factor range). A tensor
+    held under several names (tied) is redrawn once, with the factors of its first name in
+    ``products``. ``base_init`` as in :func:`graphnn.rewire.inits.bind_init` (``"match"`` uses
+    each tensor's values before the redraw)."""
+    base_init = check_init(base_init)
     records = []
+    done: set[int] = set()
     with seeded(seed, list(tensors.values())), torch.no_grad():
         for name, (prod, mapped) in products.items():
             w = tensors.get(name)
             if w is None:
                 raise ValueError(f"{name} is mapped in the weight graph but is not a parameter of the source; cannot redraw it")
-            base_init(w)
+            if id(w) in done:
+                continue
+            done.add(id(w))
+            bind_init(base_init, w, name)(w)
             rec = {"name": name, "std": float(w.double().std()), "factor_min": 1.0, "factor_max": 1.0}
             if gamma != 0:
                 if not bool(mapped.all()):
@@ -150,7 +161,7 @@ def compute_cores(graph, scope: str) -> pd.DataFrame:
 def hcore_reinit_(
     module: nn.Module,
     gamma: float = 1.0,
-    base_init: Callable[[torch.Tensor], torch.Tensor] = torch.nn.init.kaiming_normal_,
+    base_init: str | Callable[[torch.Tensor], torch.Tensor] = torch.nn.init.kaiming_normal_,
     seed: int | None = None,
     scope: str = "network",
     conv: str = "l2",
@@ -162,7 +173,9 @@ def hcore_reinit_(
     Parameters
     ----------
     gamma : strength of the hypercore bias (>= 0); 0 gives ``base_init`` unchanged.
-    base_init : in-place initialiser called on each mapped weight (fan-in from its stored shape).
+    base_init : in-place initialiser called on each mapped weight (fan-in from its stored shape): a
+        callable, a ``torch.nn.init`` name (``"xavier_uniform_"``) or ``"match"`` (a normal draw
+        with the weight's own pre-trained mean and std; see :mod:`graphnn.rewire.inits`).
     seed : seeds torch's global RNG for the redraw (restored afterwards); ``None`` uses it as is.
     scope : ``"network"`` (hypercore of the whole graph) or ``"block"`` (each block on its own:
         an entry uses its destination neuron's number in the block(s) entering it and its
@@ -172,8 +185,9 @@ def hcore_reinit_(
         ``layer, neuron, core_in, core_out``, e.g. ``graphnn.hypercore(g, top=0.1)``), instead
         of computing the weighted one.
 
-    Every weight that :func:`graphnn.extract` maps is redrawn (its coverage table lists them);
-    biases, norm parameters and buffers keep their values. The caller pre-trains and trains.
+    Every weight that :func:`graphnn.extract` maps is redrawn (its coverage table lists them), a
+    tied one (an LM head sharing the embedding matrix) once; biases, norm parameters and buffers
+    keep their values. The caller pre-trains and trains.
 
     Example (digits, a few Adam steps, re-initialise, train again):
 
@@ -205,7 +219,8 @@ def hcore_reinit_(
     g = hcore_graph(module, conv)
     if cores is None:
         cores = compute_cores(g, scope) if gamma != 0 else None
-    params = dict(module.named_parameters())
+    base_init = check_init(base_init)
+    params = dict(module.named_parameters(remove_duplicate=False))  # tied weights under every name
     if cores is None:  # gamma == 0: no cores needed, every mapped weight gets the plain redraw
         products = {b.param: (None, None) for b in g.blocks.values()}
     else:

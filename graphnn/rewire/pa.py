@@ -220,25 +220,26 @@ def pa_rewire_(
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
     device: str | torch.device = "auto",
+    include_embeddings: bool = False,
 ):
     """PA-rewire weights in place and return ``module_or_tensor`` (like ``torch.nn.init``).
 
     Parameters
     ----------
-    module_or_tensor : an ``nn.Module`` (its Linear / ConvNd / ConvTransposeNd ``.weight``
-        tensors, see :func:`graphnn.rewire.rewirable_weights`) or one tensor with >= 2 dims
-        (first axis = output units).
+    module_or_tensor : an ``nn.Module`` (the weights :func:`graphnn.extract` maps: Linear, ConvNd,
+        ConvTransposeNd, HF Conv1D, attention projections; see
+        :func:`graphnn.rewire.rewirable_weights`) or one tensor with >= 2 dims (first axis = output units).
     seed : non-negative int, or ``None`` for fresh OS entropy (not reproducible). ``0`` is an
         ordinary seed (the authors' code treats it as "unseeded").
     mode : ``"faithful"`` (numpy, the authors' random stream) or ``"fast"`` (exponential race,
         same distribution, different draws, batched; CUDA capable). See the module docstring.
     include, exclude : ``fnmatch`` globs on fully qualified parameter names (modules only).
-        ``include`` replaces the default selection by the >= 2-D parameters it matches (any
-        module but norm layers, e.g. ``"*in_proj_weight"``); ``exclude`` removes names.
+        ``include`` keeps only the weights it matches; ``exclude`` removes names.
     device : ``"auto"`` (where each tensor lives), ``"cpu"`` or ``"cuda[:i]"``; ``fast`` only.
 
     A bad option (seed, mode, device, or ``mode="faithful"`` with a GPU device) raises
     :class:`~graphnn.errors.InvalidParameterError`.
+    include_embeddings : also rewire embedding tables (modules only; as in :func:`graphnn.extract`).
 
     The values of every rewired tensor are a permutation of its values before (sorted values are
     equal exactly); biases, norm parameters and buffers are never touched. Apply it to weights at
@@ -254,6 +255,6 @@ def pa_rewire_(
     >>> bool(layer.weight.sum(1).var() < before.sum(1).var())
     True
     """
-    targets = targets_of(module_or_tensor, include, exclude)
+    targets = targets_of(module_or_tensor, include, exclude, include_embeddings)
     rewire_targets_(targets, seed=seed, mode=mode, device=device)
     return module_or_tensor

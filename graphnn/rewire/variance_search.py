@@ -16,6 +16,7 @@ from torch import nn
 
 from ..analyses.strength import tensor_strength_variance
 from ._targets import WeightTarget, targets_of
+from .inits import bind_init, check_init, init_name
 from ..validation import check_number
 from .pa import _check_seed
 
@@ -44,15 +45,15 @@ def search_targets_(targets: list[WeightTarget], init: Callable, trials: int, se
     the first draw and of the kept one (``J_first``, ``J_best``) and the kept trial's index."""
     trials = _check_trials(trials)
     seed = _check_seed(seed)
-    if not callable(init):
-        raise TypeError(f"init must be a callable that fills a tensor in place (e.g. torch.nn.init.orthogonal_), not {init!r}")
+    init = check_init(init)
     records = []
     with seeded(seed, [t.tensor for t in targets]), torch.no_grad():
         for tg in targets:
             w = tg.tensor
+            draw = bind_init(init, w, tg.name)
             best_j, best, best_k, first_j = float("inf"), None, -1, None
             for k in range(trials):
-                init(w)
+                draw(w)
                 j = tensor_strength_variance(tg.units())[0]
                 if first_j is None:
                     first_j = j
@@ -60,7 +61,7 @@ def search_targets_(targets: list[WeightTarget], init: Callable, trials: int, se
                     best_j, best, best_k = j, w.detach().clone(), k
             if best is None:
                 raise ValueError(
-                    f"{tg.name}: every one of the {trials} draws of {getattr(init, '__name__', init)} gave a "
+                    f"{tg.name}: every one of the {trials} draws of {init_name(init)} gave a "
                     "NaN/Inf strength variance; check the initialiser (the tensor is left as its last draw)")
             w.copy_(best)
             records.append({"name": tg.name, "J_first": first_j, "J_best": best_j, "best_trial": best_k})
@@ -69,25 +70,29 @@ def search_targets_(targets: list[WeightTarget], init: Callable, trials: int, se
 
 def min_strength_variance_search_(
     module_or_tensor: nn.Module | torch.Tensor,
-    init: Callable[[torch.Tensor], torch.Tensor] = torch.nn.init.kaiming_normal_,
+    init: str | Callable[[torch.Tensor], torch.Tensor] = torch.nn.init.kaiming_normal_,
     trials: int = 100,
     seed: int | None = None,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
+    include_embeddings: bool = False,
 ):
     """Redraw each weight tensor ``trials`` times with ``init`` and keep the draw with the lowest
     strength variance ``J``; in place, returns ``module_or_tensor``.
 
-    ``init`` is called on the parameter itself, so fan-in/fan-out come from its stored shape by
-    ``torch.nn.init``'s rule (``fan_in = shape[1] * prod(shape[2:])``). ``seed`` seeds torch's
+    ``init`` is a callable, a ``torch.nn.init`` name or ``"match"`` (a normal draw with the tensor's
+    own mean and std; see :mod:`graphnn.rewire.inits`). It is called on the parameter itself, so
+    fan-in/fan-out come from its stored shape by ``torch.nn.init``'s rule
+    (``fan_in = shape[1] * prod(shape[2:])``). ``seed`` seeds torch's
     global RNG for the search (the caller's RNG state is restored afterwards); ``None`` uses the
-    global RNG as it is. Selection (``include``/``exclude``) as in :func:`pa_rewire_`; biases and
+    global RNG as it is. Selection (``include``/``exclude``/``include_embeddings``) as in
+    :func:`pa_rewire_`; biases and
     norm parameters are untouched. Cost: ``trials`` initialiser calls per tensor.
 
     >>> import torch, graphnn
     >>> layer = torch.nn.Linear(100, 50)
     >>> _ = graphnn.rewire.min_strength_variance_search_(layer, trials=20, seed=0)
     """
-    targets = targets_of(module_or_tensor, include, exclude)
+    targets = targets_of(module_or_tensor, include, exclude, include_embeddings)
     search_targets_(targets, init, trials, seed)
     return module_or_tensor
