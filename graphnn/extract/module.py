@@ -203,7 +203,42 @@ def _flatten(args) -> list:
 
 
 def walk_module(graph: fx.Graph, model: nn.Module, builder: GraphBuilder, entries: dict[str, TensorEntry],
-                accept: Callable[[str, str], str | None]) -> None:
+                accept: Callable[[str, str], str | None], example_inputs: tuple | None = None) -> None:
     """Walk the traced ``graph`` of ``model`` and add its mapped layers to ``builder``
-    (``accept(name, kind)`` returns a reason to skip a weight, or ``None``)."""
-    _Walker(model, builder, entries, accept).walk(graph)
+    (``accept(name, kind)`` returns a reason to skip a weight, or ``None``).
+
+    The shapes of every node are first propagated on the ``meta`` device (no data, no memory)
+    from ``example_inputs`` or from inputs guessed from the first layer each input reaches; the
+    walk then follows *feature ids* through the dataflow (see :mod:`graphnn.extract.dataflow`),
+    so splits, slices, shuffles, permutations and concatenations become exact index maps and
+    anything else on the feature axis cuts the chain with a :class:`TopologyWarning`. When
+    the shapes cannot be propagated the older shape-less walk is used, with a note."""
+    from .dataflow import FeatureWalker, propagate_shapes
+
+    try:
+        shapes, consts, layouts = propagate_shapes(graph, model, example_inputs)
+    except Exception as e:  # noqa: BLE001 - any failure of the meta run: keep the shape-less walk
+        msg = (f"shapes could not be propagated through {type(model).__name__} on the meta device "
+               f"({type(e).__name__}: {str(e)[:200]}); splits, slices, shuffles and concatenation axes "
+               "were not checked. Pass example_inputs=... to check them")
+        _Walker(model, builder, entries, accept).walk(graph)
+        if _has_layout_ops(graph):
+            from ..errors import TopologyWarning
+            import warnings
+            warnings.warn(msg, TopologyWarning, stacklevel=4)
+        builder.notes.append(msg)
+        return
+    FeatureWalker(model, builder, entries, accept, shapes, consts, layouts).walk(graph)
+
+
+_LAYOUT_NAMES = {"split", "chunk", "unbind", "view", "reshape", "transpose", "permute", "narrow", "cat", "stack",
+                 "concat", "hstack", "vstack", "index_select", "flip", "roll", "repeat", "repeat_interleave",
+                 "channel_shuffle", "movedim", "unflatten"}
+
+
+def _has_layout_ops(graph: fx.Graph) -> bool:
+    for n in graph.nodes:
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        if n.op in ("call_function", "call_method") and name in _LAYOUT_NAMES:
+            return True
+    return False
