@@ -70,6 +70,7 @@ def analyse(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "auto",
     progress: Callable[[str, int, int], None] | None = None,
+    client: Any = None,
 ) -> Analysis:
     """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
     numbers of ``g``, reading every block's matrix once. Returns an :class:`Analysis`.
@@ -80,7 +81,17 @@ def analyse(
     ``threshold`` and ``top``. ``progress(step, done, total)`` is called as the steps ``load``,
     ``centrality`` and ``hypercore`` advance. A bad option raises
     :class:`~graphnn.errors.InvalidParameterError`.
+
+    ``client``: a ``distributed.Client``: the same analyses run on its Dask workers, blocks
+    placed by shard (:mod:`graphnn.distributed`; ``device`` is then where each worker computes).
     """
+    if client is not None:
+        from ..distributed import analyse_distributed
+
+        return analyse_distributed(
+            g, client, strength=strength, centrality=centrality, core=core, normalise=normalise, tol=tol,
+            max_iter=max_iter, core_scope=core_scope, core_threshold=core_threshold, core_top=core_top,
+            dtype=dtype, device=device, progress=progress)
     t_start = time.perf_counter()
     check_options(normalise, "auto", max_iter)
     check_choice("core_scope", core_scope, ("network", "block"))

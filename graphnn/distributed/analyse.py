@@ -1,0 +1,416 @@
+"""``graphnn.analyse(g, client=...)``: the analyses of :func:`graphnn.analyse` on a
+``dask.distributed`` cluster, with the same definitions and, up to float64 rounding, the same
+numbers.
+
+- **Placement**: blocks are placed on workers by shard (:mod:`.placement`); each worker's
+  :class:`~.host.BlockHost` actor opens its shards once, reads each tensor once and keeps its
+  blocks for the whole analysis.
+- **Strength, strength variance**: one pass on the workers; each returns per block its row and
+  column sums and its block-table record (O(nodes)); the client adds them in graph order, as the
+  single process does (bit-identical).
+- **Eigenvector centrality**: connected components from each worker's spanning forest
+  (O(nodes) pairs), then per candidate component the single process's solver (a Lanczos cycle,
+  ARPACK if needed) driven by the client. Each matrix-vector product sends every worker the
+  vector over the partitions its blocks touch and gets its partial ``A x`` back over the same
+  partitions: O(nodes) floats per product, never O(edges).
+- **Weighted hypercore**: exact level-synchronous peeling driven by the client. Each round
+  removes every neuron whose strength is at most the current level (within the tie tolerance of
+  :mod:`graphnn.analyses.hypercore`, and below every other neuron's strength); the workers whose
+  partitions hold a removed neuron read the rows of the removed neurons only and return what
+  their removal takes from their neurons' strengths. Cost: one round trip per round, O(nodes)
+  floats each; the number of rounds is the number of distinct core levels plus cascades, so on
+  continuous weights it approaches the number of neurons: correct, but slow on large models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ConvergenceWarning, DisconnectedGraphWarning, InvalidParameterError, NonFiniteWeightsWarning
+from ..graph import LayeredGraph
+from ..validation import check_bool, check_choice
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class _Host:
+    """The client's view of one worker's actor: ``nodes`` are the global numbers of its local
+    space (in local order)."""
+
+    address: str
+    actor: Any
+    nodes: np.ndarray
+    partitions: tuple[str, ...]
+    blocks: tuple[str, ...]
+
+
+class Traffic:
+    """Bytes sent to and received from the workers, by step."""
+
+    def __init__(self):
+        self.by_step: dict[str, int] = {}
+
+    def add(self, step: str, *arrays) -> None:
+        self.by_step[step] = self.by_step.get(step, 0) + sum(int(np.asarray(a).nbytes) for a in arrays)
+
+
+def _results(futures):
+    return [f.result() for f in futures]
+
+
+def _hosts(g: LayeredGraph, client, dtype: torch.dtype, device: str, core_tau: float | None) -> list[_Host]:
+    from .host import BlockHost
+    from .placement import assign
+
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise InvalidParameterError("the Dask cluster has no workers: start some (or wait for them) and retry")
+    names = list(g.partitions)
+    hosts, futures = [], []
+    for address, blocks in assign(g, workers).items():
+        touched = {e for b in blocks for e in (b.src, b.dst)}
+        parts = [n for n in names if n in touched]
+        sizes = [g.partitions[n].size for n in parts]
+        nodes = np.concatenate([np.arange(g.offset(n), g.offset(n) + g.partitions[n].size) for n in parts])
+        futures.append(client.submit(BlockHost, blocks, parts, sizes, dtype=str(dtype).replace("torch.", ""),
+                                     device=str(device), num_edges=g.num_edges, core_tau=core_tau,
+                                     actor=True, workers=[address], allow_other_workers=False, pure=False))
+        hosts.append(_Host(address, None, nodes.astype(np.int64), tuple(parts), tuple(b.name for b in blocks)))
+    for h, f in zip(hosts, futures):
+        h.actor = f.result()
+    return hosts
+
+
+class DistributedOperator:
+    """``x -> A x`` for the whole graph's |w| adjacency, summed over the hosts' partial products
+    (the interface of :class:`graphnn.analyses.centrality.BlockOperator`: ``n``, ``calls``)."""
+
+    def __init__(self, n: int, hosts: list[_Host], traffic: Traffic):
+        self.n, self.hosts, self.traffic = n, hosts, traffic
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        xs = x.detach().to("cpu", torch.float64).numpy()
+        parts = [xs[h.nodes] for h in self.hosts]
+        answers = _results([h.actor.matvec(p) for h, p in zip(self.hosts, parts)])
+        y = np.zeros(self.n)
+        for h, yh in zip(self.hosts, answers):
+            y[h.nodes] += yh
+        self.traffic.add("centrality", *parts, *answers)
+        return torch.from_numpy(y)
+
+
+def _labels(n: int, hosts: list[_Host], traffic: Traffic) -> np.ndarray:
+    """Connected components of the non-zero edges (labels numbered by first node)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    forests = _results([h.actor.components() for h in hosts])
+    traffic.add("components", *forests)
+    e = np.concatenate([h.nodes[f] for h, f in zip(hosts, forests)], axis=1) if forests else np.zeros((2, 0), np.int64)
+    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
+    labels = connected_components(adj, directed=False)[1].astype(np.int64)
+    _, first = np.unique(labels, return_index=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[labels]
+
+
+def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: float | None, max_iter: int,
+                dtype: torch.dtype, traffic: Traffic) -> tuple[np.ndarray, dict]:
+    """The single process's component-wise solve (see
+    :func:`graphnn.analyses.centrality.leading_eigenvector`) on the distributed operator."""
+    from ..analyses.centrality import _finish, _iterative_perron, _ones, _residual, default_tol
+
+    n = g.num_nodes
+    tol = default_tol(dtype) if tol is None else float(tol)
+    cpu = torch.device("cpu")
+    op = DistributedOperator(n, hosts, traffic)
+    info: dict[str, Any] = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
+                            "solver": "auto", "normalise": normalise, "per_component": False}
+    if n == 0:
+        return np.zeros(0), info
+    total = sum(_results([h.actor.total() for h in hosts]))
+    labels = _labels(n, hosts, traffic)
+    sizes = np.bincount(labels)
+    info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
+    if total == 0.0:
+        info["solver"] = "none (all weights are 0)"
+        return _finish(_ones(n, "cpu"), normalise), info
+    strength = np.zeros(n)
+    for h, s in zip(hosts, _results([h.actor.abs_strength() for h in hosts])):
+        strength[h.nodes] += s
+    bound = np.zeros(len(sizes))
+    np.maximum.at(bound, labels, strength)
+    lower = np.bincount(labels, weights=strength) / sizes
+    order = np.argsort(labels, kind="stable")
+    members = np.split(order, np.cumsum(sizes)[:-1])
+    tie = max(2 * tol, 1e-12)
+    floor = lower.max() * (1 - tie)
+    candidates = [int(c) for c in np.flatnonzero((bound > 0) & (bound >= floor))]
+    solved, used = {}, set()
+    for c in candidates:
+        theta, x, ok, how = _iterative_perron(op, members[c], "lanczos+arpack", tol, max(1, max_iter - op.calls), cpu)
+        solved[c] = (theta, x, ok)
+        used.add(how)
+    best = max(v[0] for v in solved.values())
+    x = torch.zeros(n, dtype=torch.float64)
+    ok = all(v[2] for v in solved.values())
+    tied = [c for c, v in solved.items() if v[0] >= best - tie * abs(best)]
+    for c in tied:
+        u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
+        u = u / u.norm()
+        x[torch.from_numpy(members[c])] += u.sum() * u
+    resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, cpu)
+    info.update(eigenvalue=float(best), iterations=int(op.calls), converged=bool(ok), residual=resid,
+                solver="lanczos+arpack" if "lanczos+arpack" in used else "lanczos", tied_components=len(tied))
+    if not ok:
+        warnings.warn(f"eigenvector centrality did not converge within max_iter={max_iter} matrix-vector products "
+                      f"(relative residual {resid:.2e} > tol={tol:g}); the result is an estimate. Raise max_iter "
+                      "or loosen tol", ConvergenceWarning, stacklevel=4)
+    outside = n - sum(int(sizes[c]) for c in tied)
+    if len(sizes) > 1 and outside > n / 2:
+        warnings.warn(f"the graph falls apart into {len(sizes)} connected components; eigenvector centrality lives "
+                      f"on the {len(tied)} component(s) with the largest eigenvalue, so {outside} of {n} neurons "
+                      "get 0. Select one part with include=/exclude=", DisconnectedGraphWarning, stacklevel=4)
+    return _finish(x, normalise), info
+
+
+def peel(n: int, hosts: list[_Host], nodes: np.ndarray, group: list[str] | None, traffic: Traffic,
+         progress: Progress | None = None) -> tuple[np.ndarray, int]:
+    """Hypercore number of the global ``nodes`` in the graph of the blocks named in ``group``
+    (all blocks: ``None``), by exact level-synchronous peeling; returns ``(core over all n
+    nodes, NaN outside nodes; rounds)``."""
+    from ..analyses.hypercore import TIE_RTOL
+
+    s = np.zeros(n)
+    for h, sh in zip(hosts, _results([h.actor.core_strength(group) for h in hosts])):
+        s[h.nodes] += sh
+        traffic.add("hypercore", sh)
+    tol = s * TIE_RTOL
+    alive = np.zeros(n, dtype=bool)
+    alive[nodes] = True
+    local = []  # global -> local position on each host (-1: not there)
+    for h in hosts:
+        m = np.full(n, -1, dtype=np.int64)
+        m[h.nodes] = np.arange(len(h.nodes))
+        local.append(m)
+    core = np.full(n, np.nan)
+    level, left, rounds = 0.0, int(alive.sum()), 0
+    total = left
+    while left:
+        sa = np.where(alive, s, np.inf)
+        within = alive & (s <= level + tol)
+        if not within.any():  # the weakest neuron raises the level
+            level = float(sa.min())
+            within = alive & (s <= level + tol)
+        # one-at-a-time peeling takes neurons in order of strength: a neuron within the
+        # tolerance but above a neuron that is not waits until that one has raised the level
+        others = np.where(alive & ~within, s, np.inf)
+        take = within & (s <= others.min()) if np.isfinite(others.min()) else within
+        removed = np.flatnonzero(take)
+        core[removed] = level
+        alive[removed] = False
+        left -= removed.size
+        rounds += 1
+        if left:
+            calls = []
+            for h, m in zip(hosts, local):
+                r = m[removed]
+                r = r[r >= 0]
+                if r.size:
+                    calls.append((h, h.actor.decrement(r, group)))
+                    traffic.add("hypercore", r)
+            for h, f in calls:
+                dec = f.result()
+                traffic.add("hypercore", dec)
+                s[h.nodes] -= dec
+        if progress:
+            progress("hypercore", total - left, total)
+    return core, rounds
+
+
+def _cores(g: LayeredGraph, hosts: list[_Host], scope: str, traffic: Traffic,
+           progress: Progress | None) -> tuple[dict[str, np.ndarray], int]:
+    n = g.num_nodes
+    if scope == "network":
+        core, rounds = peel(n, hosts, np.arange(n), None, traffic, progress)
+        return {"core": core}, rounds
+    core_in, core_out = np.full(n, np.nan), np.full(n, np.nan)
+    cache: dict[tuple[str, ...], np.ndarray] = {}
+    rounds = 0
+    names = list(g.partitions)
+    for i, name in enumerate(names):
+        for side, group in (("in", [b for b in g.blocks.values() if b.dst == name]),
+                            ("out", [b for b in g.blocks.values() if b.src == name])):
+            if not group:
+                continue
+            key = tuple(sorted(b.name for b in group))
+            if key not in cache:
+                parts = {e for b in group for e in (b.src, b.dst)}
+                nodes = np.concatenate([np.arange(g.offset(p), g.offset(p) + g.partitions[p].size)
+                                        for p in names if p in parts])
+                cache[key], r = peel(n, hosts, nodes, list(key), traffic)
+                rounds += r
+            o = g.offset(name)
+            target = core_in if side == "in" else core_out
+            target[o:o + g.partitions[name].size] = cache[key][o:o + g.partitions[name].size]
+        if progress:
+            progress("hypercore", i + 1, len(names))
+    return {"core_in": core_in, "core_out": core_out}, rounds
+
+
+def analyse_distributed(
+    g: LayeredGraph,
+    client,
+    *,
+    strength: bool = True,
+    centrality: bool = True,
+    core: bool = True,
+    normalise: str = "l2",
+    tol: float | None = None,
+    max_iter: int = 10_000,
+    core_scope: str = "network",
+    core_threshold: float | None = None,
+    core_top: float | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+):
+    """:func:`graphnn.analyse` on the workers of ``client`` (a ``distributed.Client``); the
+    same :class:`~graphnn.analyses.summary.Analysis`, with ``centrality_info["dask"]`` and
+    ``timings`` saying how many workers took part, the rounds and the bytes moved. ``device``
+    is where each worker computes (``"auto"``: CUDA where that worker has it).
+    ``core_top`` needs the whole graph's edge ranking and is not available here: pass
+    ``core_threshold``."""
+    from ..analyses._blocks import resolve_dtype
+    from ..analyses.centrality import check_options
+    from ..analyses.hypercore import _weighting, as_integers
+    from ..analyses.strength import add_block_sums, neuron_frame
+    from ..analyses.summary import _BLOCK_COLUMNS, Analysis, _layer_table
+
+    _check_client(client)
+    t_start = time.perf_counter()
+    check_options(normalise, "auto", max_iter, tol)
+    check_choice("core_scope", core_scope, ("network", "block"))
+    for name, flag in (("strength", strength), ("centrality", centrality), ("core", core)):
+        check_bool(name, flag)
+    if core and core_top is not None:
+        raise InvalidParameterError(
+            "core_top= is not available with client= (it ranks every edge of the graph at once): pass "
+            "core_threshold= (keep |w| >= tau) instead, or analyse without a client")
+    weighting = _weighting(g, core_threshold, None) if core else None
+    integral = bool(weighting is not None and weighting.integral)
+    dt = resolve_dtype(g.num_edges, dtype)
+    device = str(device)
+    options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise, "tol": tol,
+               "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold, "core_top": core_top,
+               "dtype": str(dt).replace("torch.", ""), "device": device, "dask": _address(client)}
+    timings: dict[str, Any] = {}
+    traffic = Traffic()
+
+    t0 = time.perf_counter()
+    hosts = _hosts(g, client, dt, device, weighting.tau if integral else None)
+    need_abs = centrality or (core and not integral)
+    if progress:
+        progress("load", 0, len(hosts))
+    loaded: dict[str, dict] = {}
+    futures = [h.actor.load(need_abs, core) for h in hosts]
+    for i, f in enumerate(futures):
+        for rec in f.result():
+            loaded[rec["name"]] = rec
+            traffic.add("load", rec["rows"], rec["cols"], rec["abs_rows"], rec["abs_cols"])
+        if progress:
+            progress("load", i + 1, len(hosts))
+    n = g.num_nodes
+    sums = {k: np.zeros(n) for k in ("in", "out", "abs_in", "abs_out")}
+    block_recs = []
+    for b in g.blocks.values():  # graph order, as the single process adds them
+        rec = loaded[b.name]
+        add_block_sums(g, b, torch.from_numpy(rec["rows"]), torch.from_numpy(rec["cols"]), sums["in"], sums["out"])
+        add_block_sums(g, b, torch.from_numpy(rec["abs_rows"]), torch.from_numpy(rec["abs_cols"]),
+                       sums["abs_in"], sums["abs_out"])
+        block_recs.append(rec["record"])
+        _note_nonfinite(g, b.param, rec["nonfinite"])
+    timings["load_and_strength"] = time.perf_counter() - t0
+
+    columns: dict[str, np.ndarray] = {}
+    if strength:
+        columns["in_strength"] = sums["in"]
+        columns["out_strength"] = sums["out"]
+        columns["strength"] = sums["in"] + sums["out"]
+        columns["abs_strength"] = sums["abs_in"] + sums["abs_out"]
+    centrality_info: dict[str, Any] = {}
+    if centrality:
+        t0 = time.perf_counter()
+        if progress:
+            progress("centrality", 0, 1)
+        x, centrality_info = _centrality(g, hosts, normalise=normalise, tol=tol, max_iter=max_iter, dtype=dt,
+                                         traffic=traffic)
+        columns["centrality"] = x
+        if progress:
+            progress("centrality", 1, 1)
+        timings["centrality"] = time.perf_counter() - t0
+    rounds = 0
+    if core:
+        t0 = time.perf_counter()
+        cols, rounds = _cores(g, hosts, core_scope, traffic, progress)
+        columns.update(as_integers(cols) if integral else cols)
+        timings["hypercore"] = time.perf_counter() - t0
+    products = centrality_info.get("iterations", 0)
+    dask_info = {"scheduler": options["dask"], "workers": len(hosts),
+                 "blocks_per_worker": {h.address: len(h.blocks) for h in hosts},
+                 "bytes": dict(traffic.by_step),
+                 "bytes_per_matvec": (traffic.by_step.get("centrality", 0) // products) if products else 0,
+                 "hypercore_rounds": rounds}
+    if centrality:
+        centrality_info["dask"] = dask_info
+    timings["dask"] = dask_info
+    for h in hosts:  # let the workers drop their blocks
+        h.actor = None
+    neurons = neuron_frame(g, columns)
+    layers = _layer_table(g, neurons, list(columns))
+    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS).astype(
+        {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
+         "var_cols": "float64", "mean_abs_weight": "float64"})
+    return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
+                    options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+
+
+def _check_client(client) -> None:
+    try:
+        from distributed import Client
+    except ImportError as e:  # pragma: no cover - the extra is missing
+        from ..errors import MissingDependencyError
+        raise MissingDependencyError("client= needs dask.distributed: pip install 'graphnn[dask]'") from e
+    if not isinstance(client, Client):
+        raise InvalidParameterError(f"client={client!r}: pass a distributed.Client (e.g. "
+                                    "graphnn.distributed.connect('local:2')), or leave it None")
+
+
+def _address(client) -> str:
+    try:
+        return str(client.scheduler.address)
+    except Exception:  # noqa: BLE001 - informative only
+        return "?"
+
+
+def _note_nonfinite(g: LayeredGraph, param: str, count: int) -> None:
+    """Record a worker's NaN/Inf count in the coverage table, warning as a local read does."""
+    rec = getattr(g, "_coverage_index", {}).get(param)
+    if rec is None or rec.get("nonfinite") is not None:
+        return
+    rec["nonfinite"] = count
+    if count:
+        warnings.warn(f"{param}: {count} NaN/Inf weights; results touching this block are not meaningful (see the "
+                      "'nonfinite' column of the coverage table)", NonFiniteWeightsWarning, stacklevel=4)
