@@ -51,12 +51,11 @@ class Family:
     recognise: str | None = None
 
 
+#: Recognition from names tries the families in this order (the most specific patterns first:
+#: BART's ``encoder_attn`` before Llama's ``self_attn.q_proj``, which many families share).
 FAMILIES: tuple[Family, ...] = (
     Family("mixtral", ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe"),
            recognise=r"(block_sparse_moe\.|\.mlp\.experts\.(\d+\.)?(w1|gate_proj|gate_up_proj))"),
-    Family("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2",
-                     "granite", "cohere", "stablelm", "baichuan", "internlm2", "yi", "deepseek"),
-           recognise=r"\.self_attn\.(q_proj|qkv_proj|W_pack)\.weight$|\.mlp\.(gate_proj|gate_up_proj)\.weight$"),
     Family("gpt2", ("gpt2",), fused_qkv="columns", recognise=r"\.attn\.c_attn\.weight$"),
     Family("gpt_neox", ("gpt_neox",), fused_qkv="per-head", recognise=r"\.attention\.query_key_value\.weight$"),
     Family("t5", ("t5", "mt5", "umt5"), towers="encoder-decoder", recognise=r"\.SelfAttention\.q\.weight$"),
@@ -66,6 +65,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("vit", ("vit", "deit"), recognise=r"(patch_embeddings\.projection\.weight$)"),
     Family("bert", ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "albert"),
            recognise=r"(\.attention\.self\.query\.weight$|\.attention\.q_lin\.weight$)"),
+    Family("llama", ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2",
+                     "granite", "cohere", "stablelm", "baichuan", "internlm2", "yi", "deepseek"),
+           recognise=r"\.self_attn\.(q_proj|qkv_proj|W_pack)\.weight$|\.mlp\.(gate_proj|gate_up_proj)\.weight$"),
 )
 
 _BY_TYPE = {t: f for f in FAMILIES for t in f.model_types}
@@ -245,8 +247,7 @@ def tied_aliases(family: Family, config: Mapping[str, Any] | None, names: set[st
     has_head = any(a.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration")) for a in archs)
     if has_head and config.get("tie_word_embeddings", True):
         emb = shared or next((n for n in sorted(names) if re.search(
-            r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in)\.weight$", n) and "decoder.embed" not in n
-            and not n.startswith("encoder.")), None)
+            r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in)\.weight$", n)), None)
         if emb is not None:
             out["lm_head.weight"] = emb
     return out
