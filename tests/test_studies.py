@@ -185,6 +185,28 @@ def test_parse_args_usage_errors_exit_2(tmp_path, capsys):
     assert capsys.readouterr().out == ""  # only a smoke run announces its folder
 
 
+def test_outputs_are_replaced_whole_or_not_at_all(tmp_path):
+    """A write that fails half-way leaves the previous file byte-identical and no temporary
+    file behind; a write that completes replaces it, with the usual file mode."""
+    from reports.common import outputs
+    target = tmp_path / "runs.csv"
+    target.write_text("a,b\n1,2\n")
+
+    def half_then_fail(tmp):
+        Path(tmp).write_text("a,b\n9")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        outputs.replace_atomically(target, half_then_fail)
+    assert target.read_text() == "a,b\n1,2\n" and sorted(tmp_path.iterdir()) == [target]
+    outputs.write_csv(pd.DataFrame({"a": [3], "b": [4.5]}), target)
+    assert pd.read_csv(target).to_dict("list") == {"a": [3], "b": [4.5]}
+    assert sorted(tmp_path.iterdir()) == [target]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 # ----------------------------------------------------------------------------- per study
 def _check_arm_table(readme_tables, runs, keys, metrics):
     """Summary rows (keys + arm) equal mean ± std and the t interval of the CSV's columns."""

@@ -10,13 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402,F401  (re-exported for the studies)
 
+from . import outputs  # noqa: E402
+
 plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 120, "font.size": 9,
                      "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "graphnn"})
 
 
 def save(fig, path: Path) -> Path:
-    """Save ``fig`` as a PNG (no timestamp metadata, so reruns give identical files) and close it."""
+    """Save ``fig`` as a PNG (no timestamp metadata, so reruns give identical files; written
+    atomically) and close it."""
     fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
+    try:
+        outputs.replace_atomically(Path(path), lambda tmp: fig.savefig(tmp, format="png", metadata={"Software": None}))
+    finally:
+        plt.close(fig)
     return Path(path)

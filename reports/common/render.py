@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import outputs
+
 _CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;
 padding:0 1rem;line-height:1.5;color:#222}table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}th{background:#f3f3f3}
@@ -119,9 +121,9 @@ class Report:
         return "\n".join(parts) + "\n"
 
     def write(self, folder: Path) -> tuple[Path, Path]:
-        """Write ``README.md`` and ``README.html`` into ``folder``."""
+        """Write ``README.md`` and ``README.html`` into ``folder`` (each atomically)."""
         folder = Path(folder)
         md, page = folder / "README.md", folder / "README.html"
-        md.write_text(self.to_markdown(), encoding="utf-8")
-        page.write_text(self.to_html(), encoding="utf-8")
+        outputs.write_text(md, self.to_markdown())
+        outputs.write_text(page, self.to_html())
         return md, page

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import graphnn  # noqa: E402
 import graphnn.rewire  # noqa: E402
-from reports.common import cli, data, figures, models, parallel, render, stats, tables, training  # noqa: E402
+from reports.common import cli, data, figures, models, outputs, parallel, render, stats, tables, training  # noqa: E402
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 CONFIGS = (("MNIST", "mlp"), ("MNIST", "cnn"), ("MNIST-1D", "mlp"), ("MNIST-1D", "cnn"))
@@ -145,11 +145,12 @@ def run_experiment(args, p: dict) -> None:
                 .drop(columns="_arm"))
 
     runs, epochs = ordered(runs), ordered(epochs)
-    runs.to_csv(args.out / "runs.csv", index=False)
-    epochs.to_csv(args.out / "epochs.csv", index=False)
-    pd.DataFrame([{"quick": args.quick, "workers": args.workers,
-                   "wall_seconds": round(time.perf_counter() - start, 1),
-                   "torch": torch.__version__, "graphnn": graphnn.__version__}]).to_csv(args.out / "meta.csv", index=False)
+    outputs.write_csv(runs, args.out / "runs.csv")
+    outputs.write_csv(epochs, args.out / "epochs.csv")
+    meta = pd.DataFrame([{"quick": args.quick, "workers": args.workers,
+                          "wall_seconds": round(time.perf_counter() - start, 1),
+                          "torch": torch.__version__, "graphnn": graphnn.__version__}])
+    outputs.write_csv(meta, args.out / "meta.csv")
 
 
 # ----------------------------------------------------------------------------- report

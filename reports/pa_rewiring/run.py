@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import graphnn  # noqa: E402
 import graphnn.rewire  # noqa: E402
-from reports.common import cli, data, figures, models, parallel, render, stats, tables, training  # noqa: E402
+from reports.common import cli, data, figures, models, outputs, parallel, render, stats, tables, training  # noqa: E402
 
 ARMS = ("base", "pa", "search")
 ARM_LABEL = {"base": "base initialiser", "pa": "PA-rewired (same draw)",
@@ -121,13 +121,13 @@ def run_experiment(args, p: dict) -> None:
     order = ["dataset", "model", "init", "seed", "arm"]
     runs, layers, epochs = (df.sort_values(order + [c for c in ("layer_index", "epoch") if c in df],
                                            kind="stable", ignore_index=True) for df in (runs, layers, epochs))
-    runs.to_csv(args.out / "runs.csv", index=False)
-    layers.to_csv(args.out / "layers.csv", index=False)
-    epochs.to_csv(args.out / "epochs.csv", index=False)
+    outputs.write_csv(runs, args.out / "runs.csv")
+    outputs.write_csv(layers, args.out / "layers.csv")
+    outputs.write_csv(epochs, args.out / "epochs.csv")
     meta = pd.DataFrame([{"quick": args.quick, "workers": args.workers,
                           "wall_seconds": round(time.perf_counter() - start, 1),
                           "torch": torch.__version__, "graphnn": graphnn.__version__}])
-    meta.to_csv(args.out / "meta.csv", index=False)
+    outputs.write_csv(meta, args.out / "meta.csv")
 
 
 # ----------------------------------------------------------------------------- report

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import graphnn  # noqa: E402
-from reports.common import cli, data, figures, models, parallel, render, stats, training  # noqa: E402
+from reports.common import cli, data, figures, models, outputs, parallel, render, stats, training  # noqa: E402
 
 STATS = ("mean", "std", "q10", "q50", "q90")
 DIVERGED_SENTINEL = 1e3  # feature value for an epoch after a run's loss became non-finite
@@ -208,12 +208,13 @@ def run_training(args, p: dict) -> None:
                 k += 1
     out = parallel.run_tasks(run_one, tasks, workers=args.workers, init=_init,
                              context={"protocol": p, "data": ds}, label="temporal: training")
-    pd.DataFrame([o[0] for o in out]).to_csv(args.out / "runs.csv", index=False)
-    pd.DataFrame([r for o in out for r in o[1]]).to_csv(args.out / "epochs.csv", index=False)
-    pd.DataFrame([r for o in out for r in o[2]]).to_csv(args.out / "layer_stats.csv", index=False)
-    pd.DataFrame([{"quick": args.quick, "workers": args.workers,
-                   "training_seconds": round(time.perf_counter() - start, 1), "cv_seconds": np.nan,
-                   "torch": torch.__version__, "graphnn": graphnn.__version__}]).to_csv(args.out / "meta.csv", index=False)
+    outputs.write_csv(pd.DataFrame([o[0] for o in out]), args.out / "runs.csv")
+    outputs.write_csv(pd.DataFrame([r for o in out for r in o[1]]), args.out / "epochs.csv")
+    outputs.write_csv(pd.DataFrame([r for o in out for r in o[2]]), args.out / "layer_stats.csv")
+    meta = pd.DataFrame([{"quick": args.quick, "workers": args.workers,
+                          "training_seconds": round(time.perf_counter() - start, 1), "cv_seconds": np.nan,
+                          "torch": torch.__version__, "graphnn": graphnn.__version__}])
+    outputs.write_csv(meta, args.out / "meta.csv")
 
 
 def population_mask(runs: pd.DataFrame, population: str) -> np.ndarray:
@@ -253,10 +254,10 @@ def run_cv(args, p: dict) -> None:
                                 label="temporal: cross-validation")
     cv = pd.DataFrame([r for o in cv_out for r in o])
     cv.loc[cv["classifier"] == "majority", "features"] = "majority class"
-    cv.to_csv(args.out / "cv_folds.csv", index=False)
+    outputs.write_csv(cv, args.out / "cv_folds.csv")
     meta = pd.read_csv(args.out / "meta.csv")
     meta["cv_seconds"] = round(time.perf_counter() - start, 1)
-    meta.to_csv(args.out / "meta.csv", index=False)
+    outputs.write_csv(meta, args.out / "meta.csv")
 
 
 # ----------------------------------------------------------------------------- report
