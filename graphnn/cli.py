@@ -25,6 +25,7 @@ from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
     GraphnnError,
+    InvalidParameterError,
     NothingMappableError,
     RefusedOverwriteError,
     UnsafeCheckpointError,
@@ -392,11 +393,22 @@ _LAYER_TABLE_COLUMNS = ("layer", "kind", "size", "strength_mean", "strength_std"
                         "abs_strength_mean", "centrality_mean", "centrality_max", "core_max")
 
 
-def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str):
+def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | None = None):
     from .report.pipeline import analyse_file
 
     _check_device(device)
-    res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
+    if dask is None:
+        res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
+    else:  # the analyses on a Dask cluster (graphnn.distributed)
+        from .distributed import close, connect
+
+        log.info("connecting to Dask (%s)", dask)
+        client = connect(dask)
+        try:
+            res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress,
+                               analyse_options={"client": client})
+        finally:
+            close(client)
     log.info("analysed %s: %d layers, %s edges, coverage %.1f %% (%.2f s)", ckpt, len(res.analysis.layers),
              f"{res.graph.num_edges:,}", 100 * res.graph.coverage_fraction, res.provenance.runtime_s)
     for n in res.graph.notes:
@@ -418,11 +430,22 @@ def analyse(
     device: Device = "auto",
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
+    dask: Annotated[Optional[str], typer.Option(
+        "--dask", metavar="local:N|tcp://HOST:PORT",
+        help="Run the analyses on Dask: local:N starts N local workers, tcp://HOST:PORT uses a running "
+             "scheduler (needs graphnn[dask]; see docs/distributed.md).")] = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Strength, strength variance, eigenvector centrality and k-hypercores of a checkpoint, as
     per-layer, per-neuron or per-tensor tables (table, csv or json)."""
+    if dask is not None:
+        from .distributed import parse_address
+
+        try:
+            parse_address(dask)
+        except InvalidParameterError as e:
+            raise typer.BadParameter(str(e), param_hint="--dask") from None
     s = _Session(quiet, verbose)
     fmt = _resolve_format(fmt, output)
     table = table or ("all" if fmt == "json" else "layers")
@@ -431,7 +454,7 @@ def analyse(
                                  "blocks, or use --format json for all of them", param_hint="--table")
     with s.running():
         res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
-                            device)
+                            device, dask)
         a = res.analysis
         s.finish()
         frames = {"layers": a.layers, "neurons": a.neurons, "blocks": a.blocks}

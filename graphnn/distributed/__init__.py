@@ -51,8 +51,10 @@ def connect(spec: str, *, processes: bool = True, memory_limit: str | int | None
     except ImportError as e:
         raise MissingDependencyError("the Dask engine needs dask.distributed: pip install 'graphnn[dask]'") from e
     if kind == "local":
+        import logging
+
         cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=processes,
-                               memory_limit=memory_limit, dashboard_address=None)
+                               memory_limit=memory_limit, dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
         client._graphnn_cluster = cluster  # closed with the client (Client.close does not close it)
         return client
@@ -68,4 +70,4 @@ def close(client) -> None:
     cluster = getattr(client, "_graphnn_cluster", None)
     client.close()
     if cluster is not None:
-        cluster.close()
+        cluster.close(timeout=60)
