@@ -480,8 +480,8 @@ class FeatureWalker:
                 p.dim() >= 2 for p in mod.parameters())):
             return self.cut(f"{type(mod).__name__} has weight parameters that graphnn does not map, so its "
                             "output does not pass its input through",
-                            "Its weights are listed as skipped in the coverage table; the layers after it read "
-                            "a new input partition")
+                            "Its weights are listed as skipped in the coverage table (recurrent and other "
+                            "unmapped layers are not graph edges in this version); the graph is exact up to it")
         if isinstance(mod, _LAYOUT_MODULES):
             return self.layout(node, lambda ids: mod(ids) if not isinstance(mod, nn.ChannelShuffle)
                                else F.channel_shuffle(ids.contiguous(), mod.groups))
