@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,143 @@ def test_gpt2_style_c_weights_layout_from_shapes(hf_layout):
         assert torch.equal(m, w), name  # always (out, in), whatever the storage
     # GPT-2 family rules: c_proj writes the residual stream that c_fc reads
     assert g.blocks["h.0.mlp.c_fc.weight"].src == "stream" == g.blocks["h.0.attn.c_proj.weight"].dst
+
+
+class CountOpens:
+    """Counts ``safetensors.safe_open`` calls: each one parses (and validates) a file's header."""
+
+    def __init__(self, monkeypatch):
+        import safetensors
+
+        self.count = 0
+        real = safetensors.safe_open
+
+        def counted(*a, **k):
+            self.count += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(safetensors, "safe_open", counted)
+
+
+def test_many_tensors_open_the_file_once(tmp_path, monkeypatch):
+    """Extracting and reading every tensor of a 3,000-tensor file opens it (parses its header)
+    once, not once per tensor (which made 200k tensors take more than 10 minutes)."""
+    g = torch.Generator().manual_seed(0)
+    sd = {f"layers.{i}.weight": torch.randn(3, 3, generator=g) for i in range(3000)}
+    save_file(sd, tmp_path / "many.safetensors")
+    opens = CountOpens(monkeypatch)
+    graph = graphnn.extract(tmp_path / "many.safetensors")
+    for name, b in graph.blocks.items():
+        assert torch.equal(b.matrix(), sd[b.param]), name
+    assert len(graph.blocks) == 3000
+    assert opens.count == 1
+    assert (graph.coverage["nonfinite"] == 0).all()
+    assert len(graphnn.extract.load_state_dict(tmp_path / "many.safetensors")) == 3000
+    assert opens.count == 2  # a second open_checkpoint is a second open, and only that
+
+
+def test_sharded_folder_opens_each_shard_once(tmp_path, monkeypatch):
+    m = seeded(ResNet)
+    sd = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+    write_shards(sd, tmp_path / "m", "safetensors")
+    opens = CountOpens(monkeypatch)
+    g = graphnn.extract(tmp_path / "m")
+    graphnn.analyse(g)
+    for b in g.blocks.values():
+        b.matrix()
+    assert opens.count == 2
+
+
+def test_open_files_are_bounded_and_reopened_on_demand(tmp_path, monkeypatch):
+    from graphnn.extract import checkpoints
+
+    monkeypatch.setattr(checkpoints, "MAX_OPEN_FILES", 2)
+    sds = []
+    for k in range(4):
+        sds.append({f"f{k}.weight": torch.full((2, 3), float(k))})
+        save_file(sds[-1], tmp_path / f"m{k}.safetensors")
+    graphs = [graphnn.extract(tmp_path / f"m{k}.safetensors") for k in range(4)]
+    opens = CountOpens(monkeypatch)
+    for _ in range(2):
+        for k, g in enumerate(graphs):
+            assert torch.equal(g.blocks[f"f{k}.weight"].matrix(), sds[k][f"f{k}.weight"])
+    assert sum(1 for ref in checkpoints._open_files.values() if ref() is not None) <= 2
+    assert opens.count == 8  # cycling through 4 files with room for 2: every read reopens (LRU)
+    for _ in range(3):
+        graphs[3].blocks["f3.weight"].matrix()
+        graphs[2].blocks["f2.weight"].matrix()
+    assert opens.count == 8  # the two most recent stay open
+
+
+def sparse_meta_empty():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "fc1.weight": torch.randn(6, 4, generator=g),
+        "fc2.weight": torch.randn(3, 6, generator=g),
+        "coo.weight": torch.randn(3, 3, generator=g).to_sparse(),
+        "csr.weight": torch.randn(3, 3, generator=g).to_sparse_csr(),
+        "meta.weight": torch.empty(3, 3, device="meta"),
+        "rows0.weight": torch.empty(0, 3),
+        "cols0.weight": torch.empty(3, 0),
+    }
+
+
+WHY_SKIPPED = {"coo.weight": "sparse_coo tensor", "csr.weight": "sparse_csr tensor", "meta.weight": "meta device",
+               "rows0.weight": "empty tensor", "cols0.weight": "empty tensor"}
+
+
+def test_sparse_meta_and_empty_tensors_are_skipped_with_a_reason():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's "sparse CSR is in beta"
+        g = graphnn.extract(sparse_meta_empty())
+    cov = g.coverage.set_index("name")
+    for name, why in WHY_SKIPPED.items():
+        assert cov.loc[name, "status"] == "skipped" and why in cov.loc[name, "reason"], (name, cov.loc[name, "reason"])
+    assert set(g.blocks) == {"fc1.weight", "fc2.weight"}
+    assert g.blocks["fc2.weight"].src == "fc1"
+    a = graphnn.analyse(g)
+    assert set(a.layers["layer"]) == {"input", "fc1", "fc2"}
+
+
+def test_sparse_and_empty_tensors_in_files_are_skipped_with_a_reason(tmp_path):
+    sd = sparse_meta_empty()
+    del sd["meta.weight"], sd["csr.weight"]
+    torch.save(sd, tmp_path / "m.pt")
+    dense = {k: v for k, v in sd.items() if v.layout == torch.strided}
+    save_file(dense, tmp_path / "m.safetensors")
+    for path in ("m.pt", "m.safetensors"):
+        g = graphnn.extract(tmp_path / path)
+        cov = g.coverage.set_index("name")
+        for name in ("rows0.weight", "cols0.weight") + (("coo.weight",) if path == "m.pt" else ()):
+            assert cov.loc[name, "status"] == "skipped" and WHY_SKIPPED[name] in cov.loc[name, "reason"], (path, name)
+        assert set(g.blocks) == {"fc1.weight", "fc2.weight"}
+        graphnn.analyse(g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_weights_are_mapped_from_state_dicts_and_files(tmp_path, dtype):
+    g0 = torch.Generator().manual_seed(0)
+    sd = {"fc1.weight": torch.randn(6, 4, generator=g0).to(dtype), "fc2.weight": torch.randn(3, 6, generator=g0).to(dtype)}
+    save_file(sd, tmp_path / "fp8.safetensors")
+    for source in (sd, tmp_path / "fp8.safetensors"):
+        g = graphnn.extract(source)
+        for name, w in sd.items():
+            assert g.blocks[name].dtype == dtype
+            assert torch.equal(g.blocks[name].matrix(torch.float32), w.float()), name
+        a = graphnn.analyse(g)
+        strength_in = a.neurons.set_index(["layer", "neuron"])["in_strength"]
+        want = sd["fc2.weight"].double().sum(dim=1)
+        assert torch.allclose(torch.tensor(strength_in.loc["fc2"].to_numpy()), want, rtol=1e-6)
+        assert (g.coverage["nonfinite"] == 0).all()
+
+
+def test_unsupported_safetensors_dtype_is_skipped_with_a_reason(tmp_path):
+    import struct
+
+    header = {"fc1.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+              "fc2.weight": {"dtype": "F4", "shape": [2, 2], "data_offsets": [16, 18]}}
+    h = json.dumps(header).encode()
+    (tmp_path / "f4.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"\0" * 18)
+    cov = graphnn.extract(tmp_path / "f4.safetensors").coverage.set_index("name")
+    assert cov.loc["fc2.weight", "status"] == "skipped"
+    assert "dtype F4 is not supported" in cov.loc["fc2.weight", "reason"]

@@ -7,6 +7,28 @@ Formats: ``.pt/.pth/.bin`` (``torch.load(weights_only=True, map_location="cpu", 
 ``.safetensors`` (``safetensors.safe_open``), and folders holding sharded weights with a
 ``model.safetensors.index.json`` or ``pytorch_model.bin.index.json`` (or a single
 ``model.safetensors`` / ``pytorch_model.bin``).
+
+Reading is safe against hostile files:
+
+- only regular files are opened (checked with ``os.stat`` first: a FIFO or a device such as
+  ``/dev/zero`` is refused at once, never opened);
+- every shard an index names must lie inside the model folder, also after following symlinks
+  (absolute names and ``..`` are refused). The one exception is the Hugging Face cache layout,
+  where ``snapshots/<revision>/`` holds links into the repository's ``blobs/`` folder;
+- safetensors headers are parsed and validated by the ``safetensors`` library before anything is
+  read (header length within the file, known dtypes, shapes matching ``data_offsets``, offsets
+  contiguous, in range and covering the file); a bad header is a :class:`CorruptCheckpointError`;
+- a malformed index (not JSON, no ``weight_map``, a ``weight_map`` that is not an object of
+  strings, a tensor mapped to two different shards) is a :class:`CorruptCheckpointError`.
+
+Duplicates: one shard named twice (or through two spellings or links to one file) is read once.
+A tensor stored in several shards is read from the shard the index names, with a
+:class:`~graphnn.errors.CheckpointWarning` naming every file that holds it; tensors stored in
+shards but absent from the index are ignored, with a warning.
+
+Cost: each safetensors file is opened, and its header parsed, once; the handle is kept for
+every later tensor read (data read lazily through the library's memory map; at most
+``MAX_OPEN_FILES`` files stay open, the least recently used are closed and reopened on demand).
 """
 
 from __future__ import annotations
@@ -15,7 +37,12 @@ import json
 import os
 import pickle
 import re
+import stat
+import threading
+import warnings
+import weakref
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,7 +50,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..atomic import atomic_write
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsafeCheckpointError
+from ..errors import CheckpointNotFoundError, CheckpointWarning, CorruptCheckpointError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -36,6 +63,10 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
+#: Largest index file read (bytes); real ones are well under 1 MB per 10,000 tensors.
+MAX_INDEX_BYTES = 64 * 2**20
+#: Most safetensors files kept open at once, process-wide (see :class:`_SafetensorsFile`).
+MAX_OPEN_FILES = 64
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -43,7 +74,9 @@ _PREFIXES = ("module.", "_orig_mod.")
 @dataclass
 class TensorEntry:
     """One named tensor of a checkpoint: shape and dtype known, data read by ``load()``.
-    ``value`` holds a non-tensor object found under that name (reported, never mapped)."""
+    ``value`` holds a non-tensor object found under that name (reported, never mapped).
+    ``skip_reason``: why the tensor cannot be an edge whatever its name (sparse, on the ``meta``
+    device, a dimension of size 0, a dtype torch cannot hold), else ``None``."""
 
     name: str
     shape: tuple[int, ...]
@@ -51,6 +84,7 @@ class TensorEntry:
     load: Callable[[], torch.Tensor]
     in_memory: bool = False
     value: Any = None
+    skip_reason: str | None = None
 
     @property
     def is_tensor(self) -> bool:
@@ -105,6 +139,29 @@ def _require_path(path: Path) -> None:
         raise CheckpointNotFoundError(f"no such file or folder: {str(path)!r}.{hint}")
 
 
+_FILE_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def require_regular_file(path: Path, what: str = "checkpoint") -> os.stat_result:
+    """``os.stat`` of ``path`` (following symlinks, opening nothing), refusing anything but a
+    regular file: reading a FIFO blocks forever and a device such as ``/dev/zero`` never ends."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        _require_path(path)
+        raise
+    except (OSError, ValueError) as e:  # permissions, a name too long, an embedded NUL byte
+        raise CorruptCheckpointError(f"cannot read the {what} {str(path)!r}: {e}") from e
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "special file")
+        raise CorruptCheckpointError(
+            f"refused to read the {what} {str(path)!r}: it is a {kind}, not a regular file "
+            f"(reading it could block or never end). Pass a checkpoint file or a model folder."
+        )
+    return st
+
+
 # -- pickle (.pt/.pth/.bin) -------------------------------------------------------------------
 def torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
     """``torch.load`` with ``weights_only=True`` (mmap where the format allows).
@@ -117,6 +174,7 @@ def torch_load(path: str | os.PathLike, trust: bool = False) -> Any:
     _require_path(path)
     if path.is_dir():
         raise CorruptCheckpointError(f"{path} is a folder, not a checkpoint file")
+    require_regular_file(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
@@ -220,45 +278,114 @@ def unwrap_state_dict(obj: Any, path: str = "<object>") -> dict[str, Any]:
     return {str(k)[len(prefix):]: v for k, v in inner.items()}
 
 
+def empty_skip_reason(shape: tuple[int, ...]) -> str | None:
+    """Why a tensor with a dimension of size 0 cannot be an edge block (``None`` otherwise)."""
+    if len(shape) >= 2 and 0 in shape:
+        return f"empty tensor (shape {tuple(shape)}, a dimension of size 0): it has no edges"
+    return None
+
+
+def tensor_skip_reason(t: torch.Tensor) -> str | None:
+    """Why an in-memory tensor cannot be read as edge weights, whatever its name: a sparse (or
+    other non-strided) layout, the ``meta`` device (a shape without values), an empty shape."""
+    if t.layout != torch.strided:
+        layout = str(t.layout).replace("torch.", "")
+        return (f"{layout} tensor: graphnn reads dense weights; convert it with .to_dense() "
+                "before extracting if it is a layer weight")
+    if t.device.type == "meta":
+        return ("on the meta device: it has a shape but no values; load the real weights "
+                "(e.g. from_pretrained or the checkpoint file) to analyse it")
+    return empty_skip_reason(tuple(t.shape))
+
+
 def entries_from_state_dict(sd: Mapping[str, Any]) -> list[TensorEntry]:
     out = []
     for name, v in sd.items():
         if isinstance(v, torch.Tensor):
-            out.append(TensorEntry(name, tuple(v.shape), v.dtype, (lambda v=v: v.detach()), in_memory=True))
+            out.append(TensorEntry(name, tuple(v.shape), v.dtype, (lambda v=v: v.detach()), in_memory=True,
+                                   skip_reason=tensor_skip_reason(v)))
         else:
             out.append(TensorEntry(name, (), None, (lambda: None), in_memory=True, value=v))
     return out
 
 
 # -- safetensors -----------------------------------------------------------------------------
-def _safetensors_entries(path: Path) -> list[TensorEntry]:
+def _safe_open(path: Path):
+    """``safetensors.safe_open`` (which validates the whole header before any data is read),
+    with the library's errors turned into :class:`CorruptCheckpointError`."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            names = list(f.keys())
-            info = {}
-            raw_dtypes = {}
-            for n in names:
-                s = f.get_slice(n)
-                raw_dtypes[n] = s.get_dtype()
-                info[n] = (tuple(s.get_shape()), _SAFETENSORS_DTYPES.get(raw_dtypes[n]))
+        return safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise CorruptCheckpointError(_corrupt_message(path, e)) from e
 
-    def loader(n: str) -> Callable[[], torch.Tensor]:
-        def load() -> torch.Tensor:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return f.get_tensor(n)
-        return load
+
+_open_files: "OrderedDict[int, weakref.ref]" = OrderedDict()
+_open_lock = threading.Lock()
+
+
+class _SafetensorsFile:
+    """One safetensors file whose header is parsed once: the ``safe_open`` handle is kept and
+    serves every tensor read. At most :data:`MAX_OPEN_FILES` handles stay open process-wide;
+    the least recently used one is closed and reopened (header parsed again) when needed."""
+
+    def __init__(self, path: Path, handle=None):
+        self.path = path
+        self._handle = None
+        if handle is not None:
+            with _open_lock:
+                self._keep(handle)
+
+    def _keep(self, handle) -> None:  # with _open_lock held
+        self._handle = handle
+        _open_files[id(self)] = weakref.ref(self)
+        for key, ref in list(_open_files.items()):
+            if len(_open_files) <= MAX_OPEN_FILES:
+                break
+            other = ref()
+            if other is None or other is not self:
+                del _open_files[key]
+                if other is not None:
+                    other._handle = None
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        with _open_lock:
+            handle = self._handle
+            if handle is None:
+                handle = _safe_open(self.path)
+                self._keep(handle)
+            else:
+                _open_files.move_to_end(id(self))
+        try:
+            return handle.get_tensor(name)
+        except Exception as e:  # noqa: BLE001 - e.g. the file was truncated after it was opened
+            raise CorruptCheckpointError(_corrupt_message(self.path, e)) from e
+
+
+def _safetensors_entries(path: Path) -> list[TensorEntry]:
+    require_regular_file(path)
+    handle = _safe_open(path)
+    try:
+        names = list(handle.keys())
+        info = {}
+        for n in names:
+            s = handle.get_slice(n)
+            info[n] = (tuple(s.get_shape()), s.get_dtype())
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CorruptCheckpointError(_corrupt_message(path, e)) from e
+    file = _SafetensorsFile(path, handle)
 
     entries = []
     for n in order_names(names):
-        shape, dtype = info[n]
+        shape, raw_dtype = info[n]
+        dtype = _SAFETENSORS_DTYPES.get(raw_dtype)
+        load = (lambda n=n: file.get_tensor(n))
         if dtype is None:  # a dtype torch cannot hold: reported, never read
-            entries.append(TensorEntry(n, shape, None, loader(n), value=f"unsupported dtype {raw_dtypes[n]}"))
+            reason = f"dtype {raw_dtype} is not supported by graphnn (not read)"
+            entries.append(TensorEntry(n, shape, None, load, value=f"unsupported dtype {raw_dtype}", skip_reason=reason))
         else:
-            entries.append(TensorEntry(n, shape, dtype, loader(n)))
+            entries.append(TensorEntry(n, shape, dtype, load, skip_reason=empty_skip_reason(shape)))
     return entries
 
 
@@ -268,6 +395,7 @@ def _pickle_entries(path: Path, trust: bool) -> list[TensorEntry]:
 
 
 def _file_entries(path: Path, trust: bool) -> list[TensorEntry]:
+    require_regular_file(path)
     if path.suffix in SAFETENSORS_SUFFIXES:
         return _safetensors_entries(path)
     if path.suffix in PICKLE_SUFFIXES:
@@ -281,32 +409,147 @@ def _file_entries(path: Path, trust: bool) -> list[TensorEntry]:
         return _pickle_entries(path, trust)
 
 
+class _JSONObject(dict):
+    """A JSON object that remembers keys given more than once (``json`` keeps the last)."""
+
+    repeated: list[tuple[str, Any, Any]]
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> "_JSONObject":
+        obj = cls()
+        obj.repeated = []
+        for key, value in pairs:
+            if key in obj:
+                obj.repeated.append((key, obj[key], value))
+            obj[key] = value
+        return obj
+
+
+_INDEX_ADVICE = ("Re-download the index file, or write it again (transformers' save_pretrained writes "
+                 "it): it must be a JSON object whose 'weight_map' maps every tensor name to its shard "
+                 "file name, e.g. {\"weight_map\": {\"lm_head.weight\": \"model-00002-of-00002.safetensors\"}}.")
+
+
+def read_index(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index file (tensor name -> shard file name),
+    validated: raises :class:`CorruptCheckpointError` saying what is wrong and what to do."""
+    st = require_regular_file(index, "index file")
+    if st.st_size > MAX_INDEX_BYTES:
+        raise CorruptCheckpointError(f"{index} is {st.st_size:,} bytes, more than any real index file "
+                                     f"({MAX_INDEX_BYTES:,} bytes at most). {_INDEX_ADVICE}")
+
+    def bad(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{index} is not a valid index file: {what}. {_INDEX_ADVICE}")
+
+    try:
+        doc = json.loads(index.read_bytes(), object_pairs_hook=_JSONObject.from_pairs)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise bad(f"it is not JSON ({e})") from e
+    except OSError as e:
+        raise CorruptCheckpointError(f"cannot read {index}: {e}") from e
+    if not isinstance(doc, dict):
+        raise bad(f"its top level is a {_json_type(doc)}, not an object")
+    if "weight_map" not in doc:
+        raise bad(f"it has no 'weight_map' key (keys: {', '.join(map(repr, list(doc)[:5])) or 'none'})")
+    weight_map = doc["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise bad(f"its 'weight_map' is a {_json_type(weight_map)}, not an object")
+    if not weight_map:
+        raise bad("its 'weight_map' is empty")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise bad(f"its 'weight_map' maps {name!r} to {shard!r} (a {_json_type(shard)}), not to a shard file name")
+    for name, first, later in getattr(weight_map, "repeated", []):
+        if first != later:
+            raise bad(f"its 'weight_map' lists {name!r} twice, mapped to {first!r} and to {later!r}, so "
+                      "which copy is meant is unknown")
+    return dict(weight_map)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _allowed_roots(folder: Path) -> list[Path]:
+    """Where the files of a model folder may live, symlinks followed: the folder itself, and for
+    a Hugging Face cache snapshot (``<repo>/snapshots/<revision>``) the repository's ``blobs``."""
+    real = folder.resolve()
+    roots = [real]
+    blobs = real.parent.parent / "blobs"
+    if real.parent.name == "snapshots" and blobs.is_dir():
+        roots.append(blobs.resolve())
+    return roots
+
+
+def member_path(folder: Path, name: str, listed_by: Path | None = None) -> Path:
+    """``folder / name`` for a file of a model folder (``listed_by``: the index that names it),
+    refused with :class:`CorruptCheckpointError` unless it stays inside the folder after
+    following symlinks (see :func:`_allowed_roots`); absolute names and ``..`` are never followed."""
+    rel = Path(name)
+    advice = ("graphnn reads only files inside the folder it was given. The folder is damaged or "
+              "hostile; re-download the model from a source you trust.")
+    if rel.is_absolute() or ".." in rel.parts or rel.drive:
+        raise CorruptCheckpointError(f"{listed_by} names the shard {name!r}, which is outside the model "
+                                     f"folder {folder}: {advice}")
+    full = folder / rel
+    real = full.resolve()
+    if not any(real == root or root in real.parents for root in _allowed_roots(folder)):
+        what = f"{listed_by} names the shard {name!r}, a link to" if listed_by else f"{full} is a link to"
+        raise CorruptCheckpointError(f"{what} {real}, outside the model folder {folder}: {advice}")
+    return full
+
+
+def _indexed_entries(folder: Path, index: Path, trust: bool) -> list[TensorEntry]:
+    weight_map = read_index(index)
+    files: dict[str, tuple[str, dict[str, TensorEntry]]] = {}  # real path -> (shard name, entries)
+    file_of: dict[str, str] = {}  # shard name as the index spells it -> real path
+    for shard in dict.fromkeys(weight_map.values()):
+        shard_path = member_path(folder, shard, index)
+        if not shard_path.exists():
+            raise CorruptCheckpointError(
+                f"{index} lists shard {shard!r}, which is missing from {folder}; the download is incomplete"
+            )
+        real = os.path.realpath(shard_path)
+        if real not in files:
+            files[real] = (shard, {e.name: e for e in _file_entries(shard_path, trust)})
+        file_of[shard] = real
+
+    holders: dict[str, list[str]] = {}
+    for shard, held in files.values():
+        for name in held:
+            holders.setdefault(name, []).append(shard)
+    entries = []
+    for name in order_names(list(weight_map)):
+        shard, held = files[file_of[weight_map[name]]]
+        if name not in held:
+            raise CorruptCheckpointError(f"{index} maps {name!r} to {weight_map[name]!r}, which does not hold it")
+        entries.append(held[name])
+
+    doubled = {n: s for n, s in holders.items() if len(s) > 1 and n in weight_map}
+    if doubled:
+        shown = "; ".join(f"{n!r} in {', '.join(s)} (used: {files[file_of[weight_map[n]]][0]})"
+                          for n, s in list(doubled.items())[:5])
+        warnings.warn(f"{folder}: {len(doubled)} tensor(s) are stored in more than one shard; each is read "
+                      f"from the shard {index.name} names: {shown}{' ...' if len(doubled) > 5 else ''}",
+                      CheckpointWarning, stacklevel=4)
+    unlisted = [n for n in holders if n not in weight_map]
+    if unlisted:
+        shown = ", ".join(f"{n!r} ({holders[n][0]})" for n in unlisted[:5])
+        warnings.warn(f"{folder}: {len(unlisted)} tensor(s) stored in the shards are not listed in {index.name} "
+                      f"and are ignored: {shown}{' ...' if len(unlisted) > 5 else ''}; a complete index lists "
+                      "every tensor", CheckpointWarning, stacklevel=4)
+    return entries
+
+
 def _folder_entries(path: Path, trust: bool) -> list[TensorEntry]:
     for index_name in INDEX_FILES:
         index = path / index_name
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CorruptCheckpointError(f"{index} is not a valid index file (needs a 'weight_map'): {e}") from e
-            shards: dict[str, dict[str, TensorEntry]] = {}
-            for shard in dict.fromkeys(weight_map.values()):
-                shard_path = path / shard
-                if not shard_path.exists():
-                    raise CorruptCheckpointError(
-                        f"{index} lists shard {shard!r}, which is missing from {path}; the download is incomplete"
-                    )
-                shards[shard] = {e.name: e for e in _file_entries(shard_path, trust)}
-            entries = []
-            for name in order_names(list(weight_map)):
-                shard = shards[weight_map[name]]
-                if name not in shard:
-                    raise CorruptCheckpointError(f"{index} maps {name!r} to {weight_map[name]!r}, which does not hold it")
-                entries.append(shard[name])
-            return entries
+        if os.path.lexists(index):
+            return _indexed_entries(path, member_path(path, index_name), trust)
     for single in SINGLE_FILES:
-        if (path / single).exists():
-            return _file_entries(path / single, trust)
+        if os.path.lexists(path / single):
+            return _file_entries(member_path(path, single), trust)
     found = sorted(p.name for p in path.iterdir())[:10]
     raise CorruptCheckpointError(
         f"{path} is a folder without {' or '.join(INDEX_FILES + SINGLE_FILES)}; found: {', '.join(found) or 'nothing'}. "

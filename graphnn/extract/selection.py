@@ -172,10 +172,10 @@ def records_from_entries(entries, sel: Selection, config: Mapping | None = None)
     hf_conv1d = hf_conv1d_layout({e.name: e.shape for e in entries if e.is_tensor})
     records, keys = [], {}
     for e in entries:
-        reason = skip_reason_for_tensor(e.name, e.shape, e.dtype)
+        reason = e.skip_reason or skip_reason_for_tensor(e.name, e.shape, e.dtype)
         rule = rule_from_name(e.name, e.shape, hf_conv1d) if reason is None else reason
         records.append(_record(e.name, e.shape, e.dtype, rule, sel))
-        if e.is_tensor and e.in_memory:
+        if e.is_tensor and e.in_memory and e.skip_reason is None:
             t = e.load()
             keys[e.name] = _tie_key(t) if isinstance(t, torch.Tensor) else None
     records = _with_ties(records, keys)
