@@ -1,0 +1,274 @@
+"""Rewiring model folders: folder in, folder out (same shards, index and files), ties kept,
+one shard in memory at a time, atomic as a whole. Tiny transformers models built from configs."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphnn
+from graphnn.errors import RefusedOverwriteError
+from graphnn.rewire.checkpoint import FOLDER_PROVENANCE, rewire_checkpoint
+from test_rewire_pa import spec_rewire
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def gpt2():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=96, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def llama(tie: bool):
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=96, max_position_embeddings=32,
+                                   tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def save_bin_folder(model, folder: Path) -> None:
+    """A sharded ``.bin`` folder as transformers 4 wrote it (transformers 5 only writes
+    safetensors): ``pytorch_model-0000k-of-0000n.bin`` shards, ``pytorch_model.bin.index.json``;
+    tensors that share storage (a tied LM head) stay together in one shard, under both names."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    folder.mkdir()
+    sd = model.state_dict()
+    split = split_torch_state_dict_into_shards(sd, filename_pattern="pytorch_model{suffix}.bin", max_shard_size="12KB")
+    assert len(split.filename_to_tensors) >= 2
+    for fname, names in split.filename_to_tensors.items():
+        torch.save({n: sd[n] for n in names}, folder / fname)
+    index = {"metadata": {"total_size": split.metadata["total_size"]}, "weight_map": split.tensor_to_filename}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
+    model.config.save_pretrained(folder)
+
+
+def save_folder(model, folder: Path, fmt: str) -> None:
+    if fmt == "bin":
+        save_bin_folder(model, folder)
+    else:
+        model.save_pretrained(folder, max_shard_size="12KB")
+        assert len(list(folder.glob("*.safetensors"))) >= 2
+    (folder / "README.md").write_text("a model card that must be copied as it is\n")
+    (folder / "extra").mkdir()
+    (folder / "extra" / "tokenizer.json").write_bytes(b'{"version": "1.0", "bytes": "\\u00e9"}')
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def load(cls, folder: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, info = cls.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.eval()
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(*args, subprocess_: bool = False) -> Result:
+    """The ``graphnn`` command: in a fresh process, or in this one (faster: no imports)."""
+    if subprocess_:
+        res = subprocess.run([sys.executable, "-m", "graphnn", *map(str, args)], capture_output=True, text=True,
+                             env=ENV, timeout=300)
+        return Result(res.returncode, res.stdout, res.stderr)
+    from typer.testing import CliRunner
+
+    from graphnn.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    out = res.stdout
+    try:
+        err = res.stderr
+    except ValueError:  # older click: stderr mixed into output
+        err = res.output
+    return Result(res.exit_code, out, err)
+
+
+def check_round_trip(src: Path, out: Path, original: dict[str, torch.Tensor], loaded, shard_suffix: str) -> dict:
+    """Shards and files, provenance, multisets of rewired tensors, equality of the others."""
+    before, after = files_of(src), files_of(out)
+    shards = {n for n in before if n.endswith(shard_suffix)}
+    assert set(after) == set(before) | {FOLDER_PROVENANCE}, "same shard names, index and files, plus the provenance"
+    for name in set(before) - shards:
+        assert after[name] == before[name], f"{name} is copied byte for byte"
+    prov = json.loads(after[FOLDER_PROVENANCE])
+    assert prov["method"] == "pa" and prov["seed"] == 5
+    assert {f["name"] for f in prov["output"]["files"]} == set(before)
+    for f in prov["output"]["files"]:
+        assert f["sha256"] == hashlib.sha256(after[f["name"]]).hexdigest()
+    changed = {t["name"] for t in prov["tensors"] if t["changed"]}
+    stored = {t["name"] for t in prov["tensors"]}
+    got = loaded.state_dict()
+    assert changed, "something was rewired"
+    for name, value in original.items():
+        w = got[name]
+        if name in changed or any(name in t.get("tied_with", []) and t["changed"] for t in prov["tensors"]):
+            assert not torch.equal(w, value), name
+            assert torch.equal(w.flatten().sort().values, value.flatten().sort().values), f"{name} keeps its multiset"
+        elif name in stored:
+            assert torch.equal(w, value), f"{name} is not a weight graphnn maps: unchanged"
+    # what was rewired is exactly what describe reports as mapped
+    cov = graphnn.extract(src).coverage
+    mapped = set(cov.loc[cov["status"] == "mapped", "name"])
+    assert mapped <= changed | {n for t in prov["tensors"] if t["changed"] for n in t.get("tied_with", [])}
+    return prov
+
+
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_gpt2_folder_round_trip_through_the_cli_keeps_the_tie(tmp_path, fmt):
+    model = gpt2()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    src, out = tmp_path / "gpt2", tmp_path / "gpt2-pa"
+    save_folder(model, src, fmt)
+    before = files_of(src)
+    res = run_cli("rewire", src, "-o", out, "--method", "pa", "--seed", "5", subprocess_=(fmt == "bin"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [str(out), str(out / FOLDER_PROVENANCE)]
+    assert files_of(src) == before, "the input folder is untouched"
+    loaded = load(transformers.GPT2LMHeadModel, out)
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr(), "still tied"
+    wte = loaded.transformer.wte.weight.detach()
+    assert not torch.equal(wte, original["transformer.wte.weight"]), "the tied matrix is rewired (as the LM head)"
+    prov = check_round_trip(src, out, original, loaded, f".{fmt}")
+    rec = {t["name"]: t for t in prov["tensors"]}
+    assert rec["transformer.wte.weight"]["changed"] and "lm_head.weight" in rec["transformer.wte.weight"]["tied_with"]
+    # HF Conv1D weights (stored (in, out)) are rewired as (out, in) matrices, and the LM head as
+    # (vocab, d): the spec's transcription of the authors' algorithm on those views, same seed
+    got = loaded.state_dict()
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight"):
+        assert torch.equal(got[name], spec_rewire(original[name].T.contiguous(), 5).T), name
+    assert torch.equal(got["lm_head.weight"], spec_rewire(original["lm_head.weight"], 5))
+    if fmt == "bin":  # the tie is one storage in the written shard, as in the input
+        shard = next(p for p in out.glob("*.bin") if "lm_head.weight" in torch.load(p, weights_only=True))
+        sd = torch.load(shard, weights_only=True)
+        assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama_safetensors_folder_round_trip_through_the_cli(tmp_path, tie):
+    model = llama(tie)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    src, out = tmp_path / "llama", tmp_path / "llama-pa"
+    save_folder(model, src, "safetensors")
+    res = run_cli("rewire", src, "-o", out, "--method", "pa", "--seed", "5")
+    assert res.returncode == 0, res.stderr
+    loaded = load(transformers.LlamaForCausalLM, out)
+    check_round_trip(src, out, original, loaded, ".safetensors")
+    head, emb = loaded.lm_head.weight, loaded.model.embed_tokens.weight
+    if tie:
+        assert head.data_ptr() == emb.data_ptr()
+        assert not torch.equal(emb, original["model.embed_tokens.weight"])
+    else:
+        assert torch.equal(emb, original["model.embed_tokens.weight"]), "an untied embedding is opt-in"
+        assert not torch.equal(head, original["lm_head.weight"])
+
+
+def test_shards_are_processed_one_at_a_time(tmp_path, monkeypatch):
+    import graphnn.rewire.checkpoint as ck
+
+    model = llama(tie=True)
+    src = tmp_path / "m"
+    save_folder(model, src, "safetensors")
+    n_shards = len(list(src.glob("*.safetensors")))
+
+    class Shard(dict):
+        __hash__ = object.__hash__  # weak-referenceable and hashable by identity
+
+    live: weakref.WeakSet = weakref.WeakSet()
+    reads, real = [], ck._read_shard
+
+    def tracked(path, trust):
+        gc.collect()
+        assert len(live) == 0, "the previous shard is released before the next is read"
+        sd, meta = real(path, trust)
+        sd = Shard(sd)
+        live.add(sd)
+        reads.append(path.name)
+        return sd, meta
+
+    monkeypatch.setattr(ck, "_read_shard", tracked)
+    rewire_checkpoint(src, tmp_path / "o", method="pa", seed=0)
+    assert len(reads) == len(set(reads)) == n_shards
+
+
+def test_folder_output_is_atomic_and_never_the_input(tmp_path, monkeypatch):
+    import graphnn.rewire.checkpoint as ck
+
+    model = llama(tie=False)
+    src = tmp_path / "m"
+    save_folder(model, src, "safetensors")
+    before = files_of(src)
+    calls = {"n": 0}
+    real = ck._write_shard
+
+    def fail_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (simulated)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ck, "_write_shard", fail_second)
+    with pytest.raises(OSError, match="simulated"):
+        rewire_checkpoint(src, tmp_path / "o", seed=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"], "no output folder, no temporary left"
+    monkeypatch.setattr(ck, "_write_shard", real)
+    for bad in (src, src / "sub", src / "." ):
+        with pytest.raises(RefusedOverwriteError, match="never writes into its input"):
+            rewire_checkpoint(src, bad, seed=0)
+    with pytest.raises(graphnn.InvalidParameterError, match="folder name"):
+        rewire_checkpoint(src, tmp_path / "o.safetensors", seed=0)
+    rewire_checkpoint(src, tmp_path / "o", seed=0)
+    with pytest.raises(RefusedOverwriteError, match="already exists"):
+        rewire_checkpoint(src, tmp_path / "o", seed=1)
+    first = files_of(tmp_path / "o")
+    rewire_checkpoint(src, tmp_path / "o", seed=1, overwrite=True)
+    assert files_of(tmp_path / "o") != first
+    assert files_of(src) == before
+    res = run_cli("rewire", src, "-o", src / "inside", "--seed", "0")
+    assert res.returncode == 2, res.stderr
+
+
+@pytest.mark.parametrize("method", ["variance-search", "hcore"])
+def test_init_match_keeps_the_checkpoint_scale(tmp_path, method):
+    """``--init match`` (the checkpoint default) redraws with each tensor's own mean and std; a
+    Kaiming redraw of std-0.02 weights would be ~10x larger."""
+    model = llama(tie=False)
+    src = tmp_path / "m"
+    save_folder(model, src, "safetensors")
+    extra = {"trials": 2} if method == "variance-search" else {"gamma": 1.0}
+    out_m, out_k = tmp_path / "match", tmp_path / "kaiming"
+    rec = rewire_checkpoint(src, out_m, method=method, seed=0, **extra)
+    assert rec["options"]["init" if method == "variance-search" else "base_init"] == "match"
+    rewire_checkpoint(src, out_k, method=method, seed=0, init="kaiming_normal", **extra)
+    a = load(transformers.LlamaForCausalLM, out_m).state_dict()
+    b = load(transformers.LlamaForCausalLM, out_k).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"  # (64, 32), stored std 0.02 (initializer_range)
+    s0 = float(model.state_dict()[name].std())
+    assert abs(float(a[name].std()) - s0) < 0.15 * s0
+    assert not torch.equal(a[name], model.state_dict()[name])
+    assert float(b[name].std()) == pytest.approx((2 / 32) ** 0.5, rel=0.15)
+    res = run_cli("rewire", src, "-o", tmp_path / "x", "--method", method, "--init", "no_such_init", "--seed", "0")
+    assert res.returncode == 2 and "no_such_init" in res.stderr + res.stdout
