@@ -88,14 +88,47 @@ def output_units(weight: torch.Tensor, transposed: bool = False, groups: int = 1
 
 
 def count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
-    """Number of NaN/Inf entries of ``t``, without a full-size temporary: a finite sum proves
-    there are none; otherwise count chunk by chunk."""
-    if not t.is_floating_point() or t.numel() == 0:
+    """Exact number of NaN/±Inf entries of ``t`` (0 for non-float tensors and for tensors
+    without values, on the ``meta`` device), cheaply and without a full-size temporary.
+
+    One sum in ``t``'s own dtype decides the common case: NaN and ±Inf propagate through a sum
+    (``inf + -inf`` is NaN), so a finite sum proves there are none. A non-finite sum may also
+    come from overflow of finite values (1e38 + 1e38 in float32), so it is only a reason to
+    count exactly, ``chunk`` entries at a time with ``isfinite``. Dtypes without a sum kernel
+    (float8) are counted directly. Sparse tensors count their stored values."""
+    if not t.is_floating_point() or t.device.type == "meta":
         return 0
-    if bool(torch.isfinite(t.sum(dtype=torch.float64))):
+    if t.layout != torch.strided:
+        t = t.coalesce().values() if t.layout == torch.sparse_coo else t.values()
+    if t.numel() == 0:
         return 0
-    flat = t.reshape(-1)
-    return sum(int((~torch.isfinite(flat[i:i + chunk])).sum()) for i in range(0, flat.numel(), chunk))
+    try:
+        if bool(torch.isfinite(t.sum())):
+            return 0
+    except (RuntimeError, NotImplementedError):  # no sum kernel for this dtype (float8)
+        pass
+    return sum(int(piece.numel() - _isfinite(piece).sum()) for piece in _pieces(t, chunk))
+
+
+def _isfinite(t: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite``, through float32 for dtypes without a kernel (some float8 formats)."""
+    try:
+        return torch.isfinite(t)
+    except (RuntimeError, NotImplementedError):
+        return torch.isfinite(t.float())
+
+
+def _pieces(t: torch.Tensor, chunk: int) -> Iterable[torch.Tensor]:
+    """``t`` as consecutive views of about ``chunk`` entries (whole rows of the first axis when
+    ``t`` is not contiguous, so that no piece is copied)."""
+    if t.is_contiguous() or t.dim() == 0:
+        flat = t.reshape(-1)
+        for i in range(0, flat.numel(), chunk):
+            yield flat[i:i + chunk]
+        return
+    rows = max(1, chunk // max(1, t[0].numel()))
+    for i in range(0, t.shape[0], rows):
+        yield t[i:i + rows]
 
 
 @dataclass(eq=False)

@@ -1,12 +1,15 @@
 """Every bad input raises its specific error, with a message that says what to do."""
 
 import pathlib
+import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from safetensors.torch import save_file
 
 import graphnn
+from graphnn.graph import count_nonfinite
 from models import LeNet, seeded
 
 
@@ -109,3 +112,86 @@ def test_index_with_missing_shard(tmp_path):
 def test_bad_conv_option():
     with pytest.raises(ValueError, match="l2, l1, sum"):
         graphnn.extract(seeded(LeNet), conv="max")
+
+
+# -- count_nonfinite: exact and cheap -------------------------------------------------------
+def brute_nonfinite(t):
+    return int((~torch.isfinite(t.double())).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_conv_of_huge_finite_weights_is_not_reported_nonfinite(dtype):
+    """1e38 (float32) or 6e4 (float16) everywhere: every sum in the tensor's dtype overflows to
+    Inf, yet there is no NaN/Inf weight."""
+    big = {torch.float32: 1e38, torch.float16: 6e4, torch.bfloat16: 3e38}[dtype]
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).to(dtype)
+    with torch.no_grad():
+        net[0].weight.fill_(big)
+    assert not torch.isfinite(net[0].weight.sum())  # the cheap check alone would say NaN/Inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", graphnn.NonFiniteWeightsWarning)
+        g = graphnn.extract(net)
+    assert g.coverage.set_index("name").loc["0.weight", "nonfinite"] == 0
+    with torch.no_grad():
+        net[0].weight[1, 2, 0, 1] = float("nan")
+        net[0].weight[7, 0, 2, 2] = float("-inf")
+    with pytest.warns(graphnn.NonFiniteWeightsWarning, match="0.weight: 2 NaN/Inf"):
+        g = graphnn.extract(net)
+    assert g.coverage.set_index("name").loc["0.weight", "nonfinite"] == 2
+
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e5m2, torch.float8_e4m3fn]
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(DTYPES), rows=st.integers(1, 9), cols=st.integers(1, 9),
+       specials=st.lists(st.tuples(st.integers(0, 80), st.sampled_from(["nan", "inf", "-inf", "huge"])), max_size=12),
+       chunk=st.integers(1, 20), transpose=st.booleans(), seed=st.integers(0, 2**16))
+def test_count_nonfinite_matches_brute_force(dtype, rows, cols, specials, chunk, transpose, seed):
+    base = torch.float64 if dtype == torch.float64 else torch.float32  # holds finfo(dtype).max
+    t = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=base)
+    huge = torch.finfo(dtype).max / 2
+    for pos, kind in specials:
+        t.view(-1)[pos % t.numel()] = huge if kind == "huge" else float(kind)
+    t = t.to(dtype)
+    if transpose:
+        t = t.T  # not contiguous
+    assert count_nonfinite(t, chunk=chunk) == brute_nonfinite(t)
+    assert count_nonfinite(t) == brute_nonfinite(t)
+
+
+def test_count_nonfinite_special_tensors():
+    t = torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])
+    assert count_nonfinite(t.to_sparse()) == 2
+    assert count_nonfinite(torch.empty(3, 3, device="meta")) == 0  # no values, hence no NaN
+    assert count_nonfinite(torch.empty(0, 5)) == 0
+    assert count_nonfinite(torch.tensor([1, 2, 3])) == 0  # integers are always finite
+    assert count_nonfinite(torch.tensor(float("nan"))) == 1  # 0-d
+
+
+class RecordedOps(torch.overrides.TorchFunctionMode):
+    """Every torch function and Tensor method called, with the sizes of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        sizes = [a.numel() for a in args if isinstance(a, torch.Tensor)]
+        self.calls.append((getattr(func, "__name__", str(func)), sizes, kwargs))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_count_nonfinite_of_finite_weights_is_one_sum_in_their_dtype(dtype):
+    """No float64 copy or float64 accumulation (21x the cost, issue 11) and no elementwise
+    isfinite pass when the plain sum is finite."""
+    t = torch.randn(64, 32, 3, 3).to(dtype)
+    with RecordedOps() as rec:
+        assert count_nonfinite(t) == 0
+    metadata = {"is_floating_point", "__get__", "numel", "dim", "is_contiguous", "size"}
+    full = [(name, kw) for name, sizes, kw in rec.calls if t.numel() in sizes and name not in metadata]
+    assert [name for name, _ in full] == ["sum"], rec.calls
+    assert all("dtype" not in kw for _, kw in full)
+    assert not any(name in ("to", "double", "float", "type") for name, _, _ in rec.calls)
