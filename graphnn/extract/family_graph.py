@@ -119,6 +119,7 @@ class _Assembler:
         self.blocks: list[Block] = []
         self.warnings: list[str] = []
         self.hints: dict[tuple, str] = {}
+        self.cut_params: dict[str, str] = {}
 
     # -- partitions -------------------------------------------------------------------------
     def stream(self, tower: str) -> tuple:
@@ -159,6 +160,7 @@ class _Assembler:
                f"{name!r} instead (the checkpoint does not follow the family's layout; check config.json or "
                "report the architecture)")
         self.warnings.append(msg)
+        self.cut_params[param] = f"topology cut: {'reads' if side == 'src' else 'writes'} {name!r} (see notes)"
         return self.part(new, name, n, kind="input" if side == "src" else "features")
 
     # -- blocks -----------------------------------------------------------------------------
@@ -464,4 +466,7 @@ def family_graph(entries: list[TensorEntry], family: Family, how: str, config: M
         notes.append(msg)
     for name, blks in blocks_of.items():
         builder.coverage[name]["blocks"] = ", ".join(blks)
+    for name, why in asm.cut_params.items():
+        rec = builder.coverage[name]
+        rec["reason"] = "; ".join(filter(None, [rec["reason"], why]))
     return asm.build(list(builder.coverage.values()), builder.source, notes)
