@@ -207,6 +207,33 @@ def test_conv_transpose_axis_order():
             assert float(b.matrix()[i, j]) == pytest.approx(float(w[j, i].norm()), rel=1e-6)
 
 
+class _Decoder(torch.nn.Module):
+    """conv 3->8, ConvTranspose 8->4 (kernel 2, stride 2), conv 4->2, depthwise conv 2->2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.out = torch.nn.Conv2d(4, 2, 1)
+        self.dw = torch.nn.Conv2d(2, 2, 3, groups=2)
+
+    def forward(self, x):
+        return self.dw(self.out(torch.relu(self.up(torch.relu(self.conv(x))))))
+
+
+def test_conv_transpose_from_a_state_dict_is_not_a_grouped_conv():
+    """A ConvTranspose weight (c_in, c_out, 2, 2) read from a state_dict used to become a grouped
+    conv 8 -> 8 (groups=2), which made every later layer grouped or disconnected."""
+    m = seeded(_Decoder)
+    want = {"conv.weight": ("input", "conv", (8, 3), 1), "up.weight": ("conv", "up", (4, 8), 1),
+            "out.weight": ("up", "out", (2, 4), 1), "dw.weight": ("out", "dw", (2, 2), 2)}
+    for src in (m, m.state_dict()):
+        g = graphnn.extract(src)
+        assert {b.name: (b.src, b.dst, b.shape, b.groups) for b in g.blocks.values()} == want
+        torch.testing.assert_close(g.blocks["up.weight"].matrix(),
+                                   torch.linalg.vector_norm(m.up.weight.detach(), dim=(2, 3)).T)
+
+
 def test_transformer_multihead_attention():
     m = seeded(EncoderMHA)
     g = graphnn.extract(m)

@@ -72,7 +72,27 @@ def _infer_groups(builder: GraphBuilder, src, rule: Rule, entry: TensorEntry) ->
     per_group = entry.shape[1]
     have = builder.size(src) if isinstance(src, int) else None
     groups = 1
+    if have and have != per_group and have == entry.shape[0] and _looks_transposed(entry):
+        builder.notes.append(
+            f"{entry.name}: read as a ConvTranspose weight (c_in={entry.shape[0]}, c_out={per_group}): its first "
+            "axis matches the input and its name or even-sized kernel says transposed conv; a grouped conv would "
+            "have the same shape (pass the module for certainty)")
+        return Rule("conv_transpose", per_group, entry.shape[0], groups=1)
     if have and have != per_group and have % per_group == 0 and rule.n_dst % (have // per_group) == 0:
         groups = have // per_group
         builder.notes.append(f"{entry.name}: groups={groups} inferred from shapes (grouped/depthwise conv)")
     return Rule("conv", rule.n_dst, per_group * groups, groups=groups)
+
+
+_TRANSPOSED_WORDS = ("transpose", "deconv", "convt", "upconv", "up_conv", "upsample", "upsampler")
+
+
+def _looks_transposed(entry: TensorEntry) -> bool:
+    """A conv weight ``(a, b, *k)`` whose name says transposed conv (a segment ``up``/``ups`` or a
+    word such as ``deconv``, ``transpose``, ``upsample``) or whose kernel has an even size (the
+    usual ``kernel = stride = 2`` upsampling; the regular convs whose groups would be inferred
+    have odd kernels)."""
+    segments = entry.name.lower().split(".")
+    if any(seg in ("up", "ups") or any(w in seg for w in _TRANSPOSED_WORDS) for seg in segments):
+        return True
+    return any(k % 2 == 0 for k in entry.shape[2:])
