@@ -11,6 +11,9 @@ import graphnn
 from graphnn.analyses import _blocks
 from random_graphs import layered_graphs, make_graph, random_mlp
 
+# random graphs are often in pieces; the warning itself is tested in test_centrality.py
+pytestmark = pytest.mark.filterwarnings("ignore::graphnn.DisconnectedGraphWarning")
+
 SETTINGS = settings(max_examples=25, deadline=None)
 
 
@@ -193,3 +196,18 @@ def test_analyse_reads_each_lazy_tensor_once(tmp_path):
         b._load = lambda load=load, name=b.name: (reads.__setitem__(name, reads.get(name, 0) + 1), load())[1]
     graphnn.analyse(g)
     assert reads == {name: 1 for name in g.blocks}
+
+
+def test_analyse_per_component_equals_eigenvector_centrality_per_component():
+    from random_graphs import make_graph
+
+    w1 = torch.rand(3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.2
+    w2 = torch.rand(2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.1
+    g = make_graph([4, 3, 2, 2], [("a", 0, 1, w1, 1), ("b", 2, 3, w2, 1)])
+    a = graphnn.analyse(g, per_component=True, core=False)
+    c = graphnn.eigenvector_centrality(g, per_component=True)
+    np.testing.assert_allclose(a.neurons["centrality"], c["centrality"], atol=1e-12)
+    assert a.neurons["component"].tolist() == [0] * 7 + [1] * 4
+    np.testing.assert_allclose(a.neurons["centrality"][7:].pow(2).sum(), 1.0)  # normalised on its own
+    with pytest.raises(graphnn.InvalidParameterError, match="per_component"):
+        graphnn.analyse(g, per_component="yes")

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import InvalidParameterError
 from ..graph import Block, LayeredGraph
 from ..validation import check_bool, check_choice
 from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
                       signed_and_abs_sums, use_copy)
 from .centrality import check_options, leading_eigenvector
+from .components import component_labels
 from .hypercore import _weighting, as_integers, cores_on
 from .strength import (STATS, add_block_sums, block_tensor, describe, neuron_frame, tensor_strength_variance,
                        unbiased_var)
@@ -71,12 +73,14 @@ def analyse(
     device: str | torch.device = "auto",
     progress: Callable[[str, int, int], None] | None = None,
     client: Any = None,
+    per_component: bool = False,
 ) -> Analysis:
     """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
     numbers of ``g``, reading every block's matrix once. Returns an :class:`Analysis`.
 
     ``strength``/``centrality``/``core`` switch the parts (the block table is always made).
-    ``normalise``, ``tol``, ``max_iter`` are those of :func:`graphnn.eigenvector_centrality`;
+    ``normalise``, ``tol``, ``max_iter``, ``per_component`` are those of
+    :func:`graphnn.eigenvector_centrality` (``per_component=True`` adds a ``component`` column);
     ``core_scope``, ``core_threshold``, ``core_top`` are :func:`graphnn.hypercore`'s ``scope``,
     ``threshold`` and ``top``. ``progress(step, done, total)`` is called as the steps ``load``,
     ``centrality`` and ``hypercore`` advance. A bad option raises
@@ -85,9 +89,13 @@ def analyse(
     ``client``: a ``distributed.Client``: the same analyses run on its Dask workers, blocks
     placed by shard (:mod:`graphnn.distributed`; ``device`` is then where each worker computes).
     """
+    check_bool("per_component", per_component)
     if client is not None:
         from ..distributed import analyse_distributed
 
+        if per_component:
+            raise InvalidParameterError("per_component=True is not available with client= (Dask) yet: "
+                                        "analyse in one process, or leave per_component off")
         return analyse_distributed(
             g, client, strength=strength, centrality=centrality, core=core, normalise=normalise, tol=tol,
             max_iter=max_iter, core_scope=core_scope, core_threshold=core_threshold, core_top=core_top,
@@ -102,7 +110,8 @@ def analyse(
     dt = resolve_dtype(g.num_edges, dtype)
     options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise,
                "tol": tol, "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold,
-               "core_top": core_top, "dtype": str(dt).replace("torch.", ""), "device": str(dev)}
+               "core_top": core_top, "dtype": str(dt).replace("torch.", ""), "device": str(dev),
+               "per_component": per_component}
     timings: dict[str, float] = {}
 
     n = g.num_nodes
@@ -151,10 +160,13 @@ def analyse(
         if progress:
             progress("centrality", 0, 1)
         space = NodeSpace.of_graph(g)
-        x, centrality_info = leading_eigenvector(space.n, place(space, cen_blocks), normalise=normalise, tol=tol,
-                                                 max_iter=max_iter, device=dev, dtype=dt)
-        del cen_blocks
+        placed = place(space, cen_blocks)
+        x, centrality_info = leading_eigenvector(space.n, placed, normalise=normalise, tol=tol, max_iter=max_iter,
+                                                 device=dev, dtype=dt, per_component=per_component)
         columns["centrality"] = x
+        if per_component:
+            columns["component"] = component_labels(space.n, placed)
+        del cen_blocks, placed
         if progress:
             progress("centrality", 1, 1)
         timings["centrality"] = time.perf_counter() - t0
