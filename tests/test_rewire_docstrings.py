@@ -9,7 +9,8 @@ import torch
 torch.set_num_threads(1)
 
 MODULES = ["graphnn.rewire._targets", "graphnn.rewire.pa", "graphnn.rewire.variance_search",
-           "graphnn.rewire.rank_match", "graphnn.rewire.hcore_init"]
+           "graphnn.rewire.rank_match", "graphnn.rewire.hcore_init", "graphnn.rewire.inits",
+           "graphnn.extract.selection"]
 
 
 @pytest.mark.parametrize("name", MODULES)

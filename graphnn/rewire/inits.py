@@ -69,7 +69,17 @@ def check_init(init) -> str | Callable:
 
 def bind_init(init, tensor: torch.Tensor, name: str = "tensor") -> Callable[[torch.Tensor], torch.Tensor]:
     """The in-place initialiser to call on ``tensor`` (and its redraws): for ``"match"`` a normal
-    draw with ``tensor``'s current mean and std, otherwise the named or given function."""
+    draw with ``tensor``'s current mean and std, otherwise the named or given function.
+
+    >>> import torch
+    >>> w = torch.randn(256, 256, generator=torch.Generator().manual_seed(0)) * 0.02 + 0.5
+    >>> draw = bind_init("match", w)
+    >>> _ = torch.manual_seed(1); _ = draw(w)
+    >>> round(float(w.mean()), 2), round(float(w.std()), 3)
+    (0.5, 0.02)
+    >>> bind_init("kaiming_normal", w) is torch.nn.init.kaiming_normal_
+    True
+    """
     init = check_init(init)
     if init == MATCH:
         t = tensor.detach()
