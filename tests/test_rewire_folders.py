@@ -272,3 +272,32 @@ def test_init_match_keeps_the_checkpoint_scale(tmp_path, method):
     assert float(b[name].std()) == pytest.approx((2 / 32) ** 0.5, rel=0.15)
     res = run_cli("rewire", src, "-o", tmp_path / "x", "--method", method, "--init", "no_such_init", "--seed", "0")
     assert res.returncode == 2 and "no_such_init" in res.stderr + res.stdout
+
+
+def test_a_declared_tie_across_bin_shards_gets_the_same_values_in_both(tmp_path):
+    """A .bin folder that stores the LM head as a separate copy, in another shard than the
+    embedding, with ``tie_word_embeddings`` in config.json: rewired once, the same values
+    written under both names (shards still read one at a time)."""
+    model = llama(tie=True)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}  # clones: no shared storage
+    src = tmp_path / "m"
+    src.mkdir()
+    names = list(sd)
+    first = [n for n in names if n != "lm_head.weight"][: len(names) // 2]
+    shards = {"pytorch_model-00001-of-00002.bin": first,
+              "pytorch_model-00002-of-00002.bin": [n for n in names if n not in first]}
+    assert "model.embed_tokens.weight" in first and "lm_head.weight" in shards["pytorch_model-00002-of-00002.bin"]
+    for fname, members in shards.items():
+        torch.save({n: sd[n] for n in members}, src / fname)
+    index = {"metadata": {}, "weight_map": {n: f for f, ms in shards.items() for n in ms}}
+    (src / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    model.config.save_pretrained(src)
+    out = tmp_path / "o"
+    rec = rewire_checkpoint(src, out, method="pa", seed=4)
+    a = torch.load(out / "pytorch_model-00001-of-00002.bin", weights_only=True)["model.embed_tokens.weight"]
+    b = torch.load(out / "pytorch_model-00002-of-00002.bin", weights_only=True)["lm_head.weight"]
+    assert torch.equal(a, b) and not torch.equal(a, sd["lm_head.weight"])
+    assert torch.equal(a, spec_rewire(sd["lm_head.weight"], 4)), "rewired once, as the LM head (vocab, d)"
+    changed = {t["name"] for t in rec["tensors"] if t["changed"]}
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= changed
+    load(transformers.LlamaForCausalLM, out)
