@@ -181,6 +181,27 @@ def test_fifo_shard_is_refused_without_opening_it(tmp_path):
         assert not watch.close(), "the FIFO was opened for reading"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_fifo_index_is_refused_without_opening_it(tmp_path):
+    folder = sharded(tmp_path / "model")
+    (folder / INDEX).unlink()
+    watch = FifoWatch(folder / INDEX)
+    try:
+        with pytest.raises(CorruptCheckpointError, match="index file .*FIFO"):
+            graphnn.extract(folder)
+    finally:
+        assert not watch.close(), "the FIFO was opened for reading"
+
+
+def test_oversized_index_is_refused_before_reading(tmp_path, monkeypatch):
+    from graphnn.extract import checkpoints
+
+    folder = sharded(tmp_path / "model")
+    monkeypatch.setattr(checkpoints, "MAX_INDEX_BYTES", 64)
+    with pytest.raises(CorruptCheckpointError, match="more than any real index file"):
+        graphnn.extract(folder)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/zero") or not stat.S_ISCHR(os.stat("/dev/zero").st_mode),
                     reason="needs /dev/zero")
 def test_device_as_checkpoint_or_linked_shard_is_refused(tmp_path):
