@@ -5,9 +5,10 @@ re-initialisation."""
 from ._targets import rewirable_weights
 from .checkpoint import rewire_checkpoint
 from .hcore_init import hcore_reinit_
+from .inits import init_names
 from .pa import pa_rewire_
 from .rank_match import rank_match_
 from .variance_search import min_strength_variance_search_
 
-__all__ = ["hcore_reinit_", "min_strength_variance_search_", "pa_rewire_", "rank_match_", "rewirable_weights",
-           "rewire_checkpoint"]
+__all__ = ["hcore_reinit_", "init_names", "min_strength_variance_search_", "pa_rewire_", "rank_match_",
+           "rewirable_weights", "rewire_checkpoint"]
