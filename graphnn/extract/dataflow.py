@@ -225,13 +225,27 @@ def _place(line: torch.Tensor, shape: tuple, axis: int) -> torch.Tensor:
     return line.view(view).expand(shape)
 
 
+def compact(ids: torch.Tensor, keep: tuple[int, ...] = ()) -> torch.Tensor:
+    """``ids`` narrowed to one entry along every broadcast (stride-0) axis not in ``keep``: the
+    same information in a tensor that is usually tiny (ids are mostly expanded lines)."""
+    for ax in range(ids.dim()):
+        if ids.shape[ax] > 1 and ids.stride(ax) == 0 and ax not in keep:
+            ids = ids.narrow(ax, 0, 1)
+    return ids
+
+
 def _lines(ids: torch.Tensor, axis: int) -> torch.Tensor:
-    """``ids`` as rows along ``axis``: ``(-1, size of axis)``."""
+    """``ids`` as rows along ``axis``: ``(-1, size of axis)`` (broadcast axes counted once)."""
+    axis = axis % ids.dim()
+    ids = compact(ids, keep=(axis,))
     return ids.movedim(axis, -1).reshape(-1, ids.shape[axis])
 
 
 def _varies(ids: torch.Tensor, axis: int) -> bool:
     """Whether the ids change along ``axis`` (wildcards ignored)."""
+    axis = axis % ids.dim()
+    if ids.shape[axis] <= 1 or ids.stride(axis) == 0:
+        return False
     rows = _lines(ids, axis)
     rows = rows[(rows != WILD).any(1)]
     if rows.numel() == 0:
@@ -244,6 +258,7 @@ def separate(ids: torch.Tensor):
     """``(axis, line)`` when the ids change along one axis only (the feature axis; ``line`` the
     ids along it, from a row without wildcards), ``(None, line)`` for a single feature, ``None``
     when features are spread over several axes (e.g. between a shuffle's view and reshape)."""
+    ids = compact(ids)
     varying = [ax for ax in range(ids.dim()) if ids.shape[ax] > 1 and _varies(ids, ax)]
     if not varying:
         valid = ids[ids != WILD]
@@ -271,6 +286,8 @@ class FeatureWalker:
         self.starts: list[int] = []
         self.pids: list[int] = []
         self.next_id = 0
+        self._owner: torch.Tensor | None = None
+        self._start: torch.Tensor | None = None
         self.node: fx.Node | None = None
         self._said: set[str] = set()
         self._token_inputs: dict[fx.Node, int] = {}
@@ -290,11 +307,13 @@ class FeatureWalker:
 
     def decode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global ids -> (root partition ids, neuron indices)."""
-        starts = torch.tensor(self.starts)
-        ids = ids.contiguous()
-        k = torch.searchsorted(starts, ids, right=True) - 1
-        pids = torch.tensor([self.b.find(p) for p in self.pids])[k]
-        return pids, ids - starts[k]
+        if self._owner is None or self._owner.numel() != self.next_id:
+            sizes = torch.diff(torch.tensor(self.starts + [self.next_id]))
+            self._owner = torch.repeat_interleave(torch.arange(len(self.starts)), sizes)
+            self._start = torch.tensor(self.starts)
+        k = self._owner[ids]
+        roots = torch.tensor([self.b.find(p) for p in self.pids])
+        return roots[k], ids - self._start[k]
 
     # -- messages --------------------------------------------------------------------------
     def where(self, node: fx.Node | None = None) -> str:
@@ -682,8 +701,11 @@ class FeatureWalker:
             A, B = torch.broadcast_to(va, out_shape), torch.broadcast_to(vb, out_shape)
         except RuntimeError:
             return self.cut(f"{_name_of(node.target)} broadcasts a feature map over another axis")
+        # work on the axes where either operand changes (the others are broadcast)
+        keep = tuple(ax for ax in range(A.dim()) if A.stride(ax) != 0 or B.stride(ax) != 0)
+        A, B = compact(A, keep), compact(B, keep)
         both = (A != WILD) & (B != WILD)
-        out = torch.where(A == WILD, B, A)
+        out = torch.where(A == WILD, B, A).expand(out_shape)
         if not bool(both.any()):
             return out
         pairs = torch.unique(torch.stack([A[both], B[both]]), dim=1)
@@ -768,13 +790,14 @@ class FeatureWalker:
     def _transfer(self, node: fx.Node, name: str, ids: torch.Tensor, out):
         if not isinstance(out, tuple):
             return None
-        sep = separate(ids)
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else None)
-        if name in _DATA_DEPENDENT and sep is not None and sep[0] is not None and isinstance(dim, int) \
-                and dim % ids.dim() == sep[0]:
-            return self.cut(f"{name} along the feature axis depends on the data")
+        if name in _DATA_DEPENDENT:
+            sep = separate(ids)
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else None)
+            if sep is not None and sep[0] is not None and isinstance(dim, int) and dim % ids.dim() == sep[0]:
+                return self.cut(f"{name} along the feature axis depends on the data")
         if tuple(ids.shape) == out:
             return ids
+        sep = separate(ids)
         if sep is None:
             return self.cut(f"{name} changes the shape {tuple(ids.shape)} -> {out} of a tensor whose features are "
                             "spread over several axes")
