@@ -77,6 +77,13 @@ def zoo():
                              vocab_size=64, max_position_embeddings=32),
             vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                image_size=32, patch_size=16), projection_dim=32), "AutoModel"),
+        ("T5 v1.1 (gated GELU)", T.T5Config(d_model=64, d_ff=96, num_layers=2, num_heads=4, d_kv=16, vocab_size=64,
+                                          feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+         "AutoModelForSeq2SeqLM"),
+        ("BERT masked-LM head", T.BertConfig(**dec), "AutoModelForMaskedLM"),
+        ("BERT classifier", T.BertConfig(**dec), "AutoModelForSequenceClassification"),
+        ("ViT classifier", T.ViTConfig(**vis), "AutoModelForImageClassification"),
+        ("Llama classifier (score)", T.LlamaConfig(**gqa, pad_token_id=0), "AutoModelForSequenceClassification"),
         ("ResNet (CNN, no family rule)", T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]),
          "AutoModel"),
     ]

@@ -116,9 +116,11 @@ PATTERNS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r
     (r"^(?P<u>.+(?:patch_embeddings\.projection|patch_embedding|patch_embed\.proj))\.weight$", "patch"),
     # heads read the stream
     (r"^(?P<u>(?:.+\.)?pooler\.dense)\.weight$", "pooler"),
-    (r"^(?P<u>(?:.+\.)?(?:lm_head|embed_out|score|classifier|visual_projection|text_projection|"
-     r"cls\.predictions\.transform\.dense))\.weight$", "head"),
-    (r"^(?P<u>(?:.+\.)?cls\.predictions)\.decoder\.weight$", "mlm_decoder"),
+    # masked-LM heads: stream -> transform -> decoder (BERT cls.predictions, RoBERTa lm_head)
+    (r"^(?P<u>(?:.+\.)?cls\.predictions)\.transform\.dense\.weight$", "mlm_transform"),
+    (r"^(?P<u>(?:.+\.)?lm_head)\.dense\.weight$", "mlm_transform"),
+    (r"^(?P<u>(?:.+\.)?(?:cls\.predictions|lm_head))\.decoder\.weight$", "mlm_decoder"),
+    (r"^(?P<u>(?:.+\.)?(?:lm_head|embed_out|score|classifier|visual_projection|text_projection))\.weight$", "head"),
 ))
 
 _CROSS_UNITS = ("encoder_attn", "EncDecAttention", "crossattention")
@@ -245,9 +247,13 @@ def tied_aliases(family: Family, config: Mapping[str, Any] | None, names: set[st
         return out
     archs = [str(a) for a in (config.get("architectures") or [])]
     has_head = any(a.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration")) for a in archs)
-    if has_head and config.get("tie_word_embeddings", True):
+    masked_lm = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
+    if (has_head or masked_lm) and config.get("tie_word_embeddings", True):
         emb = shared or next((n for n in sorted(names) if re.search(
             r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in)\.weight$", n)), None)
-        if emb is not None:
+        if emb is not None and has_head:
             out["lm_head.weight"] = emb
+        elif emb is not None:
+            out["lm_head.decoder.weight" if any(n.startswith("lm_head.") for n in names)
+                else "cls.predictions.decoder.weight"] = emb
     return out

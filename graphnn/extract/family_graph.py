@@ -327,12 +327,13 @@ class _Planner:
             return [a.add(e, stream, a.part(("pooler", tower), mod), writer=mod)]
         if r == "head":
             src = stream
-            if leaf_name(u) == "classifier" and ("pooler", tower) in a.parts:
-                src = ("pooler", tower)
-            dst_key = ("mlm", module_name(module_name(u))) if u.endswith("cls.predictions.transform.dense") else ("head", mod)
-            return [a.add(e, src, a.part(dst_key, mod), writer=mod)]
+            if leaf_name(u) == "classifier" and ("pooler", tower) in a.hints:
+                src = a.part(("pooler", tower), a.hints[("pooler", tower)])
+            return [a.add(e, src, a.part(("head", mod), mod), writer=mod)]
+        if r == "mlm_transform":
+            return [a.add(e, stream, a.part(("mlm", u), mod), writer=mod)]
         if r == "mlm_decoder":
-            src = ("mlm", u) if ("mlm", u) in a.parts else stream
+            src = a.part(("mlm", u), a.hints[("mlm", u)]) if ("mlm", u) in a.hints else stream
             return [a.add(e, src, a.part(("head", mod), mod), writer=mod)]
         # a weight the table does not know: read the stream if it fits, else its own input
         self.unmatched.append(name)
@@ -413,6 +414,10 @@ def family_graph(entries: list[TensorEntry], family: Family, how: str, config: M
                 asm.hints[(p, role.unit)] = f"{mod}.{p}"
         elif role.role in ("gate", "up", "mlp_in", "gate_up"):
             asm.hints.setdefault(("hidden", role.unit), mod)
+        elif role.role == "mlm_transform":
+            asm.hints[("mlm", role.unit)] = mod
+        elif role.role == "pooler":
+            asm.hints[("pooler", tower_of(family, e.name))] = mod
     blocks_of: dict[str, list[str]] = {}
     for e in ordered:
         role = roles[e.name]
