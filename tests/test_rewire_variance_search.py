@@ -96,3 +96,23 @@ def test_initialiser_that_gives_nan_is_reported():
     layer = torch.nn.Linear(4, 3)
     with pytest.raises(ValueError, match="NaN/Inf strength variance"):
         graphnn.rewire.min_strength_variance_search_(layer, init=lambda w: w.fill_(float("nan")), trials=3, seed=0)
+
+
+def test_init_by_name_and_match():
+    """A torch.nn.init name is that function (with or without the trailing underscore);
+    'match' draws with the tensor's own mean and std."""
+    a, b = nn.Linear(20, 30), nn.Linear(20, 30)
+    min_strength_variance_search_(a, init="xavier_uniform", trials=4, seed=2)
+    min_strength_variance_search_(b, init=torch.nn.init.xavier_uniform_, trials=4, seed=2)
+    assert torch.equal(a.weight, b.weight)
+    w = torch.randn(200, 100, generator=torch.Generator().manual_seed(0)) * 0.02 + 0.1
+    before = w.clone()
+    min_strength_variance_search_(w, init="match", trials=3, seed=0)
+    assert not torch.equal(w, before)
+    assert float(w.mean()) == pytest.approx(0.1, abs=0.002)
+    assert float(w.std()) == pytest.approx(0.02, rel=0.03)
+    with pytest.raises(graphnn.InvalidParameterError, match="needs val besides the tensor"):  # needs a value: not usable by name
+        min_strength_variance_search_(torch.empty(3, 3), init="constant_")
+    nan = torch.full((3, 3), float("nan"))
+    with pytest.raises(graphnn.InvalidParameterError, match="not finite"):
+        min_strength_variance_search_(nan, init="match")

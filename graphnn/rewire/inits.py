@@ -50,6 +50,15 @@ def _torch_name(name: str) -> str:
     for cand in (name, name + "_"):
         if cand in names and cand != MATCH:
             return cand
+    for cand in (name, name + "_"):
+        fn = getattr(torch.nn.init, cand, None)
+        if cand.endswith("_") and not cand.startswith("_") and inspect.isfunction(fn):
+            needed = [p.name for p in list(inspect.signature(fn).parameters.values())[1:]
+                      if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            raise InvalidParameterError(
+                f"init={name!r}: torch.nn.init.{cand} needs {', '.join(needed)} besides the tensor, so it cannot be "
+                f"given by name; pass a callable, e.g. functools.partial(torch.nn.init.{cand}, "
+                + ", ".join(f"{n}=..." for n in needed) + ")")
     raise InvalidParameterError(
         f"init={name!r} is not an initialiser graphnn knows: use 'match' or a torch.nn.init function whose "
         f"other arguments have defaults ({', '.join(n for n in names if n != MATCH)}), or pass a callable "
