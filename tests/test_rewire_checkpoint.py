@@ -290,3 +290,27 @@ def test_a_kill_between_the_steps_leaves_only_a_recognised_provenance(tmp_path):
     rec = rewire_checkpoint(src, out, seed=0, overwrite=True)
     assert json.loads(prov.read_text())["output"]["sha256"] == rec["output"]["sha256"] == sha(out)
     assert not any(".graphnn-partial." in p.name for p in tmp_path.iterdir()), "stale temporaries are removed"
+
+
+def test_two_writers_to_one_output_cannot_mix_their_files(checkpoint, monkeypatch):
+    """Run B starts and finishes while run A is writing: A's exclusive publish of its provenance
+    fails, so the checkpoint and the JSON on disk both come from B."""
+    import graphnn.rewire.checkpoint as ck
+
+    path, _ = checkpoint
+    out = path.with_name("raced" + path.suffix)
+    real = ck._Checkpoint.write
+    state = {"inside": False}
+
+    def write_then_let_b_finish(self, tmp, changed, meta):
+        real(self, tmp, changed, meta)
+        if not state["inside"]:
+            state["inside"] = True
+            rewire_checkpoint(path, out, seed=2)  # B, while A holds its finished temporary
+
+    monkeypatch.setattr(ck._Checkpoint, "write", write_then_let_b_finish)
+    with pytest.raises(RefusedOverwriteError, match="already exists"):
+        rewire_checkpoint(path, out, seed=1)  # A
+    prov = json.loads(open(str(out) + PROVENANCE_SUFFIX).read())
+    assert prov["seed"] == 2 and prov["output"]["sha256"] == sha(out)
+    assert not [p for p in path.parent.iterdir() if ".graphnn-partial." in p.name], "A's temporary is removed"

@@ -301,3 +301,11 @@ def test_a_declared_tie_across_bin_shards_gets_the_same_values_in_both(tmp_path)
     changed = {t["name"] for t in rec["tensors"] if t["changed"]}
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= changed
     load(transformers.LlamaForCausalLM, out)
+
+
+def test_help_says_what_a_folder_rewire_writes():
+    res = run_cli("rewire", "--help")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0
+    for phrase in ("model folder", "graphnn.provenance.json", "atomically", "--init", "match", "--include-embeddings"):
+        assert phrase in text, phrase
