@@ -414,3 +414,23 @@ def test_exact_cases_give_the_same_strength_as_a_hand_summed_matrix():
     expected = torch.cat([m.fa.weight.sum(0), m.fb.weight.sum(0)]).double()
     got = torch.tensor([out[("fc0", k)] for k in range(8)])
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+class OddSize(nn.Module):
+    """Only a 20 x 20 input fits: no guessed size works."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(2 * 20 * 20, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def test_example_inputs_when_no_guessed_shape_fits():
+    with pytest.warns(TopologyWarning, match="example_inputs"):
+        g = graphnn.extract(seeded(OddSize))
+    assert any("could not be propagated" in n for n in g.notes)
+    g = exact(seeded(OddSize), example_inputs=torch.zeros(1, 1, 20, 20))
+    assert blocks(g) == {"conv.weight": ("input", "conv", (2, 1), None), "fc.weight": ("conv", "fc", (3, 2), None)}
+    assert g.blocks["fc.weight"].aggregation == "l2" and not any("propagated" in n for n in g.notes)

@@ -60,6 +60,7 @@ def extract(
     include_embeddings: bool = False,
     trust: bool = False,
     trace: bool = True,
+    example_inputs: Any = None,
 ) -> LayeredGraph:
     """Extract the layered weight graph of a model or checkpoint.
 
@@ -77,6 +78,10 @@ def extract(
         code stored in the file: only for files you trust.
     trace : for modules, follow the dataflow with ``torch.fx`` (residual additions merge
         partitions, concatenations stack them); ``False`` uses registration order.
+    example_inputs : for modules, a tensor or a tuple of tensors (the forward's positional
+        arguments) whose shapes are used to follow the dataflow (run on the ``meta`` device: no
+        computation, no memory); by default shapes are guessed from the first layer each input
+        reaches. Needed only when the guess fails (a TopologyWarning says so).
 
     Returns
     -------
@@ -102,7 +107,7 @@ def extract(
         g = _from_transformers_module(source, builder, selection)
         if g is not None:
             return g
-        topology = _from_module(source, builder, selection, trace)
+        topology = _from_module(source, builder, selection, trace, example_inputs)
     elif isinstance(source, Mapping):
         builder = GraphBuilder(conv, source="state_dict")
         entries = entries_from_state_dict(unwrap_state_dict(source))
@@ -199,7 +204,8 @@ def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: 
     return TOPOLOGY_CHAINING
 
 
-def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool) -> str:
+def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool,
+                 example_inputs: Any = None) -> str:
     rules: dict[str, Rule | str] = {r.name: r.rule or r.reason for r in select_weights(model)}
     # every name of a tied parameter (e.g. an LM head sharing the embedding matrix) is an entry
     entries = {name: TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
@@ -215,7 +221,7 @@ def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection,
             builder.notes.append(msg)
     topology = TOPOLOGY_TRACED if graph is not None else TOPOLOGY_REGISTRATION
     if graph is not None:
-        walk_module(graph, model, builder, entries, selection.reason)
+        walk_module(graph, model, builder, entries, selection.reason, example_inputs=example_inputs)
     else:
         layers = []
         for name, e in entries.items():

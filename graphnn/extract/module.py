@@ -1,17 +1,21 @@
 """Graphs from ``nn.Module`` dataflow, traced with ``torch.fx``.
 
-The trace walks the forward pass: a mapped layer (Linear, ConvNd, ConvTransposeNd,
+The trace is walked by :class:`graphnn.extract.dataflow.FeatureWalker`, which follows feature ids
+(shapes propagated on the ``meta`` device): a mapped layer (Linear, ConvNd, ConvTransposeNd,
 MultiheadAttention, Embedding, HF Conv1D, or ``F.linear``/``F.convNd`` on a parameter) writes a
-new partition named after the module; additions (and elementwise products of two feature maps)
-merge the partitions of their operands; concatenations of different partitions stack them; every
-other operation keeps the partition of its first tensor operand (activations, norms, dropout,
-pooling, reshapes, attention's token mixing). When tracing fails the caller falls back to module
-registration order with shape matching.
+new partition named after the module; splits, slices, shuffles and concatenations become index
+maps; additions and elementwise products of two feature maps merge whole partitions of equal
+size; feature-preserving operations keep the partition; anything else on the feature axis cuts
+the chain with a ``TopologyWarning``. When the shapes cannot be propagated, the shape-less walk
+of this module (:class:`_Walker`: merges, concatenations, everything else keeps the partition of
+its first operand) is used with a ``TopologyWarning``. When tracing fails the caller falls back to
+module registration order with shape matching.
 """
 
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -19,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TopologyWarning
 from .builder import Concat, GraphBuilder
 from .checkpoints import TensorEntry
 from .rules import Rule, is_mapped_module, rules_for_module
@@ -222,23 +227,8 @@ def walk_module(graph: fx.Graph, model: nn.Module, builder: GraphBuilder, entrie
                f"({type(e).__name__}: {str(e)[:200]}); splits, slices, shuffles and concatenation axes "
                "were not checked. Pass example_inputs=... to check them")
         _Walker(model, builder, entries, accept).walk(graph)
-        if _has_layout_ops(graph):
-            from ..errors import TopologyWarning
-            import warnings
-            warnings.warn(msg, TopologyWarning, stacklevel=4)
+        warnings.warn(msg, TopologyWarning, stacklevel=4)
         builder.notes.append(msg)
         return
     FeatureWalker(model, builder, entries, accept, shapes, consts, layouts).walk(graph)
 
-
-_LAYOUT_NAMES = {"split", "chunk", "unbind", "view", "reshape", "transpose", "permute", "narrow", "cat", "stack",
-                 "concat", "hstack", "vstack", "index_select", "flip", "roll", "repeat", "repeat_interleave",
-                 "channel_shuffle", "movedim", "unflatten"}
-
-
-def _has_layout_ops(graph: fx.Graph) -> bool:
-    for n in graph.nodes:
-        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-        if n.op in ("call_function", "call_method") and name in _LAYOUT_NAMES:
-            return True
-    return False
