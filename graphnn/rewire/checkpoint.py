@@ -76,6 +76,9 @@ _SAFETENSORS = (".safetensors",)
 _PICKLE = (".pt", ".pth", ".bin", ".ckpt")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+#: Dtypes torch stores but cannot compute in (CPU kernels missing): rewired via float32.
+_STORAGE_ONLY = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                      if hasattr(torch, n))
 
 
 def _format_of_file(path: Path) -> str | None:
@@ -210,14 +213,17 @@ class _Plan:
             src = sd[here[0]]
             if not src.is_floating_point():
                 raise InvalidParameterError(f"{here[0]} has dtype {src.dtype}; only floating-point weights can be rewired")
-            t = src.detach().clone()
+            # fp8 is a storage format torch cannot compute in: work in float32, store back as fp8
+            # (exact for PA, a permutation of representable values; a redraw is rounded to fp8)
+            t = src.detach().to(torch.float32) if src.dtype in _STORAGE_ONLY else src.detach().clone()
             for n in here:
                 sd[n] = t
             changed.update(here)
-            todo.append((g, WeightTarget(g.names[0], t, g.primary.layout, g.primary.groups, g.names[1:])))
+            todo.append((g, WeightTarget(g.names[0], t, g.primary.layout, g.primary.groups, g.names[1:]),
+                         src.dtype, here))
         if not todo:
             return changed
-        targets = [t for _, t in todo]
+        targets = [t for _, t, _, _ in todo]
         for t in targets:
             self.before[t.name] = _variances(t)
         if self.method == "pa":
@@ -226,14 +232,18 @@ class _Plan:
             search_targets_(targets, self.options["init_fn"], self.options["trials"], self.seed)
         else:
             self._hcore(todo)
-        for g, t in todo:
-            self.after[t.name] = _variances(t)
-            self.done[g.names[0]] = t.tensor
+        for g, t, dtype, here in todo:
+            final = t.tensor.to(dtype) if dtype in _STORAGE_ONLY else t.tensor
+            self.after[t.name] = _variances(WeightTarget(t.name, final.to(torch.float32) if final is not t.tensor
+                                                         else final, t.layout, t.groups))
+            for n in here:
+                sd[n] = final
+            self.done[g.names[0]] = final
         return changed
 
-    def _hcore(self, todo: list[tuple[TieGroup, WeightTarget]]) -> None:
+    def _hcore(self, todo: list[tuple]) -> None:
         tensors, products = {}, {}
-        for g, t in todo:
+        for g, t, _, _ in todo:
             names = set(g.names)
             params = [b.param for b in self.graph.blocks.values() if b.param in names]
             key = params[0]
