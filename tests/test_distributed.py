@@ -161,3 +161,27 @@ def test_usage_errors(client, llama_folder):
     for bad in ("local:0", "local:x", "10.0.0.1:8786", "http://x:1", ""):
         with pytest.raises(InvalidParameterError, match="local:N"):
             parse_address(bad)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_peeling_equals_single_process_on_random_graphs(client, seed):
+    """Random layered graphs with small-integer weights (many exact ties, zero edges, a self-block
+    and parallel blocks): the distributed peeling's batches and tie rounds give the single
+    process's numbers exactly."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    sizes = {f"p{i}": int(torch.randint(2, 9, (1,), generator=gen)) for i in range(4)}
+    names = list(sizes)
+
+    def w(dst, src):
+        m = torch.randint(0, 4, (sizes[dst], sizes[src]), generator=gen).double()
+        return m * (torch.rand(m.shape, generator=gen) < 0.7)
+
+    blocks = {f"{a}->{b}": (a, b, w(b, a)) for a, b in zip(names, names[1:])}
+    blocks["p1->p1"] = ("p1", "p1", w("p1", "p1"))
+    blocks["p0->p2"] = ("p0", "p2", w("p2", "p0"))
+    blocks["p0->p1 again"] = ("p0", "p1", w("p1", "p0"))
+    g = graphnn.LayeredGraph.from_matrices(sizes, blocks)
+    for opts in ({}, {"core_threshold": 2.0}):
+        local = graphnn.analyse(g, centrality=False, **opts)
+        dist = graphnn.analyse(g, client=client, centrality=False, **opts)
+        assert np.array_equal(local.neurons["core"].to_numpy(), dist.neurons["core"].to_numpy()), opts

@@ -13,13 +13,15 @@ numbers.
   ARPACK if needed) driven by the client. Each matrix-vector product sends every worker the
   vector over the partitions its blocks touch and gets its partial ``A x`` back over the same
   partitions: O(nodes) floats per product, never O(edges).
-- **Weighted hypercore**: exact level-synchronous peeling driven by the client. Each round
-  removes every neuron whose strength is at most the current level (within the tie tolerance of
-  :mod:`graphnn.analyses.hypercore`, and below every other neuron's strength); the workers whose
+- **Weighted hypercore**: exact peeling driven by the client (:func:`peel`). Each round
+  removes either every neuron at the current level (within the tie tolerance of
+  :mod:`graphnn.analyses.hypercore`) or a batch of the weakest neurons that one-at-a-time
+  peeling would remove in a row (checked exactly, see :func:`peel`); the workers whose
   partitions hold a removed neuron read the rows of the removed neurons only and return what
   their removal takes from their neurons' strengths. Cost: one round trip per round, O(nodes)
-  floats each; the number of rounds is the number of distinct core levels plus cascades, so on
-  continuous weights it approaches the number of neurons: correct, but slow on large models.
+  floats each; rounds are at least the distinct core levels divided by the batch size and grow
+  with the batches that fail their check (neurons of adjacent layers at close strengths):
+  correct, but far slower than the single process on large models.
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ def _hosts(g: LayeredGraph, client, dtype: torch.dtype, device: str, core_tau: f
     from .host import BlockHost
     from .placement import assign
 
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    try:
+        info = client.scheduler_info(n_workers=-1)  # every worker (the default lists only a few)
+    except TypeError:  # dask.distributed before 2025: always all of them
+        info = client.scheduler_info()
+    workers = sorted(info["workers"])
     if not workers:
         raise InvalidParameterError("the Dask cluster has no workers: start some (or wait for them) and retry")
     names = list(g.partitions)
@@ -186,11 +192,25 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
     return _finish(x, normalise), info
 
 
+#: Largest speculative batch of the hypercore peeling (neurons removed in one round trip).
+MAX_BATCH = 4096
+
+
 def peel(n: int, hosts: list[_Host], nodes: np.ndarray, group: list[str] | None, traffic: Traffic,
          progress: Progress | None = None) -> tuple[np.ndarray, int]:
     """Hypercore number of the global ``nodes`` in the graph of the blocks named in ``group``
-    (all blocks: ``None``), by exact level-synchronous peeling; returns ``(core over all n
-    nodes, NaN outside nodes; rounds)``."""
+    (all blocks: ``None``), by exact peeling driven from here; returns ``(core over all n
+    nodes, NaN outside nodes; rounds)``. Every round costs one request to the workers holding a
+    removed neuron (see :meth:`.host.BlockHost.decrement`).
+
+    Rounds: (1) every neuron at the current level (strength within the tie tolerance of it, and
+    not above a neuron that is not) is removed at once: one-at-a-time peeling would give each of
+    them the level too. (2) Otherwise the level must rise: the ``k`` weakest neurons are removed
+    together *if* that is what one-at-a-time peeling would do, checked on the decrement their
+    removal causes: no edge among them (their strengths stay put while they go) and every other
+    neuron stays strictly above the last of them (none could become the weakest first); their
+    numbers are then replayed in order. A failed check costs one round and shrinks ``k``; a
+    success doubles it (up to :data:`MAX_BATCH`)."""
     from ..analyses.hypercore import TIE_RTOL
 
     s = np.zeros(n)
@@ -205,36 +225,57 @@ def peel(n: int, hosts: list[_Host], nodes: np.ndarray, group: list[str] | None,
         m = np.full(n, -1, dtype=np.int64)
         m[h.nodes] = np.arange(len(h.nodes))
         local.append(m)
+
+    def decrement(removed: np.ndarray) -> np.ndarray:
+        calls = []
+        for h, m in zip(hosts, local):
+            r = m[removed]
+            r = r[r >= 0]
+            if r.size:
+                calls.append((h, h.actor.decrement(r, group)))
+                traffic.add("hypercore", r)
+        d = np.zeros(n)
+        for h, f in calls:
+            dec = f.result()
+            traffic.add("hypercore", dec)
+            d[h.nodes] += dec
+        return d
+
     core = np.full(n, np.nan)
-    level, left, rounds = 0.0, int(alive.sum()), 0
+    level, left, rounds, k = 0.0, int(alive.sum()), 0, 1
     total = left
     while left:
-        sa = np.where(alive, s, np.inf)
-        within = alive & (s <= level + tol)
-        if not within.any():  # the weakest neuron raises the level
-            level = float(sa.min())
-            within = alive & (s <= level + tol)
-        # one-at-a-time peeling takes neurons in order of strength: a neuron within the
-        # tolerance but above a neuron that is not waits until that one has raised the level
-        others = np.where(alive & ~within, s, np.inf)
-        take = within & (s <= others.min()) if np.isfinite(others.min()) else within
-        removed = np.flatnonzero(take)
-        core[removed] = level
-        alive[removed] = False
-        left -= removed.size
         rounds += 1
-        if left:
-            calls = []
-            for h, m in zip(hosts, local):
-                r = m[removed]
-                r = r[r >= 0]
-                if r.size:
-                    calls.append((h, h.actor.decrement(r, group)))
-                    traffic.add("hypercore", r)
-            for h, f in calls:
-                dec = f.result()
-                traffic.add("hypercore", dec)
-                s[h.nodes] -= dec
+        within = alive & (s <= level + tol)
+        if within.any():
+            others = np.where(alive & ~within, s, np.inf)
+            removed = np.flatnonzero(within & (s <= others.min()))
+            core[removed] = level
+            alive[removed] = False
+            left -= removed.size
+            if left:
+                s -= decrement(removed)
+        else:
+            cand = np.flatnonzero(alive)
+            kk = min(k, cand.size)
+            if kk < cand.size:
+                cand = cand[np.argpartition(s[cand], kk - 1)[:kk]]
+            batch = cand[np.lexsort((cand, s[cand]))]
+            d = decrement(batch) if kk > 1 or left > kk else np.zeros(n)  # (the check needs d)
+            if kk > 1:
+                rest = alive.copy()
+                rest[batch] = False
+                if d[batch].any() or (rest.any() and (s[rest] - d[rest]).min() <= s[batch[-1]]):
+                    k = max(1, kk // 4)  # not what one-at-a-time peeling would do: retry smaller
+                    continue
+            for v in batch:
+                if s[v] > level + tol[v]:
+                    level = float(s[v])
+                core[v] = level
+            alive[batch] = False
+            left -= kk
+            s -= d
+            k = min(2 * kk, MAX_BATCH)
         if progress:
             progress("hypercore", total - left, total)
     return core, rounds
