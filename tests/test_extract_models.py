@@ -396,7 +396,8 @@ def test_rnn_is_skipped_with_reason():
             y, _ = self.lstm(self.fc_in(x))
             return self.fc_out(y)
 
-    g = graphnn.extract(WithLSTM())
+    with pytest.warns(graphnn.errors.TopologyWarning, match="LSTM"):
+        g = graphnn.extract(WithLSTM())
     cov = g.coverage.set_index("name")
     for name in ("lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0"):
         assert cov.loc[name, "status"] == "skipped"

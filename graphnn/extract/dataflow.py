@@ -70,8 +70,19 @@ class Cut:
 
 
 # -- shapes ----------------------------------------------------------------------------------
-def _input_for(m: nn.Module, spatial: int):
-    """``(shape, dtype, feature axis)`` of an input that ``m`` can read, or ``None``."""
+def _input_for(m: nn.Module, spatial: int, position: int = 0):
+    """``(shape, dtype, feature axis)`` of an input that ``m`` can read as its argument number
+    ``position``, or ``None``; the dtype is that of the module's floating-point parameters."""
+    spec = _input_shape(m, spatial, position)
+    if spec is None:
+        return None
+    shape, dtype, axis = spec
+    if dtype.is_floating_point:
+        dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), dtype)
+    return shape, dtype, axis
+
+
+def _input_shape(m: nn.Module, spatial: int, position: int):
     if isinstance(m, nn.Linear):
         return (2, m.in_features), torch.float32, 1
     if type(m).__name__ == "Conv1D" and hasattr(m, "nf"):
@@ -80,7 +91,8 @@ def _input_for(m: nn.Module, spatial: int):
         k = len(m.kernel_size)
         return (2, m.in_channels, *[spatial] * k), torch.float32, 1
     if isinstance(m, nn.MultiheadAttention):
-        return ((2, SEQ_GUESS, m.embed_dim) if m.batch_first else (SEQ_GUESS, 2, m.embed_dim)), torch.float32, 2
+        d = (m.embed_dim, m.kdim, m.vdim)[position] if position < 3 else m.embed_dim
+        return ((2, SEQ_GUESS, d) if m.batch_first else (SEQ_GUESS, 2, d)), torch.float32, 2
     if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         return (2, SEQ_GUESS), torch.long, None
     if isinstance(m, nn.RNNBase):
@@ -104,17 +116,18 @@ def _guess_input(ph: fx.Node, modules: dict, spatial: int, params: dict):
                 continue
             seen.add(u)
             if u.op == "call_module":
-                g = _input_for(modules[u.target], spatial)
+                position = next((i for i, a in enumerate(u.args) if a is n), 0)
+                g = _input_for(modules[u.target], spatial, position)
                 if g is not None:
                     return g
             elif u.op == "call_function" and u.target in _FUNCTIONAL_LAYERS:
                 w = u.args[1] if len(u.args) > 1 else u.kwargs.get("weight")
                 if isinstance(w, fx.Node) and w.op == "get_attr" and w.target in params:
-                    shape = tuple(params[w.target].shape)
+                    shape, dt = tuple(params[w.target].shape), params[w.target].dtype
                     if u.target is F.linear:
-                        return (2, shape[1]), torch.float32, 1
+                        return (2, shape[1]), dt, 1
                     groups = u.args[6] if len(u.args) > 6 else u.kwargs.get("groups", 1)
-                    return (2, shape[1] * int(groups), *[spatial] * (len(shape) - 2)), torch.float32, 1
+                    return (2, shape[1] * int(groups), *[spatial] * (len(shape) - 2)), dt, 1
             frontier.append(u)
     return None
 
