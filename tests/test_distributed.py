@@ -185,3 +185,14 @@ def test_peeling_equals_single_process_on_random_graphs(client, seed):
         local = graphnn.analyse(g, centrality=False, **opts)
         dist = graphnn.analyse(g, client=client, centrality=False, **opts)
         assert np.array_equal(local.neurons["core"].to_numpy(), dist.neurons["core"].to_numpy()), opts
+
+
+def test_cli_bad_dask_address_is_a_usage_error(llama_folder):
+    from typer.testing import CliRunner
+
+    from graphnn.cli import app
+
+    for bad in ("local:0", "scheduler:8786"):
+        r = CliRunner().invoke(app, ["analyse", str(llama_folder), "--dask", bad])
+        assert r.exit_code == 2, r.output
+        assert "--dask" in r.output and "local:N" in r.output
