@@ -290,3 +290,20 @@ def test_family_from_config_beats_names():
                                 "model.decoder.layers.0.self_attn.q_proj.weight"])
     assert fam.name == "bart" and how == "parameter names"
     assert family_of(None, ["fc.weight"])[0] is None
+
+
+def test_head_dim_from_a_per_head_norm_needs_no_guess():
+    """Qwen3-style q_norm/k_norm weights have head_dim entries: the repeat map is exact without
+    a config (head_dim 16 here, which a guess from the shapes would get wrong)."""
+    hd, heads, kv = 16, 4, 2
+    gen = torch.Generator().manual_seed(4)
+    p = "model.layers.0.self_attn"
+    sd = {f"{p}.q_proj.weight": torch.randn(heads * hd, D, generator=gen),
+          f"{p}.k_proj.weight": torch.randn(kv * hd, D, generator=gen),
+          f"{p}.v_proj.weight": torch.randn(kv * hd, D, generator=gen),
+          f"{p}.o_proj.weight": torch.randn(D, heads * hd, generator=gen),
+          f"{p}.q_norm.weight": torch.ones(hd), f"{p}.k_norm.weight": torch.ones(hd)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TopologyWarning)
+        g = graphnn.extract(sd)
+    assert g.blocks[f"{p}.o_proj.weight"].src_index.tolist() == _repeat_map(heads, kv, hd)

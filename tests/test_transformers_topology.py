@@ -373,3 +373,22 @@ def test_describe_prints_the_topology(graphs, tmp_path):
     res = CliRunner().invoke(app, ["describe", str(st), "--format", "json"])
     assert res.exit_code == 0, res.output
     assert "family rules: llama" in res.output
+
+
+def test_analyses_and_rewiring_run_on_the_llama_graph():
+    """The family graph (index-mapped o_proj included) goes through analyse, PA rewiring and
+    hypercore re-initialisation: every partition gets a row, rewiring permutes each weight's
+    entries (same multiset), hcore redraws them."""
+    model = _model("llama")
+    g = graphnn.extract(model)
+    a = graphnn.analyse(g)
+    assert set(a.layers["layer"]) == set(g.partitions)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    graphnn.rewire.pa_rewire_(model, seed=0)
+    o = "model.layers.0.self_attn.o_proj.weight"
+    after = model.get_parameter(o).detach().clone()
+    assert not torch.equal(after, before[o])
+    assert torch.equal(after.flatten().sort().values, before[o].flatten().sort().values)
+    graphnn.rewire.hcore_reinit_(model, seed=0)
+    assert not torch.equal(model.get_parameter(o).detach(), after)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

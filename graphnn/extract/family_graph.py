@@ -236,8 +236,15 @@ class _Planner:
 
     # attention geometry of a unit: (heads, kv heads, head_dim), from the config when it says
     def attention_geometry(self, unit: str, tower: str) -> tuple[int | None, int | None, int | None]:
+        """From the config; else the head size from a per-head norm (Qwen3/Gemma-3 ``q_norm``,
+        ``head_dim`` entries) when the checkpoint has one."""
         cfg = tower_config(self.a.config, self.a.family, tower if tower in ("text", "vision") else "main")
-        return attention_shape(cfg, tower) if cfg else (None, None, None)
+        if cfg:
+            return attention_shape(cfg, tower)
+        norm = self.entries.get(f"{unit}.q_norm.weight") or self.entries.get(f"{unit}.k_norm.weight")
+        if norm is not None and len(norm.shape) == 1:
+            return None, None, int(norm.shape[0])
+        return None, None, None
 
     def qkv_rows(self, e: TensorEntry, unit: str, tower: str):
         """Row selections of q, k, v in a fused projection (rows of ``(out, in)``; for GPT-2's
@@ -250,9 +257,10 @@ class _Planner:
             total = e.shape[0]
         if fam.fused_qkv == "per-head":  # NeoX: rows (heads, 3, head_dim)
             if heads is None or total % (3 * heads):
-                hd = _guess_head_dim(total // 3)
+                if not hd or total % (3 * hd):
+                    hd = _guess_head_dim(total // 3)
+                    self.head_dim_guessed.add(e.name)
                 heads = total // (3 * hd)
-                self.head_dim_guessed.add(e.name)
             else:
                 hd = total // (3 * heads)
             idx = torch.arange(total).view(heads, 3, hd)
