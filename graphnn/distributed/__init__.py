@@ -2,11 +2,16 @@
 of :func:`graphnn.analyse` for models that do not fit one machine, with the blocks placed on
 workers by shard and per-iteration messages of O(nodes) floats (see :mod:`.analyse`).
 
->>> # doctest: +SKIP
->>> import graphnn
->>> from graphnn.distributed import connect
->>> client = connect("local:2")            # or connect("tcp://scheduler:8786")
->>> a = graphnn.analyse(graphnn.extract("llama-folder"), client=client)
+Example (not run as a doctest: it starts a cluster)::
+
+    import graphnn
+    from graphnn.distributed import close, connect
+
+    client = connect("local:2")            # or connect("tcp://scheduler:8786")
+    a = graphnn.analyse(graphnn.extract("llama-folder"), client=client)
+    close(client)
+
+See docs/distributed.md for real clusters (dask-jobqueue, Kubernetes).
 """
 
 from __future__ import annotations
