@@ -30,6 +30,7 @@ from .graph import Block, LayeredGraph, Partition
 from .analyses import Analysis, analyse, connected_components, eigenvector_centrality, hypercore, strength, strength_variance
 from . import extract  # callable module: graphnn.extract(source, ...)
 from . import rewire
+from .sigprop import signal_propagation
 
 __all__ = [
     "__version__",
@@ -38,7 +39,7 @@ __all__ = [
     # analyses
     "strength", "strength_variance", "eigenvector_centrality", "connected_components", "hypercore", "analyse", "Analysis",
     # rewire / re-initialise
-    "rewire",
+    "rewire", "signal_propagation",
     # errors and warnings
     "GraphnnError", "InvalidParameterError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
     "NothingMappableError", "UnsupportedSourceError", "GraphTooLargeError", "MissingDependencyError",
