@@ -404,7 +404,7 @@ def family_graph(entries: list[TensorEntry], family: Family, how: str, config: M
     # roles first, so fused projections can use their o's width and o can find its v
     roles: dict[str, Role | str] = {}
     for e in ordered:
-        skip = skip_reason_for_tensor(e.name, e.shape, e.dtype)
+        skip = getattr(e, "skip_reason", None) or skip_reason_for_tensor(e.name, e.shape, e.dtype)
         role = role_of(e.name) if skip is None else None
         if skip is None and role is None:
             generic = rule_from_name(e.name, e.shape)
