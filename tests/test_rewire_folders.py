@@ -201,7 +201,7 @@ def test_shards_are_processed_one_at_a_time(tmp_path, monkeypatch):
     reads, real = [], ck._read_shard
 
     def tracked(path, trust):
-        gc.collect()
+        gc.collect(0)
         assert len(live) == 0, "the previous shard is released before the next is read"
         sd, meta = real(path, trust)
         sd = Shard(sd)
