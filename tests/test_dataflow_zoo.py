@@ -417,11 +417,11 @@ def test_exact_cases_give_the_same_strength_as_a_hand_summed_matrix():
 
 
 class OddSize(nn.Module):
-    """Only a 20 x 20 input fits: no guessed size works."""
+    """Only an 18 x 18 input fits: no guessed size works."""
 
     def __init__(self):
         super().__init__()
-        self.conv, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(2 * 20 * 20, 3)
+        self.conv, self.fc = nn.Conv2d(1, 2, 3, padding=1), nn.Linear(2 * 18 * 18, 3)
 
     def forward(self, x):
         return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
@@ -431,6 +431,6 @@ def test_example_inputs_when_no_guessed_shape_fits():
     with pytest.warns(TopologyWarning, match="example_inputs"):
         g = graphnn.extract(seeded(OddSize))
     assert any("could not be propagated" in n for n in g.notes)
-    g = exact(seeded(OddSize), example_inputs=torch.zeros(1, 1, 20, 20))
+    g = exact(seeded(OddSize), example_inputs=torch.zeros(1, 1, 18, 18))
     assert blocks(g) == {"conv.weight": ("input", "conv", (2, 1), None), "fc.weight": ("conv", "fc", (3, 2), None)}
     assert g.blocks["fc.weight"].aggregation == "l2" and not any("propagated" in n for n in g.notes)

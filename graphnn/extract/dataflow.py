@@ -39,7 +39,7 @@ from .rules import NORM_TYPES, RNN_TYPES, Rule, is_mapped_module, rules_for_modu
 #: an id for a position that holds no neuron (a constant, a class token, padding)
 WILD = -1
 #: spatial sizes tried, in order, when the input shape of a conv model has to be guessed
-SPATIAL_GUESSES = (32, 28, 64, 224, 16, 96)
+SPATIAL_GUESSES = (32, 28, 64, 224, 16, 8, 4, 96, 12, 20, 24, 48, 56, 112, 128, 256, 2, 1)
 #: sequence length of guessed token inputs (prime, unlikely to equal a feature size)
 SEQ_GUESS = 7
 
@@ -181,7 +181,7 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     last: Exception | None = None
     for spatial in SPATIAL_GUESSES:
-        layouts, inputs = {}, []
+        layouts, inputs, spatial_used = {}, [], False
         if example_inputs is not None:
             given = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
             for n, t in zip(placeholders, given):
@@ -201,6 +201,7 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
                         continue
                     raise ValueError(f"cannot guess a shape for the input {n.target!r}: pass example_inputs=...")
                 shape, dtype, axis = guess
+                spatial_used |= spatial in shape[2:]
                 inputs.append(torch.zeros(shape, dtype=dtype, device="meta"))
                 layouts[n] = axis
         rec = _Recorder(gm)
@@ -210,7 +211,7 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
             return rec.shapes, rec.consts, layouts
         except Exception as e:  # noqa: BLE001 - try the next guess
             last = e
-            if example_inputs is not None:
+            if example_inputs is not None or not spatial_used:  # only a spatial size is worth retrying
                 break
     raise last if last is not None else RuntimeError("no input could be guessed")
 
