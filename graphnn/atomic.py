@@ -176,9 +176,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overw
         else:
             _publish_file_exclusively(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        _name_the_output(e, tmp, path)
         raise
+
+
+def _name_the_output(e: BaseException, tmp: Path, path: Path) -> None:
+    """An OS error about the temporary file is reported for the output the user named."""
+    if isinstance(e, OSError) and e.filename is not None and os.fspath(e.filename) == str(tmp):
+        e.filename = str(path)
 
 
 def _publish_file_exclusively(tmp: Path, path: Path) -> None:
@@ -231,8 +238,9 @@ def atomic_folder(path: str | os.PathLike, write: Callable[[str], None], *, over
         else:
             _publish_folder_exclusively(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        _name_the_output(e, tmp, path)
         raise
 
 

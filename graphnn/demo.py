@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import MissingDependencyError
+from .validation import check_device
 
 
 class DigitsNet(nn.Module):
@@ -110,7 +111,7 @@ def run_demo(out_dir: str | os.PathLike = "graphnn-demo", *, seed: int = 0, epoc
     from .report.html import render_report, write_html
 
     say = log or (lambda msg: None)
-    run_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    run_device = str(check_device(device))  # "auto": CUDA when available; a bad device is a usage error
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -3,17 +3,21 @@
 Each function returns the (normalised) value when it is usable and otherwise raises
 :class:`graphnn.errors.InvalidParameterError` (a ``ValueError`` subclass; the CLI maps it to exit
 code 2) with a message that names the option, shows the bad value and says what to pass instead.
+:func:`check_output` guards output paths (never an input; an existing one only when asked) and
+raises :class:`graphnn.errors.RefusedOverwriteError` (also exit 2 on the command line).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import InvalidParameterError
 
-__all__ = ["check_choice", "check_number", "check_seed", "check_bool", "check_device"]
+__all__ = ["check_choice", "check_number", "check_seed", "check_bool", "check_device", "check_output"]
 
 #: Device types graphnn computes on (analyses use float64, which rules out e.g. ``mps``).
 DEVICE_TYPES = ("cpu", "cuda")
@@ -41,7 +45,8 @@ def check_bool(name: str, value: Any) -> bool:
     """``value`` if it is a ``bool`` (numpy booleans accepted), else a usage error."""
     if isinstance(value, bool):
         return value
-    if type(value).__name__ == "bool_":  # numpy.bool_ without importing numpy
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool"):  # numpy.bool_, without importing numpy
         return bool(value)
     raise InvalidParameterError(f"{name} must be True or False, not {value!r}")
 
@@ -144,3 +149,75 @@ def check_device(device: Any = "auto", *, name: str = "device"):
             raise InvalidParameterError(f"{name}={device!r}: this machine has {count} CUDA device(s) "
                                         f"(indices 0..{count - 1}); use 'cuda' or a valid index")
     return dev
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or below it (both already resolved)."""
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output(
+    path: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    overwrite: bool = False,
+    kind: str = "file",
+    name: str = "output",
+    overwrite_hint: str = "overwrite=True",
+) -> Path:
+    """Check an output path against the inputs of the same call and the policy for existing
+    outputs; returns it as a ``Path``.
+
+    Refused with :class:`~graphnn.errors.RefusedOverwriteError` (never replaced, whatever
+    ``overwrite`` says): an output that *is* an input, by path or by file identity (``st_dev`` and
+    ``st_ino``: symlinks and hard links), an existing output inside an input folder (one of its
+    files), and for ``kind="folder"`` an output folder that contains an input. Refused unless
+    ``overwrite``: an output that already exists. A folder where a file is expected (or a file
+    where a folder is) is an :class:`InvalidParameterError`. ``overwrite_hint`` is how the
+    message names the opt-in (``--overwrite`` on the command line).
+    """
+    from .errors import RefusedOverwriteError
+
+    check_choice("kind", kind, ("file", "folder"))
+    out = Path(path)
+    out_real = os.path.realpath(out)
+    exists = os.path.lexists(out)
+    out_stat = None
+    if exists:
+        try:
+            out_stat = os.stat(out)
+        except OSError:  # a dangling symlink: it is no input
+            out_stat = None
+    for src in inputs:
+        src = Path(src)
+        if not os.path.lexists(src):
+            continue
+        src_real = os.path.realpath(src)
+        same = out_real == src_real
+        if not same and out_stat is not None:
+            try:
+                st = os.stat(src)
+                same = (st.st_dev, st.st_ino) == (out_stat.st_dev, out_stat.st_ino)
+            except OSError:
+                pass
+        if same:
+            raise RefusedOverwriteError(f"{name} {out} is the input {src}: graphnn never writes over its input; "
+                                        "choose another path")
+        if os.path.isdir(src_real) and exists and _inside(out_real, src_real):
+            raise RefusedOverwriteError(f"{name} {out} is a file of the input folder {src}: graphnn never "
+                                        "writes over its input; choose a path outside that folder")
+        if kind == "folder" and _inside(src_real, out_real):
+            raise RefusedOverwriteError(f"{name} folder {out} contains the input {src}: writing it would "
+                                        "replace the input; choose a folder outside it")
+    if exists and out_stat is not None:
+        import stat as _stat
+
+        is_dir = _stat.S_ISDIR(out_stat.st_mode)
+        if kind == "file" and is_dir:
+            raise InvalidParameterError(f"{name} {out} is a folder: give the name of a file to write")
+        if kind == "folder" and not is_dir:
+            raise InvalidParameterError(f"{name} {out} is a file: give the name of a folder to create")
+    if exists and not overwrite:
+        raise RefusedOverwriteError(f"{name} {out} already exists: graphnn does not replace existing outputs "
+                                    f"unless asked ({overwrite_hint}); choose another path or pass {overwrite_hint}")
+    return out

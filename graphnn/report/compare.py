@@ -8,6 +8,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import InvalidParameterError
+
+#: The partition of a graph's inputs: present in every model, so it does not make two related.
+INPUT_LAYER = "input"
+
 #: Per-layer columns compared by default (kept when the analyses have them).
 DEFAULT_METRICS = ("strength_mean", "strength_var", "centrality_mean", "core_max")
 
@@ -36,17 +41,45 @@ def compare_layers_long(analyses: Mapping[str, object], metrics: Sequence[str] |
     return long
 
 
+def check_related(analyses: Mapping[str, object]) -> None:
+    """Refuse to compare checkpoints of unrelated models: every analysis must share at least one
+    layer name besides ``input`` with the first one (layers are aligned by name, so otherwise
+    nothing would be compared). Raises :class:`~graphnn.errors.InvalidParameterError`."""
+    labels = list(analyses)
+    if not labels:
+        return
+    first = _layer_names(analyses[labels[0]])
+    for label in labels[1:]:
+        names = _layer_names(analyses[label])
+        if not (first & names) - {INPUT_LAYER}:
+            raise InvalidParameterError(
+                f"{labels[0]!r} and {label!r} share no layer name besides {INPUT_LAYER!r}: they look like "
+                "different models, and layers are compared by name. Compare checkpoints of one model "
+                f"(e.g. epochs of one run); layers of {labels[0]!r}: {_some(first)}; of {label!r}: {_some(names)}")
+
+
+def _layer_names(analysis) -> set[str]:
+    return set(analysis.layers["layer"].astype(str))
+
+
+def _some(names: set[str], k: int = 6) -> str:
+    shown = sorted(names - {INPUT_LAYER})
+    return ", ".join(shown[:k]) + (f", ... ({len(shown)} in all)" if len(shown) > k else "") if shown else "none"
+
+
 def compare_layers(analyses: Mapping[str, object], metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Wide table with one row per (layer, metric): columns ``layer, metric``, one column per
     checkpoint label (in the given order), then ``change`` (last minus first) and
     ``rel_change`` (change / |first|; NaN when first is 0 or missing). A layer missing from a
-    checkpoint has NaN there."""
+    checkpoint has NaN there. Fewer than two analyses, analyses of unrelated models (see
+    :func:`check_related`) or no shared metric raise :class:`~graphnn.errors.InvalidParameterError`."""
     if len(analyses) < 2:
-        raise ValueError("compare needs at least two analyses (checkpoints)")
+        raise InvalidParameterError("compare needs at least two analyses (checkpoints)")
+    check_related(analyses)
     metrics = list(metrics) if metrics is not None else available_metrics(analyses)
     if not metrics:
-        raise ValueError("the analyses share none of the metrics to compare "
-                         f"({', '.join(DEFAULT_METRICS)})")
+        raise InvalidParameterError("the analyses share none of the metrics to compare "
+                                    f"({', '.join(DEFAULT_METRICS)})")
     labels = list(analyses)
     long = compare_layers_long(analyses, metrics)
     order = list(dict.fromkeys(long["layer"]))

@@ -21,6 +21,8 @@ from .compare import available_metrics, compare_blocks, compare_layers, compare_
 from .definitions import CONV_AGGREGATION, METRICS, describe_column
 from .provenance import Provenance
 from ..atomic import atomic_write
+from ..errors import InvalidParameterError
+from ..validation import check_choice
 
 #: Per-layer columns shown in the report's layer table, when the analysis has them.
 LAYER_COLUMNS = (
@@ -308,9 +310,8 @@ def render_comparison(
     coverage. ``mode="rewire"`` titles the first checkpoint *before* and the last *after*;
     ``extra`` adds rows to the header (e.g. method and seed)."""
     if len(analyses) < 2:
-        raise ValueError("a comparison report needs at least two analyses")
-    if mode not in ("compare", "rewire"):
-        raise ValueError(f"mode must be 'compare' or 'rewire', not {mode!r}")
+        raise InvalidParameterError("a comparison report needs at least two analyses")
+    check_choice("mode", mode, ("compare", "rewire"))
     graphs = dict(graphs or {})
     labels = list(analyses)
     metrics = available_metrics(analyses)
@@ -401,9 +402,11 @@ def _signed_pct(x) -> str:
     return f"{100 * float(x):+.1f} %"
 
 
-def write_html(html: str, path: str | os.PathLike) -> Path:
-    """Write ``html`` to ``path`` atomically (a temporary file in the same folder, then
-    ``os.replace``), creating the folder if needed; returns the path."""
+def write_html(html: str, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write ``html`` to ``path`` atomically (a temporary file in the same folder, then moved into
+    place), creating the folder if needed; returns the path. ``overwrite=False`` refuses an
+    existing file (:class:`~graphnn.errors.RefusedOverwriteError`, also when another writer
+    publishes it first)."""
     p = Path(path)
-    atomic_write(p, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
+    atomic_write(p, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"), overwrite=overwrite)
     return p

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..errors import InvalidParameterError
 from .html import render_comparison, render_report, write_html
 from .provenance import Provenance
 
@@ -74,12 +75,14 @@ def report_file(
     extract: Mapping[str, Any] | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    overwrite: bool = True,
 ) -> Analysed:
-    """Write the HTML report of one checkpoint to ``out`` (atomically)."""
+    """Write the HTML report of one checkpoint to ``out`` (atomically; ``overwrite=False``
+    refuses an existing ``out``, see :func:`write_html`)."""
     res = analyse_file(path, extract=extract, device=device, progress=progress)
     if progress:
         progress("report", 0, 1)
-    write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out)
+    write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out, overwrite=overwrite)
     if progress:
         progress("report", 1, 1)
     return res
@@ -118,20 +121,21 @@ def compare_files(
     """Analyse several checkpoints with the same options: ``{label: Analysed}`` in order."""
     labels = list(labels) if labels else checkpoint_labels(paths)
     if len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
+        raise InvalidParameterError(f"{len(labels)} labels for {len(paths)} checkpoints: give one label per checkpoint")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"labels must be unique, got {labels}")
+        raise InvalidParameterError(f"labels must be unique, got {labels}")
     return {lab: analyse_file(p, extract=extract, device=device, progress=progress)
             for lab, p in zip(labels, paths)}
 
 
 def write_comparison(results: Mapping[str, Analysed], out: str | os.PathLike, *, title: str | None = None,
-                     mode: str = "compare", extra: Sequence[tuple[str, str]] = ()) -> Path:
-    """Write the comparison (or before/after rewiring) report of analysed checkpoints."""
+                     mode: str = "compare", extra: Sequence[tuple[str, str]] = (), overwrite: bool = True) -> Path:
+    """Write the comparison (or before/after rewiring) report of analysed checkpoints
+    (atomically; ``overwrite=False`` refuses an existing ``out``, see :func:`write_html`)."""
     html = render_comparison(
         {k: r.analysis for k, r in results.items()},
         {k: r.provenance for k, r in results.items()},
         {k: r.graph for k, r in results.items()},
         title=title, mode=mode, extra=extra,
     )
-    return write_html(html, out)
+    return write_html(html, out, overwrite=overwrite)
