@@ -11,6 +11,6 @@
 
 from .analysis import SignalPropagation, signal_propagation
 from .compare import compare
-from . import empirical, mean_field, weights  # modules (mean_field.mean_field(...) is the theory of one layer)
+from . import empirical, mean_field, report, weights  # modules (mean_field.mean_field(...) is the theory of one layer)
 
-__all__ = ["signal_propagation", "SignalPropagation", "compare", "mean_field", "weights", "empirical"]
+__all__ = ["signal_propagation", "SignalPropagation", "compare", "mean_field", "weights", "empirical", "report"]
