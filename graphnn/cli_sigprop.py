@@ -165,6 +165,11 @@ def register(app: typer.Typer) -> None:
         inputs = [Path(p) for p in (model, compare) if p is not None and Path(p).exists()]
         if output is not None and hasattr(cli, "_check_outputs"):
             cli._check_outputs(inputs, [(output, "--output", "file", None)], overwrite)
+        elif output is not None:  # the same policy where the shared check is not available
+            if any(output.resolve() == p.resolve() for p in inputs):
+                raise typer.BadParameter(f"{output} is an input of this command", param_hint="--output")
+            if output.exists() and not overwrite:
+                raise typer.BadParameter(f"{output} exists: pass --overwrite to replace it", param_hint="--output")
         emit_options = {"overwrite": overwrite} if "overwrite" in _emit_frame.__code__.co_varnames else {}
         with s.running():
             import graphnn
