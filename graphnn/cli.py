@@ -367,7 +367,8 @@ def describe(
         cols = ["name", "shape", "dtype", "numel", "status", "kind", "reason", "blocks"]
         summary = (f"{len(cov)} parameters, {int((cov['status'] == 'mapped').sum())} mapped "
                    f"({100 * g.coverage_fraction:.1f} % of entries); {len(g.partitions)} layers, "
-                   f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges")
+                   f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges; "
+                   f"topology: {getattr(g, 'topology', None) or 'unknown'}")
         import pandas as pd
 
         parts = pd.DataFrame([{"layer": p.name, "size": p.size, "kind": p.kind, "members": list(p.members)}
@@ -378,7 +379,8 @@ def describe(
         _emit_frame(
             cov[cols], fmt, output, title=str(ckpt), caption=summary,
             meta={"command": "describe", "source": str(ckpt), "coverage_fraction": g.coverage_fraction,
-                  "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes)},
+                  "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes),
+                  "topology": getattr(g, "topology", None)},
             tables={"parameters": cov, "partitions": parts, "blocks": blocks},
         )
         for n in g.notes:
@@ -583,8 +585,11 @@ def compare(
 def rewire(
     ckpt: Checkpoint,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Rewired checkpoint to write (same format as the input); a JSON provenance "
-                               "record is written beside it as <output>.provenance.json.", show_default=False)],
+        "--output", "-o", help="Where to write: for a checkpoint file, a file of the same format, with a JSON "
+                               "provenance record beside it (<output>.provenance.json); for a model folder, a "
+                               "new folder with the same shards, index, config.json and other files (ready for "
+                               "from_pretrained) and graphnn.provenance.json inside. Written atomically: it "
+                               "appears complete or not at all.", show_default=False)],
     method: Annotated[Literal["pa", "variance-search", "hcore"], typer.Option(
         "--method", "-m", help="pa: preferential-attachment rewiring (Scabini et al.); variance-search: "
                                "the lowest-strength-variance of --trials redraws; hcore: hypercore-guided "
@@ -598,8 +603,14 @@ def rewire(
     trials: Annotated[int, typer.Option("--trials", min=1, help="variance-search: number of redraws.")] = 100,
     gamma: Annotated[float, typer.Option("--gamma", min=0.0, help="hcore: strength of the hypercore bias (0 = "
                                                                    "plain initialiser).")] = 1.0,
+    init: Annotated[str, typer.Option(
+        "--init", metavar="NAME", help="variance-search and hcore: the base initialiser, 'match' (a normal draw "
+                                       "with each tensor's own mean and std: keeps the scale of trained or "
+                                       "non-Kaiming checkpoints) or a torch.nn.init name (kaiming_normal, "
+                                       "xavier_uniform, orthogonal, trunc_normal, ...).")] = "match",
     include: Include = None,
     exclude: Exclude = None,
+    include_embeddings: Embeddings = False,
     report_path: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write a before/after HTML report to this file.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
@@ -609,13 +620,23 @@ def rewire(
     verbose: Verbose = 0,
 ) -> None:
     """Re-initialise a checkpoint's weights (PA rewiring, variance search or hypercore-guided) and
-    write a new checkpoint plus a JSON provenance record; prints the written paths on stdout."""
+    write a new checkpoint plus a JSON provenance record; prints the written paths on stdout. A
+    model folder (sharded safetensors or .bin with an index) becomes a new folder with the same
+    layout. The weights changed are those describe reports as mapped (embeddings only with
+    --include-embeddings); a tied LM head and embedding are rewired once and stay tied."""
     s = _Session(quiet, verbose)
     if report_path is not None:
         _check_html_path(report_path)
-    if method == "hcore" and (include or exclude):
-        raise typer.BadParameter("--method hcore redraws every weight of the graph; drop --include/--exclude",
-                                 param_hint="--include/--exclude")
+    if method in ("variance-search", "hcore"):
+        from .rewire.inits import check_init
+
+        try:
+            check_init(init)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--init") from None
+    if method == "hcore" and (include or exclude or include_embeddings):
+        raise typer.BadParameter("--method hcore redraws every weight of the graph; drop --include/--exclude/"
+                                 "--include-embeddings", param_hint="--include/--exclude")
     if method == "pa" and mode == "faithful" and device not in ("auto", "cpu"):
         raise typer.BadParameter("--mode faithful runs numpy on the CPU; use --mode fast to rewire on a GPU",
                                  param_hint="--device")
@@ -633,10 +654,14 @@ def rewire(
             kwargs["trials"] = trials
         if method == "hcore":
             kwargs["gamma"] = gamma
+        if method in ("variance-search", "hcore"):
+            kwargs["init"] = init
         if include:
             kwargs["include"] = list(include)
         if exclude:
             kwargs["exclude"] = list(exclude)
+        if include_embeddings:
+            kwargs["include_embeddings"] = True
         record = rewire_checkpoint(ckpt, output, **kwargs)
         s.progress("rewire", 1, 1)
         s.finish()
@@ -644,7 +669,7 @@ def rewire(
         log.info("rewired %s -> %s with %s, seed %s (%.2f s)", ckpt, output, method, used_seed,
                  time.perf_counter() - t)
         typer.echo(str(output))
-        prov = Path(str(output) + ".provenance.json")
+        prov = Path(record["output"].get("provenance") or str(output) + ".provenance.json")
         if prov.exists():
             typer.echo(str(prov))
         if report_path is not None:
