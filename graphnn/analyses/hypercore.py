@@ -39,6 +39,8 @@ SCOPES = ("network", "block")
 #: Relative tie tolerance (times the neuron's initial strength).
 TIE_RTOL = 1e-12
 _MIN_BATCH, _MAX_BATCH = 8, 512
+#: Full-pass takes of :class:`_SmallestAlive` before its sorted order is redone.
+_RESORT_EVERY = 32
 #: float64 entries of the per-batch work arrays (8 MB): bounds the batch size on wide graphs.
 _ELEMENTS_PER_BATCH = 1 << 20
 
@@ -95,6 +97,66 @@ def _lowest_before_each_step(s, suspects, parts, order, n, device) -> np.ndarray
     return low
 
 
+class _SmallestAlive:
+    """The ``k`` alive nodes of smallest current strength, without a pass over all nodes each time.
+
+    Strengths only change on nodes a removal reaches ("dirty" nodes). The others keep the value
+    they had at the last full sort, so the smallest of them are the first alive, clean entries of
+    that sorted order; the answer is among those ``k`` and the dirty nodes. Once the dirty nodes
+    are more than an eighth of all nodes (dense layers reach whole partitions), a take is one
+    ``topk`` over all alive nodes, and the order is redone every ``_RESORT_EVERY`` such takes."""
+
+    def __init__(self, s: torch.Tensor, alive: torch.Tensor):
+        self.s, self.alive = s, alive
+        self.n = s.numel()
+        self._sort()
+
+    def _sort(self) -> None:
+        live = self.alive.nonzero().reshape(-1)
+        self.order = live[torch.argsort(self.s[live], stable=True)]
+        self.ptr = 0
+        self.dirty = torch.zeros(self.n, dtype=torch.bool, device=self.s.device)
+        self.dirty_nodes: list[torch.Tensor] = []
+        self.dirty_count = 0
+        self.full_takes = 0
+
+    def mark(self, nodes: torch.Tensor) -> None:
+        new = nodes[~self.dirty[nodes]]
+        if new.numel():
+            self.dirty[new] = True
+            self.dirty_nodes.append(new)
+            self.dirty_count += new.numel()
+
+    def take(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(strengths, nodes)`` of the ``k`` smallest alive nodes (fewer if fewer are alive),
+        in increasing strength."""
+        if self.dirty_count > self.n // 8:  # most strengths changed: one pass over all nodes,
+            self.full_takes += 1              # and a new sorted order now and then
+            if self.full_takes < _RESORT_EVERY:
+                inf = torch.tensor(float("inf"), dtype=self.s.dtype, device=self.s.device)
+                return torch.topk(torch.where(self.alive, self.s, inf), k, largest=False, sorted=True)
+            self._sort()
+        order, window = self.order, 2 * k + 16
+        while True:
+            seg = order[self.ptr:self.ptr + window]
+            ok = self.alive[seg] & ~self.dirty[seg]
+            if int(ok.sum()) >= k or self.ptr + window >= order.numel():
+                break
+            window *= 4
+        lead = int(ok.long().argmax()) if bool(ok.any()) else seg.numel()
+        clean = seg[ok][:k]
+        self.ptr += lead  # entries before the first clean one are removed or tracked as dirty
+        if self.dirty_nodes:
+            d = torch.cat(self.dirty_nodes)
+            d = d[self.alive[d]]
+            self.dirty_nodes = [d]
+            cand = torch.cat([clean, d])
+        else:
+            cand = clean
+        vals, pos = torch.topk(self.s[cand], min(k, cand.numel()), largest=False, sorted=True)
+        return vals, cand[pos]
+
+
 def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: float = TIE_RTOL,
          progress: Progress | None = None) -> np.ndarray:
     """Hypercore number of every node of a node space of ``n`` nodes joined by ``placed``."""
@@ -115,24 +177,31 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: fl
         b = p.block
         ends.append((p.dst_off, b.n_dst, b.rows, p.src_off, b.n_src))
         ends.append((p.src_off, b.n_src, b.cols, p.dst_off, b.n_dst))
-    degree = {}
+    # entries fetched per node (its adjacency row across every block end): bounds a batch's memory
+    degree = torch.zeros(n, dtype=torch.long, device=device)
     for start, size, _, _, t_size in ends:
-        degree[start] = degree.get(start, 0) + t_size
-    max_batch = int(np.clip(_ELEMENTS_PER_BATCH // max(max(degree.values(), default=1), 1), _MIN_BATCH, _MAX_BATCH))
-    k = min(k, max_batch)
+        degree[start:start + size] += t_size
+    max_batch = _MAX_BATCH
+    pool = _SmallestAlive(s, alive)
+    in_batch = torch.full((n,), -1, dtype=torch.long, device=device)
+    total = torch.zeros(n, dtype=f64, device=device)
     while left:
         kk = min(k, left)
-        vals, batch = torch.topk(torch.where(alive, s, inf), kk, largest=False, sorted=True)
-        in_batch = torch.full((n,), -1, dtype=torch.long, device=device)
+        vals, batch = pool.take(kk)
+        fits = int((torch.cumsum(degree[batch], 0) <= _ELEMENTS_PER_BATCH).sum())
+        if fits < kk:  # the smallest few whose rows fit the work arrays (at least one)
+            kk = max(1, fits)
+            vals, batch = vals[:kk], batch[:kk]
         in_batch[batch] = torch.arange(kk, device=device)
         # adjacency rows of the batch nodes, block end by block end: (batch positions, target start, rows)
         parts = []
+        touched: dict[int, int] = {}  # partitions the batch's edges reach: start -> size
         for start, size, fetch, t_start, t_size in ends:
             sel = ((batch >= start) & (batch < start + size)).nonzero().reshape(-1)
             if sel.numel():
                 parts.append((sel, t_start, fetch(batch[sel] - start).to(f64)))
+                touched[t_start] = t_size
         a_bb = torch.zeros(kk, kk, dtype=f64, device=device)
-        total = torch.zeros(n, dtype=f64, device=device)
         for sel, t_start, rows in parts:
             total[t_start:t_start + rows.shape[1]] += rows.sum(0)
             pos = in_batch[t_start:t_start + rows.shape[1]]
@@ -142,18 +211,25 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: fl
         order, at_removal, before, after = _replay(a_bb.cpu().numpy(), vals.cpu().numpy(),
                                                    tol_all[batch.cpu().numpy()], level)
         take = kk
-        # a node outside the batch can only interfere if its strength could fall below the batch's
-        outside = alive.clone()
-        outside[batch] = False
-        suspects = (outside & (s - total < float(at_removal.max()))).nonzero().reshape(-1)
-        if suspects.numel():
+        # a node outside the batch can only interfere if its strength could fall below the batch's;
+        # every node the batch does not reach has s >= the batch's strengths, so look only there
+        top = float(at_removal.max())
+        found = []
+        for t_start, t_size in touched.items():
+            r = slice(t_start, t_start + t_size)
+            hit = (alive[r] & (in_batch[r] < 0) & (s[r] - total[r] < top)).nonzero().reshape(-1)
+            if hit.numel():
+                found.append(hit + t_start)
+        if found:
+            suspects = torch.cat(found)
             low = _lowest_before_each_step(s, suspects, parts, order, n, device)
             ok = (at_removal <= before + tol_all[batch.cpu().numpy()[order]]) | (at_removal <= low)
             bad = np.flatnonzero(~ok)
             take = int(bad[0]) if bad.size else kk
         removed_pos = torch.from_numpy(order[:take]).to(device)
         if take == kk:
-            s -= total
+            for t_start, t_size in touched.items():
+                s[t_start:t_start + t_size] -= total[t_start:t_start + t_size]
         else:
             keep = torch.zeros(kk, dtype=torch.bool, device=device)
             keep[removed_pos] = True
@@ -161,6 +237,10 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device, tie_rtol: fl
                 use = keep[sel]
                 if use.any():
                     s[t_start:t_start + rows.shape[1]] -= rows[use].sum(0)
+        for t_start, t_size in touched.items():
+            total[t_start:t_start + t_size] = 0.0
+            pool.mark(torch.arange(t_start, t_start + t_size, device=device))
+        in_batch[batch] = -1
         removed = batch[removed_pos]
         core[removed.cpu().numpy()] = after[:take]
         alive[removed] = False
