@@ -3,17 +3,26 @@
 Data (tables, written paths) goes to stdout; logs, warnings and progress go to stderr. A rich
 progress bar appears only when stderr is a terminal. Exit codes are listed in ``EXIT_CODES``
 and in ``graphnn --help``.
+
+Outputs (``-o``, ``--report``, ``rewire``'s checkpoint, the demo's folder) follow one policy: an
+output is never one of the command's inputs (by path, symlink or hard link, nor a file of an input
+folder), an existing output is replaced only with ``--overwrite``, and every output is written
+atomically (a temporary file moved into place; exclusively without ``--overwrite``, so of two
+concurrent runs to one output exactly one succeeds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,15 +44,21 @@ from .errors import (
 EXIT_CODES = {
     0: "success",
     1: "runtime failure (corrupt or unreadable checkpoint, failed analysis, ...)",
-    2: "usage error (bad option or argument, checkpoint path that does not exist, output that would "
-       "overwrite the input or an existing file)",
+    2: "usage error (bad option or argument, checkpoint path that does not exist, an output that is "
+       "an input, an existing output without --overwrite, checkpoints of unrelated models to compare)",
     3: "unsafe checkpoint refused: a pickle that weights_only=True will not load; rerun with "
        "--trust-checkpoint only for files you trust",
     4: "nothing mappable: no parameter of the checkpoint could become a graph block",
+    130: "interrupted (Ctrl-C; 143 for SIGTERM): no partial output is left",
+    141: "stdout was closed early (e.g. piped into head): stops quietly",
 }
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNSAFE, EXIT_NOTHING = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_PIPE, EXIT_TERMINATED = 130, 141, 143
 
-_EXIT_HELP = "Exit codes:\n\n\b\n" + "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items())
+_OUTPUT_POLICY = ("Outputs: never an input of the command; an existing output is replaced only with "
+                  "--overwrite; written atomically (whole or not at all).")
+_EXIT_HELP = (_OUTPUT_POLICY + "\n\nExit codes:\n\n\b\n"
+              + "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items()))
 _SCHEMA_VERSION = 1
 
 log = logging.getLogger("graphnn.cli")
@@ -71,8 +86,8 @@ Exclude = Annotated[Optional[list[str]], typer.Option(
     "--exclude", metavar="GLOB", help="Skip parameters whose name matches this glob (repeatable).")]
 Conv = Annotated[Literal["l2", "l1", "sum"], typer.Option(
     "--conv", help="Conv kernel slice -> one channel edge: l2 norm, l1 norm or signed sum.")]
-Device = Annotated[Literal["auto", "cpu", "cuda"], typer.Option(
-    "--device", help="Where the analyses run: auto uses CUDA when available.")]
+Device = Annotated[str, typer.Option(
+    "--device", metavar="auto|cpu|cuda[:i]", help="Where the analyses run: auto uses CUDA when available.")]
 Trust = Annotated[bool, typer.Option(
     "--trust-checkpoint",
     help="Allow a full unpickle of a .pt/.bin file that weights_only=True refuses. That runs code "
@@ -83,6 +98,9 @@ Format = Annotated[Optional[Literal["table", "csv", "json"]], typer.Option(
     "--format", "-f", help="Output format; default: from the -o suffix (.csv, .json), else table.")]
 Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Write the data to this file instead of stdout.", show_default=False)]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace outputs that already exist (never an input). Without it, an existing "
+                        "output is refused (exit 2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors on stderr.")]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False, help="More detail on stderr (timings, every step).")]
@@ -100,6 +118,62 @@ def _root(
         "--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
     """graphnn: neural-network weights as layered weighted graphs."""
+
+
+# -- signals: Ctrl-C, SIGTERM, a closed stdout ---------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporary files) runs; exit 143."""
+
+
+_interrupt_reported = False
+
+
+def _report_interrupt() -> None:
+    global _interrupt_reported
+    if not _interrupt_reported:
+        _interrupt_reported = True
+        try:
+            os.write(2, b"graphnn: interrupted\n")
+        except OSError:
+            pass
+
+
+def _on_signal(signum, frame) -> None:
+    """First signal: one line, then unwind (cleaning temporary outputs); a second one exits now."""
+    if _interrupt_reported:
+        os._exit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+    _report_interrupt()
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _os_error_text(e: OSError) -> str:
+    """What happened and what to do, for the OS errors users meet (full disk, permissions)."""
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (f"no space left on the device{where}; free some space or write the output elsewhere "
+                "(nothing was written)")
+    if e.errno == errno.EROFS:
+        return f"read-only file system{where}; write the output to a writable folder"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"permission denied{where}; check that the output folder is writable and the input "
+                "readable")
+    return str(e)
 
 
 # -- session: logging, progress, errors ------------------------------------------------------------
@@ -173,9 +247,12 @@ class _Session:
             raise
         except (typer.BadParameter, typer.Abort):
             raise
-        except KeyboardInterrupt:
-            log.error("interrupted")
-            raise typer.Exit(130)
+        except KeyboardInterrupt as e:
+            _report_interrupt()
+            raise typer.Exit(EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(EXIT_PIPE)
         except BaseException as e:  # noqa: BLE001 - every failure must become a non-zero exit
             raise typer.Exit(self._report_error(e))
         finally:
@@ -187,7 +264,7 @@ class _Session:
             code = EXIT_UNSAFE
         elif isinstance(e, NothingMappableError):
             code = EXIT_NOTHING
-        elif isinstance(e, (CheckpointNotFoundError, RefusedOverwriteError)):
+        elif isinstance(e, (CheckpointNotFoundError, RefusedOverwriteError, InvalidParameterError)):
             code = EXIT_USAGE
         else:
             code = EXIT_FAILURE
@@ -195,7 +272,9 @@ class _Session:
             log.error("%s", e)
         elif isinstance(e, (MemoryError,)):
             log.error("out of memory (%s): try --include/--exclude to analyse fewer layers", e)
-        elif isinstance(e, (OSError, ValueError)):
+        elif isinstance(e, OSError):
+            log.error("%s", _os_error_text(e))
+        elif isinstance(e, ValueError):
             log.error("%s", e)
         else:
             log.error("unexpected %s: %s (rerun with -v for the traceback and please report it)",
@@ -301,29 +380,29 @@ def _table_text(df, title: str | None = None, caption: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def _emit(text: str, output: Path | None) -> None:
-    """Write data to ``output`` (atomically) or stdout."""
+def _emit(text: str, output: Path | None, overwrite: bool = False) -> None:
+    """Write data to ``output`` (atomically; an existing file only with ``overwrite``) or stdout."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     from .atomic import atomic_write
 
-    atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), overwrite=overwrite)
     log.info("wrote %s", output)
 
 
 def _emit_frame(df, fmt: str, output: Path | None, *, title: str | None = None, caption: str | None = None,
-                meta: dict | None = None, tables: dict | None = None) -> None:
+                meta: dict | None = None, tables: dict | None = None, overwrite: bool = False) -> None:
     if fmt == "csv":
-        _emit(df.to_csv(index=False), output)
+        _emit(df.to_csv(index=False), output, overwrite)
     elif fmt == "json":
         doc = {"schema_version": _SCHEMA_VERSION, "graphnn_version": __version__, **(meta or {})}
         for name, frame in (tables or {"rows": df}).items():
             doc[name] = _records(frame)
-        _emit(json.dumps(_clean(doc), indent=1) + "\n", output)
+        _emit(json.dumps(_clean(doc), indent=1) + "\n", output, overwrite)
     else:
-        _emit(_table_text(df, title=title, caption=caption), output)
+        _emit(_table_text(df, title=title, caption=caption), output, overwrite)
 
 
 def _extract_kwargs(include, exclude, conv, trust, embeddings) -> dict:
@@ -332,13 +411,65 @@ def _extract_kwargs(include, exclude, conv, trust, embeddings) -> dict:
     return extract_options(include, exclude, conv, trust, embeddings)
 
 
-def _check_device(device: str) -> None:
-    if device == "cuda":
-        import torch
+def _check_device(device: str) -> str:
+    """``--device`` checked by :func:`graphnn.validation.check_device` (a usage error, exit 2)."""
+    from .validation import check_device
 
-        if not torch.cuda.is_available():
-            raise typer.BadParameter("CUDA is not available on this machine: use --device cpu (or auto)",
-                                     param_hint="--device")
+    try:
+        check_device(device, name="--device")
+    except InvalidParameterError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
+    return device
+
+
+def _check_gamma(value: float) -> float:
+    from .validation import check_number
+
+    try:
+        return float(check_number("--gamma", value, nonnegative=True))
+    except InvalidParameterError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+_TABLE_SUFFIXES = {"csv": ".csv", "json": ".json", "table": ".txt"}
+
+
+def _check_outputs(inputs, outputs, overwrite: bool) -> None:
+    """The output policy (module docstring) as usage errors: ``outputs`` holds ``(path, option,
+    kind, example)`` tuples (``None`` paths are skipped; ``example`` is offered when refused)."""
+    from .validation import check_output
+
+    seen: dict[str, str] = {}
+    for path, option, kind, example in outputs:
+        if path is None:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise typer.BadParameter(f"{path} is also given to {seen[key]}: give each output its own path",
+                                     param_hint=option)
+        seen[key] = option
+        try:
+            check_output(path, inputs, overwrite=overwrite, kind=kind, name="output",
+                         overwrite_hint="--overwrite")
+        except (InvalidParameterError, RefusedOverwriteError) as e:
+            hint = f" (e.g. {example})" if example and os.path.realpath(example) != key else ""
+            raise typer.BadParameter(f"{e}{hint}", param_hint=option) from None
+
+
+def _check_table_output(ckpt: Path, fmt_option: str | None, fmt: str, output: Path | None) -> None:
+    """A data table (csv, json, text) never goes to a checkpoint-like name, and an explicit
+    --format agrees with a .csv/.json suffix."""
+    if output is None:
+        return
+    suffix = output.suffix.lower()
+    example = ckpt.with_name(_stem(ckpt) + _TABLE_SUFFIXES[fmt]).name
+    if suffix in _CHECKPOINT_SUFFIXES:
+        raise typer.BadParameter(f"{output.name!r} is a checkpoint name, but this command writes a {fmt} table: "
+                                 f"give a .csv, .json or .txt name, e.g. {example}", param_hint="--output")
+    if fmt_option and suffix in (".csv", ".json") and suffix != _TABLE_SUFFIXES[fmt]:
+        raise typer.BadParameter(f"--format {fmt} disagrees with the name {output.name!r}: give a name ending "
+                                 f"in {_TABLE_SUFFIXES[fmt]} or drop --format", param_hint="--output")
 
 
 # -- commands --------------------------------------------------------------------------------------
@@ -352,13 +483,16 @@ def describe(
     conv: Conv = "l2",
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Fast layer table of a checkpoint: every parameter's shape, dtype, and whether it is mapped
     to a graph block or skipped (and why). Reads names and shapes only, no tensor data."""
     s = _Session(quiet, verbose)
-    fmt = _resolve_format(fmt, output)
+    fmt_option, fmt = fmt, _resolve_format(fmt, output)
+    _check_table_output(ckpt, fmt_option, fmt, output)
+    _check_outputs([ckpt], [(output, "--output", "file", None)], overwrite)
     with s.running():
         import graphnn
 
@@ -381,7 +515,7 @@ def describe(
             meta={"command": "describe", "source": str(ckpt), "coverage_fraction": g.coverage_fraction,
                   "num_nodes": g.num_nodes, "num_edges": g.num_edges, "notes": list(g.notes),
                   "topology": getattr(g, "topology", None)},
-            tables={"parameters": cov, "partitions": parts, "blocks": blocks},
+            tables={"parameters": cov, "partitions": parts, "blocks": blocks}, overwrite=overwrite,
         )
         for n in g.notes:
             log.warning("%s", n)
@@ -430,6 +564,7 @@ def analyse(
     device: Device = "auto",
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
+    overwrite: Overwrite = False,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", metavar="local:N|tcp://HOST:PORT",
         help="Run the analyses on Dask: local:N starts N local workers, tcp://HOST:PORT uses a running "
@@ -447,11 +582,14 @@ def analyse(
         except InvalidParameterError as e:
             raise typer.BadParameter(str(e), param_hint="--dask") from None
     s = _Session(quiet, verbose)
-    fmt = _resolve_format(fmt, output)
+    fmt_option, fmt = fmt, _resolve_format(fmt, output)
     table = table or ("all" if fmt == "json" else "layers")
     if table == "all" and fmt != "json":
         raise typer.BadParameter("csv and table output hold one table: choose --table layers, neurons or "
                                  "blocks, or use --format json for all of them", param_hint="--table")
+    _check_table_output(ckpt, fmt_option, fmt, output)
+    _check_outputs([ckpt], [(output, "--output", "file", None)], overwrite)
+    _check_device(device)
     with s.running():
         res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
                             device, dask)
@@ -464,7 +602,7 @@ def analyse(
                 "runtime_s": res.provenance.runtime_s}
         if fmt == "json":
             chosen = frames if table == "all" else {table: frames[table]}
-            _emit_frame(a.layers, fmt, output, meta=meta, tables=chosen)
+            _emit_frame(a.layers, fmt, output, meta=meta, tables=chosen, overwrite=overwrite)
             return
         df = frames[table]
         if fmt == "table" and table == "layers":
@@ -472,7 +610,7 @@ def analyse(
             if len(shown) < len(df.columns):
                 log.info("showing %d of %d columns; --format csv or json has all", len(shown), len(df.columns))
             df = df[shown]
-        _emit_frame(df, fmt, output, title=f"{ckpt} ({table})")
+        _emit_frame(df, fmt, output, title=f"{ckpt} ({table})", overwrite=overwrite)
 
 
 app.command("analyze", hidden=True, epilog=_EXIT_HELP, help="Alias of 'analyse'.")(analyse)
@@ -491,6 +629,7 @@ def report(
     device: Device = "auto",
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -499,6 +638,8 @@ def report(
     s = _Session(quiet, verbose)
     out = output or Path(f"{_stem(ckpt)}.report.html")
     _check_html_path(out)
+    _check_outputs([ckpt], [(out, "--output", "file", f"{_stem(ckpt)}.report.html")], overwrite)
+    _check_device(device)
     with s.running():
         from .report.html import render_report, write_html
 
@@ -506,7 +647,7 @@ def report(
                             device)
         s.progress("report", 0, 1)
         t = time.perf_counter()
-        write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out)
+        write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out, overwrite=overwrite)
         s.progress("report", 1, 1)
         s.finish()
         log.info("wrote %s (%.0f kB, figures %.2f s)", out, out.stat().st_size / 1e3, time.perf_counter() - t)
@@ -534,25 +675,30 @@ def compare(
     device: Device = "auto",
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Per-layer metrics of several checkpoints side by side, aligned by layer name, with the
-    change from the first to the last (table, csv or json; optionally an HTML report)."""
+    change from the first to the last (table, csv or json; optionally an HTML report).
+    Checkpoints of unrelated models (no layer name in common besides input) are refused (exit 2)."""
     s = _Session(quiet, verbose)
-    fmt = _resolve_format(fmt, output)
+    fmt_option, fmt = fmt, _resolve_format(fmt, output)
     if len(ckpts) < 2:
         raise typer.BadParameter("compare needs at least two checkpoints", param_hint="CKPT...")
     if labels and len(labels) != len(ckpts):
         raise typer.BadParameter(f"{len(labels)} labels for {len(ckpts)} checkpoints: give one --label per "
                                  "checkpoint", param_hint="--label")
     if report_path is not None:
-        _check_html_path(report_path)
+        _check_html_path(report_path, "--report")
+    if ckpts:
+        _check_table_output(ckpts[0], fmt_option, fmt, output)
+    _check_outputs(ckpts, [(output, "--output", "file", None), (report_path, "--report", "file", None)], overwrite)
+    _check_device(device)
     with s.running():
         from .report.compare import available_metrics, compare_layers
         from .report.pipeline import checkpoint_labels, write_comparison
 
-        _check_device(device)
         names = list(labels) if labels else checkpoint_labels(ckpts)
         if len(set(names)) != len(names):
             raise typer.BadParameter(f"labels must be unique, got {names}", param_hint="--label")
@@ -567,14 +713,15 @@ def compare(
                 raise typer.BadParameter(f"unknown metric(s) {missing}; per-layer columns are: {', '.join(cols)}",
                                          param_hint="--metric")
         wide = compare_layers(analyses, wanted)
+        _warn_partial_layers(analyses)
         s.finish()
         _emit_frame(wide, fmt, output, title=" vs ".join(names),
                     meta={"command": "compare", "checkpoints": [{"label": k, "source": str(r.path),
                                                                   "sha256": r.provenance.sha256}
                                                                  for k, r in results.items()]},
-                    tables={"layers": wide})
+                    tables={"layers": wide}, overwrite=overwrite)
         if report_path is not None:
-            write_comparison(results, report_path, title=title)
+            write_comparison(results, report_path, title=title, overwrite=overwrite)
             if output is None:  # stdout holds the table: keep it clean, say where the report went on stderr
                 log.info("wrote %s", report_path)
             else:
@@ -601,8 +748,8 @@ def rewire(
         "--mode", help="PA rewiring: faithful (the authors' numpy sampler) or fast (batched, same "
                        "distribution).")] = "faithful",
     trials: Annotated[int, typer.Option("--trials", min=1, help="variance-search: number of redraws.")] = 100,
-    gamma: Annotated[float, typer.Option("--gamma", min=0.0, help="hcore: strength of the hypercore bias (0 = "
-                                                                   "plain initialiser).")] = 1.0,
+    gamma: Annotated[float, typer.Option("--gamma", callback=_check_gamma, help="hcore: strength of the hypercore "
+                                         "bias, a finite number >= 0 (0 = plain initialiser).")] = 1.0,
     init: Annotated[str, typer.Option(
         "--init", metavar="NAME", help="variance-search and hcore: the base initialiser, 'match' (a normal draw "
                                        "with each tensor's own mean and std: keeps the scale of trained or "
@@ -613,7 +760,7 @@ def rewire(
     include_embeddings: Embeddings = False,
     report_path: Annotated[Optional[Path], typer.Option(
         "--report", help="Also write a before/after HTML report to this file.", show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
+    overwrite: Overwrite = False,
     device: Device = "auto",
     trust_checkpoint: Trust = False,
     quiet: Quiet = False,
@@ -626,7 +773,7 @@ def rewire(
     --include-embeddings); a tied LM head and embedding are rewired once and stay tied."""
     s = _Session(quiet, verbose)
     if report_path is not None:
-        _check_html_path(report_path)
+        _check_html_path(report_path, "--report")
     if method in ("variance-search", "hcore"):
         from .rewire.inits import check_init
 
@@ -640,10 +787,11 @@ def rewire(
     if method == "pa" and mode == "faithful" and device not in ("auto", "cpu"):
         raise typer.BadParameter("--mode faithful runs numpy on the CPU; use --mode fast to rewire on a GPU",
                                  param_hint="--device")
+    _check_device(device)
+    _check_rewire_outputs(ckpt, output, report_path, overwrite)
     with s.running():
         from .rewire import rewire_checkpoint
 
-        _check_device(device)
         t = time.perf_counter()
         s.progress("rewire", 0, 1)
         kwargs: dict[str, Any] = {"method": method, "seed": seed, "device": device, "trust": trust_checkpoint,
@@ -684,6 +832,7 @@ def rewire(
             if prov.exists():
                 extra.append(("provenance record", str(prov)))
             write_comparison({"before": before, "after": after}, report_path, mode="rewire", extra=extra,
+                             overwrite=overwrite,
                              title=f"graphnn rewiring report: {method} on {ckpt.name}")
             s.finish()
             log.info("wrote %s", report_path)
@@ -697,18 +846,21 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and data order.")] = 0,
     epochs: Annotated[int, typer.Option("--epochs", min=1, max=200, help="Training epochs.")] = 12,
     device: Device = "auto",
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """The main job on a built-in example: train a small CNN for a few seconds on the digits data
     set bundled with scikit-learn (no download), save its initial and trained checkpoints, and
     write the report of the trained one plus an init-vs-trained comparison; prints the report
-    paths (the main report first)."""
+    paths (the main report first). An earlier demo in the same folder is replaced only with
+    --overwrite."""
     s = _Session(quiet, verbose)
+    _check_device(device)
+    _check_outputs([], [(out_dir / name, "--out-dir", "file", None) for name in DEMO_OUTPUTS], overwrite)
     with s.running():
         from .demo import run_demo
 
-        _check_device(device)
         res = run_demo(out_dir, seed=seed, epochs=epochs, device=device, progress=s.progress, log=log.info)
         s.finish()
         typer.echo(str(res.report))
@@ -724,22 +876,70 @@ def _stem(path: Path) -> str:
     return name or "checkpoint"
 
 
-def _check_html_path(path: Path) -> None:
+def _check_html_path(path: Path, option: str = "--output") -> None:
     if path.exists() and path.is_dir():
         raise typer.BadParameter(f"{path} is a folder: give the report's file name, e.g. {path / 'report.html'}",
-                                 param_hint="--output")
+                                 param_hint=option)
     if path.suffix.lower() not in (".html", ".htm"):
-        raise typer.BadParameter(f"the report is HTML: give a file name ending in .html, not {path.name!r}",
-                                 param_hint="--output")
+        example = path.with_name((path.stem or "report") + ".html")
+        raise typer.BadParameter(f"the report is HTML: give a file name ending in .html (e.g. {example}), "
+                                 f"not {path.name!r}", param_hint=option)
 
 
-from .cli_sigprop import register as _register_sigprop  # noqa: E402  (graphnn sigprop)
-_register_sigprop(app)
+#: What ``graphnn demo`` writes into its folder (see :func:`graphnn.demo.run_demo`).
+DEMO_OUTPUTS = ("demo-init.safetensors", "demo-trained.safetensors", "report.html", "compare.html")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _check_rewire_outputs(ckpt: Path, output: Path, report_path: Path | None, overwrite: bool) -> None:
+    """rewire writes the input's format: a file of the same kind (plus its provenance JSON), or a
+    folder for a model folder. Refusals offer a name that passes these very checks."""
+    if ckpt.is_dir():
+        example = ckpt.with_name(ckpt.name + "-rewired")
+        _check_outputs([ckpt], [(output, "--output", "folder", example), (report_path, "--report", "file", None)],
+                       overwrite)
+        return
+    st = ckpt.suffix.lower() == ".safetensors"
+    allowed = (".safetensors",) if st else _PICKLE_SUFFIXES
+    keep = ckpt.suffix if ckpt.suffix.lower() in allowed else allowed[0]
+    example = ckpt.with_name(f"{_stem(ckpt)}.rewired{keep}")
+    if output.suffix.lower() not in allowed:
+        raise typer.BadParameter(
+            f"the input is a {'safetensors' if st else 'pickle'} checkpoint and the output keeps its format: "
+            f"give a name ending in {' or '.join(allowed)} (e.g. {example}), not {output.name!r}",
+            param_hint="--output")
+    provenance = Path(str(output) + ".provenance.json")
+    _check_outputs([ckpt], [(output, "--output", "file", example), (provenance, "--output", "file", None),
+                            (report_path, "--report", "file", None)], overwrite)
+
+
+def _warn_partial_layers(analyses) -> None:
+    """Say which layers only some checkpoints have (they are NaN in the others)."""
+    names = {k: set(a.layers["layer"].astype(str)) for k, a in analyses.items()}
+    common = set.intersection(*names.values())
+    for label, mine in names.items():
+        only = sorted(mine - common)
+        if only:
+            log.warning("%d layer(s) of %s are missing from another checkpoint (NaN there): %s", len(only), label,
+                        ", ".join(only[:8]) + (", ..." if len(only) > 8 else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (``graphnn``; ``python -m graphnn``)."""
-    app(args=argv, prog_name="graphnn")
+    """Console-script entry point (``graphnn``; ``python -m graphnn``): Ctrl-C and SIGTERM end
+    with one line and exit 130/143, a closed stdout quietly with 141."""
+    _install_signal_handlers()
+    try:
+        app(args=argv, prog_name="graphnn")
+    except SystemExit:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            raise SystemExit(EXIT_PIPE) from None
+        raise
+    except BrokenPipeError:
+        _silence_stdout()
+        raise SystemExit(EXIT_PIPE) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
