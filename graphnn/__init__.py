@@ -11,6 +11,7 @@ _cli_startup.guard()  # the graphnn command only: Ctrl-C while importing exits 1
 from ._version import __version__
 from .errors import (
     CheckpointNotFoundError,
+    CheckpointWarning,
     ConvergenceWarning,
     CorruptCheckpointError,
     DisconnectedGraphWarning,
@@ -43,6 +44,6 @@ __all__ = [
     # errors and warnings
     "GraphnnError", "InvalidParameterError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
     "NothingMappableError", "UnsupportedSourceError", "GraphTooLargeError", "MissingDependencyError",
-    "NonFiniteWeightsError", "RefusedOverwriteError", "NonFiniteWeightsWarning", "TopologyWarning",
+    "NonFiniteWeightsError", "RefusedOverwriteError", "NonFiniteWeightsWarning", "TopologyWarning", "CheckpointWarning",
     "ConvergenceWarning", "DisconnectedGraphWarning",
 ]

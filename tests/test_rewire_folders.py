@@ -309,3 +309,27 @@ def test_help_says_what_a_folder_rewire_writes():
     assert res.returncode == 0
     for phrase in ("model folder", "graphnn.provenance.json", "atomically", "--init", "match", "--include-embeddings"):
         assert phrase in text, phrase
+
+
+def test_a_hostile_index_is_refused_by_the_folder_rewire_itself(tmp_path):
+    """The rewire's own folder reader (not only extraction) keeps to the folder and to regular files."""
+    from graphnn.errors import CorruptCheckpointError
+    from graphnn.rewire.checkpoint import _folder_layout, _read_shard
+
+    outside = tmp_path / "outside.safetensors"
+    graphnn.extract.save_state_dict({"w": torch.ones(2, 2)}, outside)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
+    with pytest.raises(CorruptCheckpointError, match="outside the model folder"):
+        _folder_layout(folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["w"]}))
+    with pytest.raises(CorruptCheckpointError, match="not a valid index file"):
+        _folder_layout(folder)
+    fifo = folder / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CorruptCheckpointError, match="FIFO"):
+        _read_shard(fifo, trust=False)  # refused at once: never opened, so it cannot hang
+    with pytest.raises(CorruptCheckpointError):
+        rewire_checkpoint(folder, tmp_path / "out", method="pa", seed=0)
+    assert not (tmp_path / "out").exists()

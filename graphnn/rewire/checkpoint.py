@@ -496,31 +496,31 @@ def _publish_pair(ckpt: _Checkpoint, changed: set[str], record: dict, out_path: 
 # -- a model folder -----------------------------------------------------------------------------
 def _folder_layout(folder: Path) -> tuple[list[str], str | None]:
     """The shard files of a model folder in index order, and the index file's name (``None``
-    for a single-file folder)."""
+    for a single-file folder). The index is read and its shard names checked (inside the folder,
+    regular files) by the same functions extraction uses."""
+    from ..errors import CorruptCheckpointError
+    from ..extract.checkpoints import member_path, read_index, require_regular_file
+
     for index_name in _INDEX_FILES:
         index = folder / index_name
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                shards = list(dict.fromkeys(weight_map.values()))
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                from ..errors import CorruptCheckpointError
-
-                raise CorruptCheckpointError(f"{index} is not a valid index file (needs a 'weight_map'): {e}") from e
-            return [str(s) for s in shards], index_name
+            shards = list(dict.fromkeys(read_index(index).values()))
+            for shard in shards:
+                require_regular_file(member_path(folder, shard, index), "shard")
+            return [str(sh) for sh in shards], index_name
     for single in _SINGLE_FILES:
         if (folder / single).is_file():
+            require_regular_file(folder / single)
             return [single], None
-    from ..errors import CorruptCheckpointError
-
     raise CorruptCheckpointError(
         f"{folder} is not a model folder: it has no {' or '.join(_INDEX_FILES + _SINGLE_FILES)}; pass a checkpoint file "
         "or a Hugging Face model folder")
 
 
 def _read_shard(path: Path, trust: bool) -> tuple[dict, dict | None]:
-    from graphnn.extract.checkpoints import torch_load
+    from graphnn.extract.checkpoints import require_regular_file, torch_load
 
+    require_regular_file(path, "shard")
     if path.suffix in _SAFETENSORS:
         from safetensors import safe_open
 
