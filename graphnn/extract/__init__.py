@@ -38,6 +38,7 @@ from .hf import module_config
 #: ``g.topology`` values (graph-model.md §2d): how the dataflow was obtained.
 TOPOLOGY_TRACED = "traced module (torch.fx)"
 TOPOLOGY_REGISTRATION = "module registration order (torch.fx failed)"
+TOPOLOGY_FORWARD = "traced module (one forward pass on example_inputs; torch.fx failed)"
 TOPOLOGY_CHAINING = "shape chaining (inferred from names and shapes)"
 CHAINING_NOTE = ("topology was inferred from parameter names and shapes (no known architecture family): "
                  "consecutive blocks are joined where shapes agree; pass the model itself or a Hugging Face "
@@ -81,7 +82,11 @@ def extract(
     example_inputs : for modules, a tensor or a tuple of tensors (the forward's positional
         arguments) whose shapes are used to follow the dataflow (run on the ``meta`` device: no
         computation, no memory); by default shapes are guessed from the first layer each input
-        reaches. Needed only when the guess fails (a TopologyWarning says so).
+        reaches. Needed only when the guess fails (a TopologyWarning says so), and where torch.fx
+        cannot trace the module (control flow on tensor values, item assignment): the dataflow is
+        then recorded from one forward pass on these inputs (real or ``meta`` tensors) instead of
+        falling back to registration order. transformers models of a known family need neither:
+        they follow the family rule table (``g.topology`` says which way was used).
 
     Returns
     -------
@@ -210,17 +215,20 @@ def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection,
     # every name of a tied parameter (e.g. an LM head sharing the embedding matrix) is an entry
     entries = {name: TensorEntry(name, tuple(p.shape), p.dtype, (lambda p=p: p.detach()), in_memory=True)
                for name, p in model.named_parameters(remove_duplicate=False)}
-    graph = None
+    graph, recorded, topology = None, None, TOPOLOGY_TRACED
     if trace:
         try:
             graph = trace_module(model)
         except Exception as e:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
-            msg = (f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]}); "
-                   "blocks are ordered by module registration and joined where shapes agree")
-            warnings.warn(msg, TopologyWarning, stacklevel=3)
-            builder.notes.append(msg)
-    topology = TOPOLOGY_TRACED if graph is not None else TOPOLOGY_REGISTRATION
-    if graph is not None:
+            why = f"torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {str(e)[:200]})"
+            recorded = _record_forward(model, example_inputs, builder, why)
+    if graph is None:
+        topology = TOPOLOGY_REGISTRATION if recorded is None else TOPOLOGY_FORWARD
+    if recorded is not None:
+        from .forward_trace import walk_recorded
+
+        walk_recorded(recorded, model, builder, entries, selection.reason)
+    elif graph is not None:
         walk_module(graph, model, builder, entries, selection.reason, example_inputs=example_inputs)
     else:
         layers = []
@@ -248,6 +256,33 @@ def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection,
                       f"mapped: {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}", TopologyWarning,
                       stacklevel=3)
     return topology
+
+
+def _record_forward(model: nn.Module, example_inputs: Any, builder: GraphBuilder, why: str):
+    """Where torch.fx fails: one forward pass on ``example_inputs``, recorded as a graph
+    (:class:`~graphnn.extract.forward_trace.Recorded`); without inputs, or if the run cannot be
+    recorded, ``None`` and a TopologyWarning (registration order is used)."""
+    if example_inputs is not None:
+        from .forward_trace import record_forward
+
+        try:
+            recorded = record_forward(model, example_inputs)
+        except Exception as e:  # noqa: BLE001 - the model's own errors and unrecordable values alike
+            why += f"; the forward pass on example_inputs could not be recorded either ({type(e).__name__}: {str(e)[:200]})"
+        else:
+            builder.notes.append(f"{why}; the dataflow was recorded from one forward pass on example_inputs instead")
+            if recorded.skipped:
+                msg = (f"the forward pass of {type(model).__name__} used {', '.join(recorded.skipped)}, which the "
+                       "recorded graph does not follow: the features it writes keep their old source")
+                warnings.warn(msg, TopologyWarning, stacklevel=4)
+                builder.notes.append(msg)
+            return recorded
+    msg = (f"{why}; blocks are ordered by module registration and joined where shapes agree"
+           + ("" if example_inputs is not None else
+              ". Pass example_inputs=(a tensor of the input's shape, ...) to follow one forward pass instead"))
+    warnings.warn(msg, TopologyWarning, stacklevel=4)
+    builder.notes.append(msg)
+    return None
 
 
 def _raise_nothing_mappable(builder: GraphBuilder) -> None:
