@@ -8,7 +8,8 @@ Each model is built from a tiny config (random weights, nothing downloads), save
 the folder (with its ``config.json``) and the bare state_dict (family rules from names alone).
 Columns:
 
-- *topology*: how the module's dataflow was obtained (``g.topology``);
+- *topology*: how the module's dataflow was obtained (``g.topology``; a model that torch.fx cannot
+  trace and no family fits is traced from one forward pass when example inputs are given);
 - *mapped*: share of the module's parameters (by number of entries, each tensor once, mapped if
   any of its names is) that are in a block; embeddings are opt-in and not mapped here;
 - *warnings*: TopologyWarnings raised by the three extractions together;
@@ -86,6 +87,8 @@ def zoo():
         ("Llama classifier (score)", T.LlamaConfig(**gqa, pad_token_id=0), "AutoModelForSequenceClassification"),
         ("ResNet (CNN, no family rule)", T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]),
          "AutoModel"),
+        ("ResNet, example_inputs", T.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]),
+         "AutoModel", torch.randn(1, 3, 32, 32)),
     ]
 
 
@@ -123,18 +126,18 @@ def _centrality_gap(a, b) -> float:
     return float((ca - cb).abs().max()) if ca.shape == cb.shape else float("nan")
 
 
-def run_one(label, cfg, auto_name, tmp: Path) -> dict:
+def run_one(label, cfg, auto_name, tmp: Path, example_inputs=None) -> dict:
     import transformers as T
 
     torch.manual_seed(0)
     model = getattr(T, auto_name).from_config(cfg).eval()
-    folder = tmp / label.split(" ")[0].replace("/", "_")
+    folder = tmp / "".join(c if c.isalnum() else "_" for c in label)
     model.save_pretrained(folder, max_shard_size="200KB")
     row = {"architecture": label, "model_type": cfg.model_type, "class": type(model).__name__}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        g_mod = graphnn.extract(model)
+        g_mod = graphnn.extract(model, example_inputs=example_inputs)
         g_file = graphnn.extract(folder)
         g_sd = graphnn.extract(dict(model.state_dict()))
     row["seconds"] = time.perf_counter() - t0
@@ -183,9 +186,9 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, cfg, auto in zoo():
+        for label, cfg, auto, *inputs in zoo():
             try:
-                rows.append(run_one(label, cfg, auto, Path(tmp)))
+                rows.append(run_one(label, cfg, auto, Path(tmp), *inputs))
             except Exception as e:  # noqa: BLE001 - one failing architecture is a row, not a crash
                 rows.append({"architecture": label, "topology": f"failed: {type(e).__name__}: {str(e)[:80]}"})
             print(f"{label}: {rows[-1].get('topology')}", file=sys.stderr)
