@@ -196,3 +196,15 @@ def test_cli_bad_dask_address_is_a_usage_error(llama_folder):
         r = CliRunner().invoke(app, ["analyse", str(llama_folder), "--dask", bad])
         assert r.exit_code == 2, r.output
         assert "--dask" in r.output and "local:N" in r.output
+
+
+def test_nonfinite_weights_raise_as_in_one_process(client):
+    w = torch.ones(3, 2)
+    w[1, 0] = float("nan")
+    g = graphnn.LayeredGraph.from_matrices({"a": 2, "b": 3}, {"w": ("a", "b", w)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(graphnn.NonFiniteWeightsError):
+            graphnn.analyse(g)
+        with pytest.raises(graphnn.NonFiniteWeightsError):
+            graphnn.analyse(g, client=client)
