@@ -166,6 +166,11 @@ BAD_OPTIONS = [
     ("hcore scope", lambda g: graphnn.rewire.hcore_reinit_(nn.Linear(3, 2), scope="layer"), "scope"),
     ("rank match group", lambda g: graphnn.rewire.rank_match_(torch.zeros(2, 3), torch.zeros(2, 3), group="row"),
      "group"),
+    ("hcore cores table", lambda g: graphnn.rewire.hcore_reinit_(nn.Linear(3, 2), cores=pd.DataFrame({"x": [1]})),
+     "cores must be a DataFrame"),
+    ("hcore cores rows", lambda g: graphnn.rewire.hcore_reinit_(
+        nn.Linear(3, 2), cores=pd.DataFrame({"layer": ["input"], "neuron": [0], "core": [1.0]})), "rows for partition"),
+    ("rank match shapes", lambda g: graphnn.rewire.rank_match_(torch.zeros(2, 3), torch.zeros(3, 2)), "shape"),
     ("compare one analysis", lambda g: _compare({"a": graphnn.analyse(g)}), "at least two"),
     ("compare unrelated models", lambda g: _compare(_unrelated_analyses()), "share no layer name"),
     ("comparison report mode", lambda g: _render({"a": graphnn.analyse(g), "b": graphnn.analyse(g)}), "mode"),

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..analyses.hypercore import SCOPES
 from .inits import bind_init, check_init
+from ..errors import InvalidParameterError
 from ..validation import check_choice, check_number
 from .pa import _check_seed
 from .variance_search import seeded
@@ -43,7 +44,7 @@ def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.T
     ok = isinstance(cores, pd.DataFrame) and {"layer", "neuron"} <= set(cores.columns) and (
         "core" in cores.columns or {"core_in", "core_out"} <= set(cores.columns))
     if not ok:
-        raise ValueError(
+        raise InvalidParameterError(
             "cores must be a DataFrame with columns layer, neuron, core (or core_in, core_out), as "
             f"graphnn.hypercore returns, got {type(cores).__name__}"
             + (f" with columns {list(cores.columns)}" if isinstance(cores, pd.DataFrame) else "")
@@ -59,14 +60,15 @@ def _core_vectors(cores: pd.DataFrame, graph) -> Callable[[object, str], torch.T
         rows = by_layer.get(partition, cores.iloc[:0])
         size = graph.partitions[partition].size
         if len(rows) != size or set(rows["neuron"].tolist()) != set(range(size)):
-            raise ValueError(
+            raise InvalidParameterError(
                 f"the hypercore table has {len(rows)} rows for partition {partition!r} but it has "
                 f"{size} neurons: pass cores computed on this model's graph"
             )
         out = np.empty(size, dtype=np.float64)
         out[rows["neuron"].to_numpy(dtype=np.int64)] = rows[col].to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.isfinite(out).all() or (out < 0).any():
-            raise ValueError(f"{col} of partition {partition!r} must be finite and >= 0 for block {block.name!r}")
+            raise InvalidParameterError(f"cores: {col} of partition {partition!r} must be finite and >= 0 for "
+                                        f"block {block.name!r}")
         cache[partition, col] = torch.from_numpy(out)
         return cache[partition, col]
     return lookup

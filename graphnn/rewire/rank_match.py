@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidParameterError
 from ..validation import check_choice
 
 GROUPS = ("out_unit", "tensor")
@@ -40,7 +41,7 @@ def rank_match_(tensor: torch.Tensor, reference: torch.Tensor, group: str = "out
         )
     check_choice("group", group, GROUPS)
     if tuple(tensor.shape) != tuple(reference.shape):
-        raise ValueError(
+        raise InvalidParameterError(
             f"reference has shape {tuple(reference.shape)} but tensor has {tuple(tensor.shape)}: "
             "rank matching needs one reference value per entry"
         )
