@@ -490,3 +490,15 @@ def test_an_interrupted_write_exits_cleanly_and_leaves_no_partial(ckpt, tmp_path
     assert p.returncode == code, err
     assert err == "graphnn: interrupted\n" and out_text == ""  # one line, no traceback
     assert list(tmp_path.iterdir()) == []
+
+
+def test_two_concurrent_commands_to_one_output_exactly_one_succeeds(ckpt, tmp_path):
+    """Whether or not both pass the early existence check, the exclusive publish lets one win."""
+    out = tmp_path / "d.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "graphnn", "describe", str(ckpt), "-o", str(out), "-q"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    results = [(p.wait(300), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "already exists" in loser and "Traceback" not in loser
+    assert json.loads(out.read_text())["command"] == "describe" and partials(tmp_path) == []
