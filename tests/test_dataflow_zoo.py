@@ -434,3 +434,41 @@ def test_example_inputs_when_no_guessed_shape_fits():
     g = exact(seeded(OddSize), example_inputs=torch.zeros(1, 1, 18, 18))
     assert blocks(g) == {"conv.weight": ("input", "conv", (2, 1), None), "fc.weight": ("conv", "fc", (3, 2), None)}
     assert g.blocks["fc.weight"].aggregation == "l2" and not any("propagated" in n for n in g.notes)
+
+
+class Repeat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(8, 2), nn.Linear(4, 2)
+        self.register_buffer("perm", torch.tensor([2, 0, 3, 1]))
+
+    def forward(self, x):
+        h = self.fc0(x)
+        return self.fc1(h.repeat_interleave(2, dim=-1)) + self.fc2(h[:, self.perm])
+
+
+def test_repeat_and_advanced_indexing_of_the_feature_axis():
+    g = exact(seeded(Repeat))
+    b = blocks(g)
+    assert b["fc1.weight"] == ("fc0", "fc1", (2, 8), [0, 0, 1, 1, 2, 2, 3, 3])  # parallel edges
+    assert b["fc2.weight"] == ("fc0", "fc1", (2, 4), [2, 0, 3, 1])
+    m = seeded(Repeat)
+    out = graphnn.strength(g, "out").set_index(["layer", "neuron"])["out_strength"]
+    w1, w2 = m.fc1.weight.detach(), m.fc2.weight.detach()
+    # fc0 neuron 0: fc1 columns 0 and 1, fc2 column 1 (perm[1] = 0)
+    assert out[("fc0", 0)] == pytest.approx(float(w1[:, 0].sum() + w1[:, 1].sum() + w2[:, 1].sum()), rel=1e-5)
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.fft.fft(self.fc1(x), dim=-1).real)
+
+
+def test_an_unknown_shape_preserving_op_is_named_in_a_warning():
+    with pytest.warns(TopologyWarning, match=r"fft.*not an op graphnn knows"):
+        g = graphnn.extract(seeded(UnknownOp))
+    assert blocks(g)["fc2.weight"][0] == "fc1"

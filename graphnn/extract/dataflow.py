@@ -23,6 +23,7 @@ op and the module and says what to do, and ``g.notes`` and the reader's coverage
 from __future__ import annotations
 
 import operator
+import re
 import warnings
 from typing import Any, Callable
 
@@ -59,6 +60,19 @@ _NOT_TENSORS = {"size", "dim", "numel", "shape", "__len__", "getattr", "len"}
 #: ops whose result along ``dim`` depends on the data: on the feature axis they cannot be mapped
 _DATA_DEPENDENT = {"sort", "argsort", "topk", "gather", "scatter", "scatter_add", "take_along_dim",
                    "cumsum", "cumprod", "index_add", "masked_select"}
+#: ops that act on every feature alone, or normalise/pool/reduce over other axes: they keep the
+#: partition. Other ops that keep the shape are kept too, with a TopologyWarning.
+_FEATURE_PRESERVING = re.compile(
+    r"^(relu|relu6|gelu|silu|swish|mish|elu|selu|celu|leaky_relu|prelu|rrelu|glu_?|hardswish|hardsigmoid|"
+    r"hardtanh|hardshrink|softshrink|tanhshrink|softsign|softplus|sigmoid|logsigmoid|tanh|threshold|"
+    r"softmax|log_softmax|softmin|normalize|layer_norm|batch_norm|group_norm|instance_norm|rms_norm|"
+    r"local_response_norm|dropout\d?d?|feature_alpha_dropout|abs|neg|exp|exp2|expm1|log|log2|log10|log1p|"
+    r"pow|sqrt|rsqrt|square|reciprocal|sign|sgn|erf|erfc|erfinv|sin|cos|tan|sinh|cosh|atan|asin|acos|"
+    r"floor|ceil|round|trunc|frac|clamp|clip|clamp_min|clamp_max|nan_to_num|masked_fill|where|lerp|"
+    r"mean|sum|amax|amin|max|min|std|var|norm|prod|logsumexp|nansum|nanmean|"
+    r"(adaptive_)?(avg|max|lp)_pool\dd|fractional_max_pool\dd|interpolate|upsample.*|pad|"
+    r"zero_|fill_|zeros_like|ones_like|full_like|empty_like|rand_like|randn_like|float|"
+    r"add|sub|mul|div|truediv|floordiv|neg|pos|rsub|radd|rmul|addcmul|addcdiv)_?$")
 _LAYOUT_MODULES = (nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle, nn.Identity)
 
 
@@ -518,7 +532,7 @@ class FeatureWalker:
         if isinstance(mod, _LAYOUT_MODULES):
             return self.layout(node, lambda ids: mod(ids) if not isinstance(mod, nn.ChannelShuffle)
                                else F.channel_shuffle(ids.contiguous(), mod.groups))
-        return self.generic(node, type(mod).__name__)
+        return self.generic(node, type(mod).__name__, known=type(mod).__module__.startswith("torch.nn."))
 
     def mapped_module(self, node: fx.Node, mod: nn.Module, x):
         rules = rules_for_module(mod)
@@ -610,6 +624,13 @@ class FeatureWalker:
             return self.getitem(node)
         if node.op == "call_function" and t in _FUNCTIONAL_LAYERS:
             return self.functional_layer(node)
+        if node.op == "call_function" and t is getattr and len(node.args) > 1:
+            attr = node.args[1]
+            if attr in ("real", "imag", "data"):
+                return self.val(node.args[0])
+            if attr in ("T", "mT", "H", "mH") and isinstance(self.val(node.args[0]), torch.Tensor):
+                return self.layout(node, lambda ids: getattr(ids, {"H": "T", "mH": "mT"}.get(attr, attr)))
+            return None
         if name in _NOT_TENSORS or not isinstance(self.shapes.get(node), (tuple, list)):
             return None
         if name in _MERGE:
@@ -785,7 +806,7 @@ class FeatureWalker:
         except (RuntimeError, TypeError):
             return self.cut("token mixing to a shape the features cannot follow")
 
-    def generic(self, node: fx.Node, name: str):
+    def generic(self, node: fx.Node, name: str, known: bool = False):
         """Any other op: feature-preserving when the feature axis survives with its size."""
         tensor_args = [a for a in _flat(node.args) + _flat(list(node.kwargs.values())) if isinstance(a, fx.Node)]
         vals = [self.val(a) for a in tensor_args]
@@ -797,11 +818,11 @@ class FeatureWalker:
         ids = feats[0][1]
         out = self.shapes.get(node)
         if isinstance(out, (list, tuple)) and out and isinstance(out[0], tuple):  # (values, indices)
-            first = self._transfer(node, name, ids, out[0])
+            first = self._transfer(node, name, ids, out[0], known)
             return (first,) + (None,) * (len(out) - 1) if not isinstance(first, Cut) else first
-        return self._transfer(node, name, ids, out)
+        return self._transfer(node, name, ids, out, known)
 
-    def _transfer(self, node: fx.Node, name: str, ids: torch.Tensor, out):
+    def _transfer(self, node: fx.Node, name: str, ids: torch.Tensor, out, known: bool = False):
         if not isinstance(out, tuple):
             return None
         if name in _DATA_DEPENDENT:
@@ -809,6 +830,11 @@ class FeatureWalker:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 and isinstance(node.args[1], int) else None)
             if sep is not None and sep[0] is not None and isinstance(dim, int) and dim % ids.dim() == sep[0]:
                 return self.cut(f"{name} along the feature axis depends on the data")
+        if not known and not _FEATURE_PRESERVING.match(name.lstrip("_")):
+            self.say(f"{self.where(node)}: {name} is not an op graphnn knows; its output was taken to hold the "
+                     "features of its input where the feature axis keeps its size. If it mixes or reorders "
+                     "features, rewrite it with view/permute/index_select or map the layer before and after "
+                     "separately")
         if tuple(ids.shape) == out:
             return ids
         sep = separate(ids)
