@@ -194,3 +194,23 @@ def test_runs_on_gpu_like_on_cpu():
     assert next(model.parameters()).device.type == "cpu"
     assert gpu.layers["q_hat"].tolist() == pytest.approx(cpu.layers["q_hat"].tolist(), rel=1e-3)
     assert gpu.layers["chi1_hat"].dropna().tolist() == pytest.approx(cpu.layers["chi1_hat"].dropna().tolist(), rel=0.1)
+
+
+def test_transformers_model_gets_gaussian_embeddings_and_no_theory():
+    """A tiny GPT-2 (built from a config, nothing downloaded): Gaussian inputs_embeds, every
+    projection observed, theory marked not applicable, activations unknown (not guessed from
+    registration order, which is not GPT-2's dataflow order)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=50, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2Model(cfg)
+    sp = graphnn.signal_propagation(model, batch=8, probes=1)
+    t = sp.layers
+    assert len(t) == 12 and t["q_hat"].notna().all() and (t["q_hat"] > 0).all()
+    assert t["activation"].str.startswith("unknown").all()
+    assert t["theory"].str.startswith("n/a").all()
+    assert sp.network.iloc[0]["phase"] == "unknown"
+    # GPT-2 draws its weights N(0, 0.02²): σ̂_w² = fan_in · 0.0004 = 0.0128 for the d -> . layers
+    fc = t[t["param"].str.endswith("mlp.c_fc.weight")]
+    assert fc["sigma_w2"].tolist() == pytest.approx([32 * 0.02 ** 2] * 2, rel=0.1)

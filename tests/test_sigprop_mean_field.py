@@ -122,3 +122,12 @@ def test_bad_parameters_are_usage_errors(bad):
     kwargs = {"act": "tanh", "sigma_w2": 1.0, "sigma_b2": 0.0, **bad}
     with pytest.raises(InvalidParameterError):
         mf.mean_field(kwargs.pop("act"), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["graphnn.sigprop.mean_field", "graphnn.sigprop.analysis"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -118,17 +118,24 @@ def _follow(node, modules, depth: int = 0) -> str:
 
 def activations_from_module(model: nn.Module) -> tuple[dict[str, str], str]:
     """``({module name: activation}, how)`` for every mapped module of ``model``; ``how`` is
-    ``"fx"`` or ``"module order"`` (fx failed; the next leaf module in registration order is
-    used, which misses functional activations: then ``"unknown"``)."""
+    ``"fx"``, ``"module order"`` (fx failed; the next leaf module in registration order is
+    used, which misses functional activations: then ``"unknown"``) or ``"none"`` (a transformers
+    model: every activation ``"unknown"``, since neither fx nor registration order gives its dataflow)."""
     from ..extract.module import trace
     from ..extract.rules import is_mapped_module
 
+    from ..extract.hf import module_config
+
     modules = dict(model.named_modules())
+    out: dict[str, str] = {}
+    if module_config(model) is not None:  # transformers: fx does not trace them, and registration
+        # order is not forward order (GPT-2 registers c_fc, c_proj, then the activation)
+        return {name: "unknown: transformers model (not traced; registration order is not dataflow order)"
+                for name, m in modules.items() if is_mapped_module(m)}, "none"
     try:
         graph = trace(model)
     except Exception:  # noqa: BLE001 - fx raises many kinds of errors on untraceable code
         graph = None
-    out: dict[str, str] = {}
     if graph is not None:
         for node in graph.nodes:
             if node.op == "call_module" and is_mapped_module(modules[node.target]):
@@ -148,14 +155,15 @@ def activations_from_module(model: nn.Module) -> tuple[dict[str, str], str]:
         act = "unknown: no module after it in registration order"
         for nxt_name, nxt in leaves[i + 1:]:
             if is_mapped_module(nxt):
-                act = "unknown: registration order shows no activation module (a functional one may be used)"
+                act = ("unknown: registration order (no fx trace) puts the next layer right after it; a "
+                       "functional activation in forward() would not show")
                 break
             a = _activation_of_module(nxt)
             if a is not None:
                 act = a
                 break
             if not isinstance(nxt, _THROUGH_MODULES):
-                act = f"unknown: followed by {type(nxt).__name__} module {nxt_name!r}"
+                act = f"unknown: registration order (no fx trace) puts {type(nxt).__name__} module {nxt_name!r} next"
                 break
         out[name] = act
     return out, "module order"
@@ -272,7 +280,8 @@ def _bias_for(lookup, param: str, block, raw: torch.Tensor, n_out: int):
         return None
     if bias.numel() == n_out:
         return bias.detach()
-    if block.name.endswith("]") and bias.numel() == raw.shape[0] and raw.dim() == 2:
+    rows_axis = 1 if block.kind == "hf_conv1d" else 0  # HF Conv1D stores (in, out)
+    if block.name.endswith("]") and raw.dim() == 2 and bias.numel() == raw.shape[rows_axis]:
         rows = block.entry_index("matrix")[0][:, 0] >= 0 if block.kind != "hf_conv1d" else \
             block.entry_index("matrix")[0][0, :] >= 0
         if int(rows.sum()) == n_out:
@@ -281,7 +290,7 @@ def _bias_for(lookup, param: str, block, raw: torch.Tensor, n_out: int):
 
 
 def _activation_for(acts: dict, how: str, mod: str, param: str, dst: str, block) -> tuple[str, str]:
-    if how == "none":
+    if how == "none" and not acts:
         return "unknown: no module (a checkpoint holds no dataflow): pass activation=...", "none"
     if param.endswith("in_proj_weight") or param.endswith(("q_proj_weight", "k_proj_weight", "v_proj_weight")):
         return "unknown: attention (q/k/v feed the softmax and token mixing)", how
