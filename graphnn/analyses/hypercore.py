@@ -5,7 +5,10 @@ The k-hypercore is the largest set H of neurons in which every neuron has
 k-hypercore contains v (Batagelj & Zaveršnik's p-cores with the strength to surviving
 neighbours as vertex property). graphnn's definition: the Hcore-Init paper's own code is not
 public. The strength is that of the undirected adjacency ``A = sum over blocks (|W| + |W|^T)``:
-a self-loop counts ``2|w|`` and parallel blocks add up, as in :func:`graphnn.strength`.
+a self-loop counts ``2|w|`` and parallel blocks add up, as in :func:`graphnn.strength`; so do
+the parallel edges of an index-mapped block (graph-model.md §2b: columns or rows sent to the same
+neuron), which the peeling sees through :class:`~graphnn.analyses._blocks.AbsBlock`'s neuron
+space.
 
 Computed exactly by peeling: repeatedly remove a neuron of minimum current strength; its number
 is ``max(level so far, its strength at removal)``. Neurons are taken in batches of the k
@@ -17,7 +20,8 @@ equal to it (a tie within rounding), so such neurons share the level's number.
 
 With all weights 1, or after thresholding to a 0/1 graph (``threshold=``, ``top=``), this is the
 classic k-core and equals ``networkx.core_number`` (on graphs with no self-loops and no parallel
-blocks, which networkx does not accept or merges; here those count as multi-edges).
+edges, which networkx does not accept or merges; here those count as multi-edges: each weight is
+thresholded on its own, then parallel edges add up, and ``top=`` counts them one by one).
 """
 
 from __future__ import annotations
