@@ -121,3 +121,23 @@ def test_hf_resnet_records_its_residuals():
     short, last = g.blocks[f"{s1}.shortcut.convolution.weight"], g.blocks[f"{s1}.layer.2.convolution.weight"]
     assert short.src == stem and short.dst == last.dst and g.partitions[last.dst].size == 32
     assert (g.coverage[g.coverage["name"].str.endswith("convolution.weight")]["status"] == "mapped").all()
+
+
+def test_hf_folder_of_an_unknown_family_is_meta_traced_from_its_config(tmp_path):
+    """graph-model.md §2d way 2: a folder whose config.json names no family of the rule table is
+    built on the meta device, run once there, and the file's tensors are attached by name."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1])
+    model = transformers.ResNetModel(cfg).eval()
+    model.save_pretrained(tmp_path / "resnet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TopologyWarning)
+        g = graphnn.extract(tmp_path / "resnet")
+        g_mod = graphnn.extract(model, example_inputs=torch.randn(1, 3, 32, 32))
+    assert g.topology.startswith("meta-traced config (ResNetModel")
+    assert _structure(g) == _structure(g_mod)
+    for b in g.blocks.values():
+        assert torch.allclose(b.matrix(), g_mod.blocks[b.name].matrix())  # the file's weights, not meta
+    cov = g.coverage.set_index("name")
+    assert "not an edge" in cov.loc["embedder.embedder.normalization.running_mean", "reason"]

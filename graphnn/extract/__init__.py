@@ -28,7 +28,7 @@ from .checkpoints import (
     unwrap_state_dict,
 )
 from .module import trace as trace_module, walk_module
-from .rules import Rule
+from .rules import Rule, skip_reason_for_tensor
 from .selection import Selection, WeightRecord, read_config, records_from_entries, select_weights, tie_groups
 from .state_dict import chain
 from .families import family_of
@@ -125,6 +125,8 @@ def extract(
         config = read_config(source) if os.path.isdir(source) else None
         entries = open_checkpoint(source, trust=trust)
         g = _from_family(entries, config, builder, selection, "config.json" if config else "the checkpoint's names")
+        if g is None and config is not None:
+            g = _from_meta_model(entries, config, builder, selection)
         if g is not None:
             return g
         topology = _from_entries(entries, builder, selection, config)
@@ -155,6 +157,70 @@ def _from_family(entries: list[TensorEntry], config, builder: GraphBuilder, sele
         _raise_nothing_mappable(builder)
     g.topology = f"family rules: {family.name} ({origin or where})"
     return g
+
+
+def _from_meta_model(entries: list[TensorEntry], config: dict, builder: GraphBuilder,
+                     selection: _Selection) -> LayeredGraph | None:
+    """A folder whose ``config.json`` names no family of the rule table, with transformers
+    installed: the model is built from the config on the ``meta`` device, its dataflow recorded
+    from one forward pass there, and the file's lazy tensors attached to its blocks by name.
+    ``None`` (with a note) when transformers is missing, the model cannot be built or run on
+    ``meta``, or its parameter names are not the file's (transformers renames some keys)."""
+    from .hf import meta_inputs, meta_model
+
+    if not isinstance(config.get("model_type"), str):
+        return None
+    try:
+        model = meta_model(config)
+        inputs = meta_inputs(model, config)
+    except ImportError:
+        return None
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds of errors for odd configs
+        builder.notes.append(f"config.json: transformers could not build the model on the meta device "
+                             f"({type(e).__name__}: {str(e)[:150]}); topology from names and shapes instead")
+        return None
+    if inputs is None:
+        return None
+    files = {e.name: e for e in entries}
+    meta = GraphBuilder(builder.conv, source=builder.source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            topology = _from_module(model, meta, selection, True, inputs)
+        except Exception as e:  # noqa: BLE001 - a model that does not run on meta
+            builder.notes.append(f"config.json: the {type(model).__name__} built on the meta device did not run "
+                                 f"({type(e).__name__}: {str(e)[:150]}); topology from names and shapes instead")
+            return None
+    missing = sorted({s["entry"].name for s in meta.blocks} - set(files))
+    if topology != TOPOLOGY_FORWARD and topology != TOPOLOGY_TRACED or missing or not meta.blocks:
+        if missing:
+            builder.notes.append(f"config.json: the {type(model).__name__} built from it names {len(missing)} weight(s) "
+                                 f"the files do not hold ({', '.join(missing[:3])}); topology from names and shapes "
+                                 "instead")
+        return None
+    for w in caught:
+        if issubclass(w.category, TopologyWarning):
+            warnings.warn(str(w.message), TopologyWarning, stacklevel=4)
+    g = meta.build()
+    for b in g.blocks.values():
+        f = files[b.param]
+        b._load, b.dtype, b._on_load = f.load, f.dtype, None
+    mrec = {r["name"]: r for r in meta.coverage.values()}
+    for e in entries:
+        r = mrec.get(e.name)
+        if r is None:
+            builder.record(e, "skipped", "", getattr(e, "skip_reason", None) or skip_reason_for_tensor(e.name, e.shape, e.dtype)
+                           or f"not a parameter of the {type(model).__name__} built from config.json")
+        else:
+            builder.record(e, r["status"], r["kind"], r["reason"])
+            builder.coverage[e.name]["blocks"] = r["blocks"]
+    notes = builder.notes + [n for n in meta.notes if "could not trace" not in n] + [
+        f"topology from the {type(model).__name__} that config.json describes, built on the meta device and run once "
+        "there (no weights read); the file's tensors are attached by name"]
+    out = LayeredGraph(list(g.partitions.values()), list(g.blocks.values()), coverage=list(builder.coverage.values()),
+                       source=builder.source, notes=notes)
+    out.topology = f"meta-traced config ({type(model).__name__}, one forward pass on the meta device)"
+    return out
 
 
 def _from_transformers_module(model: nn.Module, builder: GraphBuilder, selection: _Selection) -> LayeredGraph | None:
