@@ -43,7 +43,8 @@ from .errors import (
 #: Exit status -> meaning (documented in ``--help`` and the README).
 EXIT_CODES = {
     0: "success",
-    1: "runtime failure (corrupt or unreadable checkpoint, failed analysis, ...)",
+    1: "runtime failure (corrupt or unreadable checkpoint, failed analysis, full disk, read-only or "
+       "unwritable output folder, ...)",
     2: "usage error (bad option or argument, checkpoint path that does not exist, an output that is "
        "an input, an existing output without --overwrite, checkpoints of unrelated models to compare)",
     3: "unsafe checkpoint refused: a pickle that weights_only=True will not load; rerun with "
@@ -922,6 +923,10 @@ def _warn_partial_layers(analyses) -> None:
         if only:
             log.warning("%d layer(s) of %s are missing from another checkpoint (NaN there): %s", len(only), label,
                         ", ".join(only[:8]) + (", ..." if len(only) > 8 else ""))
+
+
+from .cli_sigprop import register as _register_sigprop  # noqa: E402  (graphnn sigprop)
+_register_sigprop(app)
 
 
 def main(argv: list[str] | None = None) -> None:
