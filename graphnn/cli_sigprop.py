@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:
         no_empirical: Annotated[bool, typer.Option("--no-empirical", help="Theory from the weights only.")] = False,
         table: Annotated[Literal["layers", "pairs", "network"], typer.Option(
             "--table", help="Which table for table/csv output (json has all).")] = "layers",
+        report: Annotated[Optional[Path], typer.Option(
+            "--report", help="Also write a self-contained HTML report section (figure and tables) to this "
+                             "file.", show_default=False)] = None,
         fmt: Format = None,
         output: Output = None,
         include: Include = None,
@@ -163,13 +166,18 @@ def register(app: typer.Typer) -> None:
         s = _Session(quiet, verbose)
         fmt = _resolve_format(fmt, output)
         inputs = [Path(p) for p in (model, compare) if p is not None and Path(p).exists()]
-        if output is not None and hasattr(cli, "_check_outputs"):
-            cli._check_outputs(inputs, [(output, "--output", "file", None)], overwrite)
-        elif output is not None:  # the same policy where the shared check is not available
-            if any(output.resolve() == p.resolve() for p in inputs):
-                raise typer.BadParameter(f"{output} is an input of this command", param_hint="--output")
-            if output.exists() and not overwrite:
-                raise typer.BadParameter(f"{output} exists: pass --overwrite to replace it", param_hint="--output")
+        if report is not None and report.suffix.lower() not in (".html", ".htm"):
+            raise typer.BadParameter(f"the report is HTML: give a file name ending in .html, not {report.name!r}",
+                                     param_hint="--report")
+        outs = [(p, o) for p, o in ((output, "--output"), (report, "--report")) if p is not None]
+        if hasattr(cli, "_check_outputs"):
+            cli._check_outputs(inputs, [(p, o, "file", None) for p, o in outs], overwrite)
+        else:  # the same policy where the shared check is not available
+            for p, o in outs:
+                if any(p.resolve() == i.resolve() for i in inputs):
+                    raise typer.BadParameter(f"{p} is an input of this command", param_hint=o)
+                if p.exists() and not overwrite:
+                    raise typer.BadParameter(f"{p} exists: pass --overwrite to replace it", param_hint=o)
         emit_options = {"overwrite": overwrite} if "overwrite" in _emit_frame.__code__.co_varnames else {}
         with s.running():
             import graphnn
@@ -195,6 +203,16 @@ def register(app: typer.Typer) -> None:
                        + (f"chi1_hat = {net['chi1_hat_net']:.4g}, {net['phase_hat']}" if res.empirical
                           else "not run (needs a model: give a factory or --module)"))
             meta = {"command": "sigprop", "source": label, "empirical": res.empirical, "notes": res.notes}
+            if report is not None:
+                from .atomic import atomic_write
+                from .sigprop.report import to_html
+
+                shown = {label: res} if other is None else {f"before: {label}": res, f"after: {label2}": other}
+                page = to_html(shown, title=f"graphnn signal propagation: {label}"
+                               + ("" if other is None else f" vs {label2}"))
+                atomic_write(report, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"),
+                             **({"overwrite": overwrite} if "overwrite" in atomic_write.__code__.co_varnames else {}))
+                log.info("wrote %s", report)
             s.finish()
             if other is None:
                 frames = {"layers": res.layers, "pairs": res.pairs, "network": res.network}

@@ -114,3 +114,25 @@ def test_usage_errors_exit_2(files, args, needle):
     code, out, err = run(*[a.format(tmp=tmp, ckpt=ckpt) for a in args])
     assert code == 2, (out, err)
     assert needle in err
+
+
+def test_report_section_is_a_self_contained_html_page(files, tmp_path):
+    tmp, _, ckpt, rew = files
+    page = tmp_path / "sp.html"
+    code, out, err = run(ckpt, "--module", f"{tmp / 'nets.py'}:make", "--compare", rew, "--report", page,
+                         "--batch", "16", "--probes", "1")
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert "data:image/png;base64," in text and "before: " in text and "after: " in text
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    assert "chi1_hat" in text and "sigma_w2" in text
+    code, _, err = run(ckpt, "--report", tmp_path / "x.txt")
+    assert code == 2 and "HTML" in err
+    # the library's section: a tidy table with one row per (model, layer, quantity)
+    import graphnn.sigprop.report as rep
+
+    res = graphnn.signal_propagation(ckpt, activation="tanh")
+    table, fig = rep.section(res)
+    assert set(table.columns) == {"model", "depth", "layer", "param", "quantity", "source", "value"}
+    assert len(table) == len(res.layers) * table["quantity"].nunique()
+    assert fig.axes

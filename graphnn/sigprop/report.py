@@ -68,3 +68,41 @@ def section(results):
         ax.set_ylabel("")
     fig.tight_layout()
     return table, fig
+
+
+def to_html(results, title: str = "Signal propagation", notes=()) -> str:
+    """A self-contained HTML page (no external resource: the figure is a PNG data URI) with the
+    figure of :func:`section`, the network verdict(s) and the per-layer table(s)."""
+    import base64
+    import html
+    import io
+
+    import matplotlib.pyplot as plt
+
+    if not isinstance(results, Mapping):
+        results = {"model": results}
+    _, fig = section(results)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    cols = ["layer", "param", "activation", "sigma_w2", "sigma_b2", "q_theory", "q_hat", "chi1_theory", "chi1_hat",
+            "c_hat", "kurtosis", "xi_c", "phase", "theory"]
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;margin:2rem}}"
+             "table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ccc;padding:.2rem .4rem}"
+             "</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<img alt='signal propagation per layer' src='data:image/png;base64,{png}'>"]
+    for label, res in results.items():
+        parts.append(f"<h2>{html.escape(str(label))}</h2>")
+        parts.append(res.network.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+        shown = res.layers[[c for c in cols if c in res.layers.columns]]
+        parts.append(shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+        for n in res.notes:
+            parts.append(f"<p>{html.escape(n)}</p>")
+    for n in notes:
+        parts.append(f"<p>{html.escape(str(n))}</p>")
+    parts.append("<p>Definitions: see graphnn.sigprop (σ̂_w² = mean over output units of the sum of squared "
+                 "incoming weights; χ₁ = σ_w² E φ'(h)²: &lt; 1 ordered, = 1 critical, &gt; 1 chaotic; "
+                 "ξ_c = −1/ln χ_c).</p></body></html>")
+    return "\n".join(parts) + "\n"
