@@ -472,3 +472,62 @@ def test_an_unknown_shape_preserving_op_is_named_in_a_warning():
     with pytest.warns(TopologyWarning, match=r"fft.*not an op graphnn knows"):
         g = graphnn.extract(seeded(UnknownOp))
     assert blocks(g)["fc2.weight"][0] == "fc1"
+
+
+class GQAttention(nn.Module):
+    """Grouped-query attention written out: 4 query heads, 2 key/value heads, head_dim 2."""
+
+    def __init__(self, d=8, heads=4, kv_heads=2):
+        super().__init__()
+        self.h, self.kv, self.hd = heads, kv_heads, d // heads
+        self.q = nn.Linear(d, heads * self.hd, bias=False)
+        self.k = nn.Linear(d, kv_heads * self.hd, bias=False)
+        self.v = nn.Linear(d, kv_heads * self.hd, bias=False)
+        self.o = nn.Linear(heads * self.hd, d, bias=False)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.hd).transpose(1, 2)
+        k = self.k(x).view(b, t, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, dim=1)
+        v = self.v(x).view(b, t, self.kv, self.hd).transpose(1, 2).repeat_interleave(self.h // self.kv, dim=1)
+        att = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return x + self.o((att @ v).transpose(1, 2).reshape(b, t, self.h * self.hd))
+
+
+def test_grouped_query_attention_reads_v_through_the_repeat_map():
+    g = exact(seeded(GQAttention), example_inputs=torch.zeros(2, 5, 8))
+    assert blocks(g) == {
+        "q.weight": ("input", "q", (8, 8), None),
+        "k.weight": ("input", "k", (4, 8), None),
+        "v.weight": ("input", "v", (4, 8), None),
+        "o.weight": ("v", "input", (8, 8), [0, 1, 0, 1, 2, 3, 2, 3]),  # o writes back into the stream
+    }
+    assert g.partitions["input"].members == ("input", "o")
+    assert any("attention scores" in n for n in g.notes)
+
+
+class TinyViT(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, stride=4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, 5, d))
+        self.norm = nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, 16), nn.Linear(16, d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, 4, d) for an 8 x 8 image
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        x = x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+        return self.head(self.norm(x)[:, 0])
+
+
+def test_class_token_concatenated_along_tokens_keeps_the_stream():
+    g = exact(seeded(TinyViT), example_inputs=torch.zeros(2, 3, 8, 8))
+    assert blocks(g) == {
+        "patch.weight": ("input", "patch", (8, 3), None),
+        "fc1.weight": ("patch", "fc1", (16, 8), None),
+        "fc2.weight": ("fc1", "patch", (8, 16), None),
+        "head.weight": ("patch", "head", (3, 8), None),
+    }

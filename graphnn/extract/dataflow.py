@@ -98,21 +98,21 @@ def _input_for(m: nn.Module, spatial: int, position: int = 0):
 
 def _input_shape(m: nn.Module, spatial: int, position: int):
     if isinstance(m, nn.Linear):
-        return (2, m.in_features), torch.float32, 1
+        return (2, m.in_features), torch.float32, -1
     if type(m).__name__ == "Conv1D" and hasattr(m, "nf"):
-        return (2, SEQ_GUESS, m.weight.shape[0]), torch.float32, 2
+        return (2, SEQ_GUESS, m.weight.shape[0]), torch.float32, -1
     if isinstance(m, nn.modules.conv._ConvNd):
         k = len(m.kernel_size)
         return (2, m.in_channels, *[spatial] * k), torch.float32, 1
     if isinstance(m, nn.MultiheadAttention):
         d = (m.embed_dim, m.kdim, m.vdim)[position] if position < 3 else m.embed_dim
-        return ((2, SEQ_GUESS, d) if m.batch_first else (SEQ_GUESS, 2, d)), torch.float32, 2
+        return ((2, SEQ_GUESS, d) if m.batch_first else (SEQ_GUESS, 2, d)), torch.float32, -1
     if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
         return (2, SEQ_GUESS), torch.long, None
     if isinstance(m, nn.RNNBase):
-        return ((2, SEQ_GUESS, m.input_size) if m.batch_first else (SEQ_GUESS, 2, m.input_size)), torch.float32, 2
+        return ((2, SEQ_GUESS, m.input_size) if m.batch_first else (SEQ_GUESS, 2, m.input_size)), torch.float32, -1
     if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
-        return (2, SEQ_GUESS, m.normalized_shape[0]), torch.float32, 2
+        return (2, SEQ_GUESS, m.normalized_shape[0]), torch.float32, -1
     if isinstance(m, nn.BatchNorm2d):
         return (2, m.num_features, spatial, spatial), torch.float32, 1
     if isinstance(m, nn.BatchNorm1d):
@@ -139,7 +139,7 @@ def _guess_input(ph: fx.Node, modules: dict, spatial: int, params: dict):
                 if isinstance(w, fx.Node) and w.op == "get_attr" and w.target in params:
                     shape, dt = tuple(params[w.target].shape), params[w.target].dtype
                     if u.target is F.linear:
-                        return (2, shape[1]), dt, 1
+                        return (2, shape[1]), dt, -1
                     groups = u.args[6] if len(u.args) > 6 else u.kwargs.get("groups", 1)
                     return (2, shape[1] * int(groups), *[spatial] * (len(shape) - 2)), dt, 1
             frontier.append(u)
@@ -200,8 +200,9 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
             given = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
             for n, t in zip(placeholders, given):
                 guess = _guess_input(n, modules, spatial, params)
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
-                    layouts[n] = (guess[2] if guess and guess[2] is not None and guess[2] < t.dim() else t.dim() - 1)
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1:
+                    axis = guess[2] if guess and guess[2] is not None else -1
+                    layouts[n] = axis % t.dim() if -t.dim() <= axis < t.dim() else t.dim() - 1
                 else:
                     layouts[n] = None
                 inputs.append(t.to("meta") if isinstance(t, torch.Tensor) else t)
@@ -217,7 +218,7 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
                 shape, dtype, axis = guess
                 spatial_used |= spatial in shape[2:]
                 inputs.append(torch.zeros(shape, dtype=dtype, device="meta"))
-                layouts[n] = axis
+                layouts[n] = None if axis is None else axis % len(shape)
         rec = _Recorder(gm)
         try:
             with torch.no_grad(), _reparametrize_module(gm, meta):
