@@ -242,7 +242,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--warm", action="store_true", help="do not drop the shards from the page cache")
     ap.add_argument("--only", default="describe,analyse,report,rewire",
                     help="comma-separated passes among describe, analyse, report, rewire")
-    ap.add_argument("--dask", type=int, default=0, metavar="N", help="also analyse on a LocalCluster of N workers")
+    ap.add_argument("--dask", type=int, default=0, metavar="N",
+                    help="also analyse on a LocalCluster of N workers, memory_limit max(1.5 x checkpoint / N, "
+                         "1.5 GB) each: below the checkpoint's size from --layers 4 with N=2")
     ap.add_argument("--dask-core", action="store_true",
                     help="include the hypercore in the Dask pass (one round trip per core level: slow)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per pass")
