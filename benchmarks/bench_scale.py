@@ -246,7 +246,7 @@ def main(argv: list[str]) -> int:
                     help="also analyse on a LocalCluster of N workers, memory_limit max(1.5 x checkpoint / N, "
                          "1.5 GB) each: below the checkpoint's size from --layers 4 with N=2")
     ap.add_argument("--dask-core", action="store_true",
-                    help="include the hypercore in the Dask pass (one round trip per core level: slow)")
+                    help="include the hypercore in the Dask pass (one round trip per peeling round)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per pass")
     args = ap.parse_args(argv)
     if args.layers < 1:
