@@ -280,3 +280,22 @@ def test_convnext_block_with_layer_scale():
     assert g.blocks["dwconv.weight"].num_edges == 8
     assert g.num_edges == 24 + 8 + 256 + 256
     assert g.coverage.set_index("name").loc["gamma", "status"] == "skipped"
+
+
+def test_hcore_reinit_factors_use_the_neurons_behind_the_index_maps():
+    """Entry (i, j) of u2.pw1's weight reads a stem or u1.pw2 neuron through the shuffle: its
+    factor is c(u2.pw1 i) * c(that neuron), not c(column j)."""
+    import pandas as pd
+    from graphnn.rewire.hcore_init import _core_vectors, endpoint_products
+    g = exact(seeded(ShuffleNetV2))
+    rows = [{"layer": p.name, "neuron": k, "core": 1.0 + 10 * i + k}
+            for i, p in enumerate(g.partitions.values()) for k in range(p.size)]
+    cores = pd.DataFrame(rows)
+    core = {(r["layer"], r["neuron"]): r["core"] for r in rows}
+    prod, mapped = endpoint_products(g, _core_vectors(cores, g))["u2.pw1.weight"]
+    assert bool(mapped.all())
+    # u2.pw1 input channel j (of 4) reads: j=0 -> stem 2, j=1 -> u1.pw2 2, j=2 -> stem 3, j=3 -> u1.pw2 3
+    reads = [("stem", 2), ("u1.pw2", 2), ("stem", 3), ("u1.pw2", 3)]
+    for i in range(4):
+        for j, src in enumerate(reads):
+            assert float(prod[i, j, 0, 0]) == pytest.approx(core[("u2.pw1", i)] * core[src])
