@@ -141,3 +141,19 @@ def test_hf_folder_of_an_unknown_family_is_meta_traced_from_its_config(tmp_path)
         assert torch.allclose(b.matrix(), g_mod.blocks[b.name].matrix())  # the file's weights, not meta
     cov = g.coverage.set_index("name")
     assert "not an edge" in cov.loc["embedder.embedder.normalization.running_mean", "reason"]
+
+
+def test_hf_module_without_inputs_runs_once_on_meta_and_is_left_unchanged():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.ResNetModel(transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32],
+                                                               depths=[1, 1])).eval()
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TopologyWarning)
+        g = graphnn.extract(model)  # main input pixel_values: one meta image built from the config
+        g_real = graphnn.extract(model, example_inputs=torch.randn(1, 3, 32, 32))
+    assert g.topology.startswith("traced module (one forward pass") and _structure(g) == _structure(g_real)
+    assert any("meta inputs built from its config" in n for n in g.notes)
+    after = model.state_dict()
+    assert all(after[n].device.type == "cpu" and torch.equal(after[n], t) for n, t in before.items())

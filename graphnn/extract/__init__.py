@@ -38,7 +38,7 @@ from .hf import module_config
 #: ``g.topology`` values (graph-model.md §2d): how the dataflow was obtained.
 TOPOLOGY_TRACED = "traced module (torch.fx)"
 TOPOLOGY_REGISTRATION = "module registration order (torch.fx failed)"
-TOPOLOGY_FORWARD = "traced module (one forward pass on example_inputs; torch.fx failed)"
+TOPOLOGY_FORWARD = "traced module (one forward pass recorded; torch.fx failed)"
 TOPOLOGY_CHAINING = "shape chaining (inferred from names and shapes)"
 CHAINING_NOTE = ("topology was inferred from parameter names and shapes (no known architecture family): "
                  "consecutive blocks are joined where shapes agree; pass the model itself or a Hugging Face "
@@ -328,15 +328,21 @@ def _record_forward(model: nn.Module, example_inputs: Any, builder: GraphBuilder
     """Where torch.fx fails: one forward pass on ``example_inputs``, recorded as a graph
     (:class:`~graphnn.extract.forward_trace.Recorded`); without inputs, or if the run cannot be
     recorded, ``None`` and a TopologyWarning (registration order is used)."""
+    on_meta = False
+    if example_inputs is None and module_config(model) is not None:  # a transformers model: its main input
+        from .hf import meta_inputs
+
+        example_inputs, on_meta = meta_inputs(model, module_config(model)), True
     if example_inputs is not None:
         from .forward_trace import record_forward
 
         try:
-            recorded = record_forward(model, example_inputs)
+            recorded = record_forward(model, example_inputs, on_meta=on_meta)
         except Exception as e:  # noqa: BLE001 - the model's own errors and unrecordable values alike
             why += f"; the forward pass on example_inputs could not be recorded either ({type(e).__name__}: {str(e)[:200]})"
         else:
-            builder.notes.append(f"{why}; the dataflow was recorded from one forward pass on example_inputs instead")
+            builder.notes.append(f"{why}; the dataflow was recorded from one forward pass on "
+                                 + ("meta inputs built from its config" if on_meta else "example_inputs") + " instead")
             if recorded.skipped:
                 msg = (f"the forward pass of {type(model).__name__} used {', '.join(recorded.skipped)}, which the "
                        "recorded graph does not follow: the features it writes keep their old source")

@@ -178,14 +178,33 @@ def _drop_dead_code(graph: fx.Graph) -> None:
         graph.erase_node(node)
 
 
-def record_forward(model: nn.Module, example_inputs) -> Recorded:
+def record_forward(model: nn.Module, example_inputs, on_meta: bool = False) -> Recorded:
     """Run ``model(*example_inputs)`` once (no gradients) and return the ``fx.Graph`` of what it
     did, with ``call_module`` nodes for leaf modules and ``get_attr`` nodes for parameters and
     buffers, the shapes the run saw and what could not be recorded (:class:`Recorded`).
+    ``on_meta``: run with the parameters, buffers and inputs swapped for ``meta`` tensors of the
+    same shapes (nothing is computed; the module is unchanged afterwards).
     Raises :class:`UntraceableForward` (or the model's own error)."""
-    from .dataflow import _guess_input
+    import contextlib
 
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not on_meta:
+        return _record(model, inputs)
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    tensors = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    meta, seen = {}, {}
+    for k, v in tensors.items():  # tied names share one meta tensor, so ties stay ties
+        meta[k] = seen.setdefault(id(v), torch.empty_like(v, device="meta"))
+    inputs = tuple(x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_reparametrize_module(model, meta))
+        return _record(model, inputs)
+
+
+def _record(model: nn.Module, inputs: tuple) -> Recorded:
+    from .dataflow import _guess_input
+
     rec = _Recorder(model)
     tracer = _Tracer()
     handles = []
