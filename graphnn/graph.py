@@ -139,8 +139,10 @@ class Block:
     split into several blocks gets a suffix (``attn.in_proj_weight[q]``). ``param`` is the
     parameter name alone. ``matrix()`` returns the ``(n_dst, n_src)`` weights: entry ``(i, j)``
     is the edge from source neuron ``j`` to destination neuron ``i``. Without aggregation it is a
-    view sharing memory with the parameter (signed values); with an aggregation (conv kernels,
-    flatten) it is computed on each call. ``groups > 1`` means a block-diagonal structure
+    view sharing memory with the parameter (signed values), except for a block that takes a
+    non-contiguous set of the weight's columns (a layer reading an interleaved concatenation,
+    e.g. after a channel shuffle), which is gathered on each call; with an aggregation (conv
+    kernels, flatten) it is computed on each call. ``groups > 1`` means a block-diagonal structure
     (grouped / depthwise conv): only entries inside the diagonal groups are edges.
 
     Index maps (graph-model.md §2b): ``src_index`` (int64, length ``n_src``, values in
