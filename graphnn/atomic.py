@@ -80,6 +80,21 @@ def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _refuse_special(path: Path) -> None:
+    """Never replace a device, FIFO or socket (``-o /dev/null`` must not swap /dev/null for a file)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        from .errors import InvalidParameterError
+
+        raise InvalidParameterError(f"{path} is not a regular file (a device, FIFO or socket): atomic writes "
+                                    "replace files only; give the path of a file")
+
+
 def _refuse(path: Path) -> RefusedOverwriteError:
     return RefusedOverwriteError(
         f"{path} already exists: graphnn does not replace existing outputs unless asked "
@@ -157,9 +172,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, overw
     ``overwrite=True`` (the default, as before) replaces an existing file atomically.
     ``overwrite=False`` publishes exclusively: :class:`~graphnn.errors.RefusedOverwriteError` if
     ``path`` exists beforehand or appears while writing (another writer won); the existing file
-    is never touched. Stale temporaries of dead writers of ``path`` are removed first.
+    is never touched. Stale temporaries of dead writers of ``path`` are removed first. A device,
+    FIFO or socket at ``path`` is never replaced (:class:`~graphnn.errors.InvalidParameterError`).
     """
     path = Path(path)
+    _refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path)
     if not overwrite and os.path.lexists(path):

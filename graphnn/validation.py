@@ -173,7 +173,7 @@ def check_output(
     ``st_ino``: symlinks and hard links), an existing output inside an input folder (one of its
     files), and for ``kind="folder"`` an output folder that contains an input. Refused unless
     ``overwrite``: an output that already exists. A folder where a file is expected (or a file
-    where a folder is) is an :class:`InvalidParameterError`. ``overwrite_hint`` is how the
+    where a folder is), or an existing device, FIFO or socket, is an :class:`InvalidParameterError`. ``overwrite_hint`` is how the
     message names the opt-in (``--overwrite`` on the command line).
     """
     from .errors import RefusedOverwriteError
@@ -213,6 +213,9 @@ def check_output(
         import stat as _stat
 
         is_dir = _stat.S_ISDIR(out_stat.st_mode)
+        if not is_dir and not _stat.S_ISREG(out_stat.st_mode):
+            raise InvalidParameterError(f"{name} {out} is not a regular file (a device, FIFO or socket): give "
+                                        "the path of a file (on the command line, leave -o out to print to stdout)")
         if kind == "file" and is_dir:
             raise InvalidParameterError(f"{name} {out} is a folder: give the name of a file to write")
         if kind == "folder" and not is_dir:

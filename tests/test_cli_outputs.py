@@ -502,3 +502,20 @@ def test_two_concurrent_commands_to_one_output_exactly_one_succeeds(ckpt, tmp_pa
     loser = next(err for code, err in results if code == 2)
     assert "already exists" in loser and "Traceback" not in loser
     assert json.loads(out.read_text())["command"] == "describe" and partials(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_device_or_fifo_is_never_replaced(ckpt, tmp_path):
+    """``-o /dev/null --overwrite`` as root must not swap /dev/null for a file (tested on a FIFO)."""
+    import stat
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.csv"
+    os.symlink(fifo, link)
+    for target in (fifo, link):
+        with pytest.raises(graphnn.InvalidParameterError, match="not a regular file"):
+            atomic_write(target, lambda t: Path(t).write_text("x"), overwrite=True)
+    r = invoke("describe", ckpt, "--format", "csv", "-o", link, "--overwrite")
+    assert r.exit_code == 2 and "not a regular file" in r.output, r.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.path.islink(link) and partials(tmp_path) == []
