@@ -184,7 +184,8 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
     value holds no tensor (sizes, shape arithmetic) to that value, and ``layouts`` each
     placeholder to the axis that holds its features (``None``: not a feature tensor). Inputs are
     ``example_inputs`` (moved to ``meta``) or guessed from the first layer each input reaches,
-    trying the spatial sizes of :data:`SPATIAL_GUESSES`. Raises when no run succeeds."""
+    trying the spatial sizes of :data:`SPATIAL_GUESSES`, then the Linear-like inputs with a token
+    axis ``(2, SEQ_GUESS, features)``. Raises the last error when no run succeeds."""
     from torch.nn.utils.stateless import _reparametrize_module
 
     gm = fx.GraphModule(model, graph)
@@ -194,9 +195,13 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
     meta = {k: torch.empty_like(v, device="meta") for k, v in {**params, **buffers}.items()}
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     last: Exception | None = None
-    for spatial in SPATIAL_GUESSES:
-        layouts, inputs, spatial_used = {}, [], False
+    tried: set = set()
+    attempts = [(spatial, tokens) for tokens in (False, True) for spatial in SPATIAL_GUESSES]
+    for spatial, tokens in attempts:
+        layouts, inputs = {}, []
         if example_inputs is not None:
+            if tried:
+                break
             given = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
             for n, t in zip(placeholders, given):
                 guess = _guess_input(n, modules, spatial, params)
@@ -206,6 +211,7 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
                 else:
                     layouts[n] = None
                 inputs.append(t.to("meta") if isinstance(t, torch.Tensor) else t)
+            tried.add(None)
         else:
             for n in placeholders:
                 guess = _guess_input(n, modules, spatial, params)
@@ -216,9 +222,14 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
                         continue
                     raise ValueError(f"cannot guess a shape for the input {n.target!r}: pass example_inputs=...")
                 shape, dtype, axis = guess
-                spatial_used |= spatial in shape[2:]
+                if tokens and len(shape) == 2 and axis == -1:  # (batch, tokens, features)
+                    shape = (shape[0], SEQ_GUESS, shape[1])
                 inputs.append(torch.zeros(shape, dtype=dtype, device="meta"))
                 layouts[n] = None if axis is None else axis % len(shape)
+            key = tuple(tuple(t.shape) if isinstance(t, torch.Tensor) else repr(t) for t in inputs)
+            if key in tried:  # this guess does not depend on the spatial size / token axis
+                continue
+            tried.add(key)
         rec = _Recorder(gm)
         try:
             with torch.no_grad(), _reparametrize_module(gm, meta):
@@ -226,8 +237,6 @@ def propagate_shapes(graph: fx.Graph, model: nn.Module, example_inputs=None):
             return rec.shapes, rec.consts, layouts
         except Exception as e:  # noqa: BLE001 - try the next guess
             last = e
-            if example_inputs is not None or not spatial_used:  # only a spatial size is worth retrying
-                break
     raise last if last is not None else RuntimeError("no input could be guessed")
 
 
