@@ -191,6 +191,17 @@ def _from_meta_model(entries: list[TensorEntry], config: dict, builder: GraphBui
             builder.notes.append(f"config.json: the {type(model).__name__} built on the meta device did not run "
                                  f"({type(e).__name__}: {str(e)[:150]}); topology from names and shapes instead")
             return None
+    # a tied weight that the files store under another of its names (save_pretrained keeps one)
+    first: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(p), []).append(name)
+    tied_to = {}
+    for names in first.values():
+        stored = next((n for n in names if n in files), None)
+        for n in names:
+            if n not in files and stored is not None:
+                files[n] = TensorEntry(n, files[stored].shape, files[stored].dtype, files[stored].load)
+                tied_to[n] = stored
     missing = sorted({s["entry"].name for s in meta.blocks} - set(files))
     if topology != TOPOLOGY_FORWARD and topology != TOPOLOGY_TRACED or missing or not meta.blocks:
         if missing:
@@ -206,13 +217,15 @@ def _from_meta_model(entries: list[TensorEntry], config: dict, builder: GraphBui
         f = files[b.param]
         b._load, b.dtype, b._on_load = f.load, f.dtype, None
     mrec = {r["name"]: r for r in meta.coverage.values()}
-    for e in entries:
+    for e in list(entries) + [files[n] for n in tied_to]:
         r = mrec.get(e.name)
         if r is None:
             builder.record(e, "skipped", "", getattr(e, "skip_reason", None) or skip_reason_for_tensor(e.name, e.shape, e.dtype)
                            or f"not a parameter of the {type(model).__name__} built from config.json")
         else:
-            builder.record(e, r["status"], r["kind"], r["reason"])
+            reason = r["reason"] if e.name not in tied_to else (
+                f"tied: the same tensor as {tied_to[e.name]} (not stored in the checkpoint)")
+            builder.record(e, r["status"], r["kind"], reason)
             builder.coverage[e.name]["blocks"] = r["blocks"]
     notes = builder.notes + [n for n in meta.notes if "could not trace" not in n] + [
         f"topology from the {type(model).__name__} that config.json describes, built on the meta device and run once "
