@@ -531,3 +531,23 @@ def test_class_token_concatenated_along_tokens_keeps_the_stream():
         "fc2.weight": ("fc1", "patch", (8, 16), None),
         "head.weight": ("patch", "head", (3, 8), None),
     }
+
+
+class GroupedAfterCat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.g = nn.Conv2d(8, 6, 1, groups=2)
+
+    def forward(self, x):
+        return self.g(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_grouped_conv_reading_a_concatenation_keeps_its_group_structure():
+    g = exact(seeded(GroupedAfterCat))
+    # group 0 (output channels 0-2) reads a (channels 0-3), group 1 (3-5) reads b (4-7)
+    ga, gb = g.blocks["g.weight[in 0:4]"], g.blocks["g.weight[in 4:8]"]
+    assert (ga.src, gb.src) == ("a", "b") and ga.num_edges == gb.num_edges == 12
+    assert ga.structure_mask()[:, 0].tolist() == [True] * 3 + [False] * 3
+    assert gb.structure_mask()[:, 0].tolist() == [False] * 3 + [True] * 3
+    assert g.num_edges == 12 + 12 + 24 == g.to_networkx().number_of_edges()
