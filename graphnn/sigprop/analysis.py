@@ -15,7 +15,8 @@ Columns of :attr:`SignalPropagation.layers` (one row per mapped layer, in forwar
   readers listed in ``next_layer`` when there are several: see :attr:`SignalPropagation.pairs`).
 
 :attr:`SignalPropagation.network` is one row: the mean-field verdict of the network's typical
-hidden layer (median σ̂_w², σ̂_b² of the hidden layers where theory applies, their activation) and
+hidden layer (median σ̂_w², σ̂_b² of the hidden layers where theory applies — layers whose output
+another layer reads, with a known activation other than the identity — and their activation) and
 the empirical ``chi1_hat_net``, the geometric mean of ``chi1_hat`` over the deeper half of the
 hidden-to-hidden layer pairs (where the signal has approached its fixed point; the read-out layer
 is left out), with the phase each implies.
@@ -314,7 +315,9 @@ def _theory(t: pd.DataFrame, q_in: float, tol: float, notes: list[str]) -> pd.Da
 
 def _network(t: pd.DataFrame, tol: float, ran: bool) -> pd.DataFrame:
     """The typical hidden layer's mean-field verdict and the deep-half empirical χ̂₁."""
-    hidden = t[(t["theory"] == "applies") & t["activation"].map(known_activation) & (t["activation"] != "identity")]
+    read = {s for src in t["src"] for s in src.split(",")}  # partitions some layer reads: not the read-out
+    hidden = t[(t["theory"] == "applies") & t["activation"].map(known_activation) & (t["activation"] != "identity")
+               & t["layer"].isin(read)]
     row: dict[str, Any] = {"hidden_layers": len(hidden), "activation": "", "sigma_w2": math.nan,
                            "sigma_b2": math.nan, "q_star": math.nan, "chi1": math.nan, "chi_c": math.nan,
                            "xi_q": math.nan, "xi_c": math.nan, "phase": "unknown",
