@@ -367,9 +367,34 @@ class HalvesProduct(nn.Module):
         return self.fc2(torch.sigmoid(gate) * up)
 
 
-def test_product_of_two_halves_of_one_partition_cuts():
+def test_product_of_two_halves_of_one_partition_folds_it():
+    """SwiGLU after a fused projection: gate, up = fc1(x).chunk(2); fc1's 8 rows write 4 neurons
+    (row k and row 4 + k both write neuron k), which fc2 reads."""
+    m = seeded(HalvesProduct)
+    g = exact(m)
+    assert parts(g) == {"input": 4, "fc1": 4, "fc2": 2}
+    assert blocks(g)["fc2.weight"] == ("fc1", "fc2", (2, 4), None)
+    b = g.blocks["fc1.weight"]
+    assert (b.src, b.dst, b.shape) == ("input", "fc1", (8, 4)) and b.dst_index.tolist() == [0, 1, 2, 3] * 2
+    s_in = graphnn.strength(g, "in").set_index(["layer", "neuron"])["in_strength"]
+    w = m.fc1.weight.detach()
+    for k in range(4):
+        assert s_in[("fc1", k)] == pytest.approx(float(w[k].sum() + w[4 + k].sum()), rel=1e-5)
+
+
+class SelfPermutedProduct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h * h.flip(-1))
+
+
+def test_product_of_a_partition_with_its_own_permutation_cuts():
     with pytest.warns(TopologyWarning, match=r"op 'mul'.*different neurons"):
-        g = graphnn.extract(seeded(HalvesProduct))
+        g = graphnn.extract(seeded(SelfPermutedProduct))
     assert blocks(g)["fc2.weight"][0] == "fc2.in"
 
 

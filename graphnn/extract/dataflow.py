@@ -13,7 +13,9 @@ map (graph-model.md §2b). Shapes come from one run of the traced graph on the `
 Feature-preserving operations (activations, norms, dropout, pooling, reductions over other axes,
 attention's token mixing) keep the ids along the feature axis. Additions and elementwise products
 of two feature maps merge their partitions, but only whole partitions of equal size matched
-neuron for neuron. Everything else that touches the feature axis (an op the walk does not know,
+neuron for neuron; two disjoint halves of one partition meeting elementwise (SwiGLU after a fused
+gate/up projection and a chunk) fold it into one partition of half the size, each neuron written
+by two rows of the fused weight (a ``dst_index``). Everything else that touches the feature axis (an op the walk does not know,
 an unmapped layer with weights such as an LSTM, a size mismatch, a merge that is not one to one)
 cuts the chain: the reading layer gets a new input partition, a :class:`TopologyWarning` names the
 op and the module and says what to do, and ``g.notes`` and the reader's coverage row record it
@@ -325,6 +327,7 @@ class FeatureWalker:
         self.pids: list[int] = []
         self.next_id = 0
         self._owner: torch.Tensor | None = None
+        self.folds: dict[int, tuple[int, torch.Tensor]] = {}
         self._start: torch.Tensor | None = None
         self.node: fx.Node | None = None
         self._said: set[str] = set()
@@ -351,7 +354,14 @@ class FeatureWalker:
             self._start = torch.tensor(self.starts)
         k = self._owner[ids]
         roots = torch.tensor([self.b.find(p) for p in self.pids])
-        return roots[k], ids - self._start[k]
+        roots, local = roots[k], ids - self._start[k]
+        while self.folds and any(int(r) in self.folds for r in torch.unique(roots).tolist()):
+            for p, (q, fold) in self.folds.items():
+                hit = roots == p
+                if bool(hit.any()):
+                    roots = torch.where(hit, torch.full_like(roots, self.b.find(q)), roots)
+                    local = torch.where(hit, fold[local.clamp(0, fold.numel() - 1)], local)
+        return roots, local
 
     # -- messages --------------------------------------------------------------------------
     def where(self, node: fx.Node | None = None) -> str:
@@ -759,6 +769,9 @@ class FeatureWalker:
         if torch.equal(ra, rb) and torch.equal(la, lb):
             return out  # the same neurons (e.g. x + x, or already merged)
         if not torch.equal(la, lb):
+            folded = self._fold_halves(ra, la, rb, lb)
+            if folded:
+                return out
             return self.cut(f"{_name_of(node.target)} combines different neurons position by position (e.g. two "
                             "halves of one layer's output, or a permuted copy)",
                             "Give each operand its own layer (e.g. separate gate and up projections) so the "
@@ -779,6 +792,41 @@ class FeatureWalker:
             if self.b.find(x) != self.b.find(y):
                 self.b.merge(x, y)
         return out
+
+    def _fold_halves(self, ra, la, rb, lb) -> bool:
+        """``op(h[..., I], h[..., J])`` of two disjoint parts of one partition ``P`` that together
+        cover it, neuron ``I[k]`` meeting ``J[k]`` (SwiGLU's ``act(gate) * up`` after a fused
+        projection and a chunk): ``P`` folds into a partition of ``|I|`` neurons, neuron ``k``
+        written by rows ``I[k]`` and ``J[k]`` (a ``dst_index`` on the blocks writing ``P``;
+        readers of ``P`` get the matching ``src_index``). False when the operands are not such."""
+        roots = torch.unique(torch.cat([ra, rb]))
+        if roots.numel() != 1:
+            return False
+        p = int(roots[0])
+        size = self.b.size(p)
+        n = la.numel()
+        if (torch.unique(la).numel() != n or torch.unique(lb).numel() != n or 2 * n != size
+                or torch.unique(torch.cat([la, lb])).numel() != size):
+            return False
+        fold = torch.empty(size, dtype=torch.int64)
+        fold[la] = torch.arange(n)
+        fold[lb] = torch.arange(n)
+        q = self.b.new_partition(self.b.names[p] + ".folded", n)
+        # the folded partition takes the name of P (which no block touches any more)
+        self.b.names[p], self.b.names[q] = self.b.names[q], self.b.names[p]
+        self.b.spatial[q] = self.b.spatial[p]
+        for spec in self.b.blocks:
+            if self.b.find(spec["dst"]) == p:
+                rows = spec["dst_index"] if spec["dst_index"] is not None else torch.arange(spec["n_dst"])
+                spec["dst"], spec["dst_index"] = q, fold[rows]
+            if self.b.find(spec["src"]) == p:
+                cols = spec["src_index"] if spec["src_index"] is not None else torch.arange(spec["n_src"])
+                spec["src"], spec["src_index"] = q, fold[cols]
+        self.folds[p] = (q, fold)
+        self.say(f"{self.where()}: two halves of '{self.b.names[q]}' meet elementwise (gate and up of a fused "
+                 f"projection): they are one partition of {n} neurons, each written by two rows of the fused weight",
+                 warn=False)
+        return True
 
     def matmul(self, node: fx.Node):
         a, b = node.args[0], node.args[1]
