@@ -60,13 +60,20 @@ class Partition:
 def aggregate_kernel(weight: torch.Tensor, how: str) -> torch.Tensor:
     """Collapse all axes after the first two of ``weight`` (``(a, b, *k)``) into one number per
     ``(a, b)`` pair: ``"l2"`` (Euclidean norm), ``"l1"`` (sum of |w|) or ``"sum"`` (signed sum).
-    Computed in at least float32."""
+    Computed in at least float32, and again in float64 where finite weights overflow float32
+    (e.g. 1e38 everywhere: the float64 result then carries the true, larger-than-float32 value)."""
     if how not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {how!r}: use one of {', '.join(AGGREGATIONS)}")
     w = weight if weight.dtype in (torch.float32, torch.float64) else weight.float()
     if w.dim() == 2:
         return w.abs() if how in ("l2", "l1") else w
-    w = w.reshape(w.shape[0], w.shape[1], -1)
+    out = _aggregate(w.reshape(w.shape[0], w.shape[1], -1), how)
+    if w.dtype != torch.float64 and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(w).all()):
+        out = _aggregate(w.reshape(w.shape[0], w.shape[1], -1).double(), how)
+    return out
+
+
+def _aggregate(w: torch.Tensor, how: str) -> torch.Tensor:
     if how == "l2":
         return torch.linalg.vector_norm(w, ord=2, dim=-1)
     if how == "l1":

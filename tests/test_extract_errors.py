@@ -3,6 +3,7 @@
 import pathlib
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -138,6 +139,21 @@ def test_conv_of_huge_finite_weights_is_not_reported_nonfinite(dtype):
     with pytest.warns(graphnn.NonFiniteWeightsWarning, match="0.weight: 2 NaN/Inf"):
         g = graphnn.extract(net)
     assert g.coverage.set_index("name").loc["0.weight", "nonfinite"] == 2
+
+
+@pytest.mark.parametrize("conv", ["l2", "l1", "sum"])
+def test_huge_finite_conv_weights_analyse_with_their_true_aggregate(conv):
+    """float32 weights of 1e38: the kernel aggregate overflows float32 (3e38 for l2 just fits,
+    9e38 for l1/sum does not), so it is computed in float64, and analyse runs on finite values."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(1e38)
+    g = graphnn.extract(net, conv=conv)
+    m = g.blocks["0.weight"].matrix()
+    expected = {"l2": 3e38, "l1": 9e38, "sum": 9e38}[conv]  # 9 kernel entries of 1e38, by hand
+    assert torch.allclose(m.double(), torch.full((8, 3), expected, dtype=torch.float64), rtol=1e-6)
+    a = graphnn.analyse(g)
+    assert np.isfinite(a.neurons["strength"]).all() and np.isfinite(a.neurons["centrality"]).all()
 
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e5m2, torch.float8_e4m3fn]
