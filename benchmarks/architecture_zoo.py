@@ -61,7 +61,7 @@ def zoo():
                                                        moe_intermediate_size=32, shared_expert_intermediate_size=48),
          "AutoModelForCausalLM"),
         ("GPT-NeoX / Pythia", T.GPTNeoXConfig(**dec), "AutoModelForCausalLM"),
-        ("OPT (no family rule: names)", T.OPTConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2,
+        ("OPT (llama rules, recognised from names)", T.OPTConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2,
                                                      ffn_dim=96, num_attention_heads=4, word_embed_proj_dim=64),
          "AutoModelForCausalLM"),
         ("BERT", T.BertConfig(**dec), "AutoModel"),
