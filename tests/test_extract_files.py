@@ -326,3 +326,20 @@ def test_unsupported_safetensors_dtype_is_skipped_with_a_reason(tmp_path):
     cov = graphnn.extract(tmp_path / "f4.safetensors").coverage.set_index("name")
     assert cov.loc["fc2.weight", "status"] == "skipped"
     assert "dtype F4 is not supported" in cov.loc["fc2.weight", "reason"]
+
+
+def test_shape_chaining_warns_where_a_layer_cannot_be_joined():
+    """Names-and-shapes chaining: a layer whose input size matches no earlier layer starts a new
+    component, and says so (TopologyWarning, note, coverage reason); a chain that fits is silent."""
+    import warnings as _w
+
+    sd = {"fc1.weight": torch.ones(4, 3), "fc2.weight": torch.ones(5, 7), "fc3.weight": torch.ones(2, 5)}
+    with pytest.warns(graphnn.TopologyWarning, match=r"1 layer\(s\) could not be joined.*fc2.weight: expects 7 inputs"):
+        g = graphnn.extract(sd)
+    cov = g.coverage.set_index("name")
+    assert "topology cut" in cov.loc["fc2.weight", "reason"]
+    assert cov.loc["fc3.weight", "reason"] in ("", None) or "topology cut" not in str(cov.loc["fc3.weight", "reason"])
+    assert g.blocks["fc2.weight"].src == "fc2.in" and g.blocks["fc3.weight"].src == g.blocks["fc2.weight"].dst
+    with _w.catch_warnings():
+        _w.simplefilter("error", graphnn.TopologyWarning)
+        graphnn.extract({"fc1.weight": torch.ones(4, 3), "fc2.weight": torch.ones(5, 4)})

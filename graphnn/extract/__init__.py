@@ -285,7 +285,26 @@ def _from_entries(entries: list[TensorEntry], builder: GraphBuilder, selection: 
     chain(builder, layers)
     if layers:
         builder.notes.append(CHAINING_NOTE)
+    _warn_chain_cuts(builder)
     return TOPOLOGY_CHAINING
+
+
+def _warn_chain_cuts(builder: GraphBuilder) -> None:
+    """One TopologyWarning for the layers that names-and-shapes chaining could not join to the
+    layer before them; each such layer's coverage row says so too."""
+    if not builder.cuts:
+        return
+    for name in builder.cuts:
+        rec = builder.coverage.get(name)
+        if rec is not None and not rec.get("reason"):
+            rec["reason"] = "topology cut: its input size matches no earlier layer; reads a new partition (see notes)"
+    first = next(n for n in builder.notes if n.startswith(builder.cuts[0] + ":"))
+    msg = (f"topology inferred from names and shapes: {len(builder.cuts)} layer(s) could not be joined to "
+           f"the layer before them and start new components (first: {first}). If this is a Hugging Face "
+           "model, keep its config.json beside the weights so its family rules apply; or extract the live "
+           "module (graphnn.extract(model)) to trace the real dataflow")
+    builder.notes.append(msg)
+    warnings.warn(msg, TopologyWarning, stacklevel=4)
 
 
 def _from_module(model: nn.Module, builder: GraphBuilder, selection: _Selection, trace: bool,

@@ -143,6 +143,8 @@ class GraphBuilder:
         self.blocks: list[dict] = []
         self.coverage: dict[str, dict] = {}
         self.notes: list[str] = []
+        #: parameters whose layer could not be joined to its input (sizes disagree): chain cuts
+        self.cuts: list[str] = []
         self._used_names: set[str] = set()
         self._block_names: set[str] = set()
 
@@ -336,6 +338,7 @@ class GraphBuilder:
                     f"{entry.name}: expects {rule.n_src} inputs but its input has {have}{via}; "
                     f"it reads a new partition '{reader_name}.in'"
                 )
+                self.cuts.append(entry.name)
             first = not self.names
             pid = self.new_partition("input" if first else f"{reader_name}.in", rule.n_src,
                                      kind="input", spatial=rule.kind in ("conv", "conv_transpose"))
