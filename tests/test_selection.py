@@ -242,3 +242,27 @@ def test_rewiring_the_module_equals_rewiring_its_folder(tmp_path, name):
     assert set(want) == set(got)
     for k in want:
         assert torch.equal(want[k], got[k]), k
+
+
+def test_a_bare_encoder_folder_declares_no_tied_head(tmp_path):
+    """BertConfig says tie_word_embeddings=True, but a BertModel has no lm_head: nothing is tied,
+    and the (opt-in) word embeddings are left alone by a folder rewire."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    from graphnn.extract import select_weights
+    from graphnn.rewire.checkpoint import rewire_checkpoint
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         vocab_size=100)).save_pretrained(tmp_path / "bert")
+    records = {r.name: r for r in select_weights(tmp_path / "bert")}
+    assert "lm_head.weight" not in records
+    emb = records["embeddings.word_embeddings.weight"]
+    assert not emb.selected and emb.tied_with == ()
+    rewire_checkpoint(tmp_path / "bert", tmp_path / "out", method="pa", seed=0)
+    before = load_file(tmp_path / "bert" / "model.safetensors")
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(before["embeddings.word_embeddings.weight"], after["embeddings.word_embeddings.weight"])
+    assert not torch.equal(before["encoder.layer.0.attention.self.query.weight"],
+                           after["encoder.layer.0.attention.self.query.weight"])

@@ -231,6 +231,14 @@ def attention_shape(config: Mapping[str, Any], tower: str = "main") -> tuple[int
     return (int(heads) if heads else None, int(kv) if kv else None, int(head_dim) if head_dim else None)
 
 
+def has_lm_head(config: Mapping[str, Any] | None) -> bool:
+    """Whether ``config.json``'s ``architectures`` name a model with a language-model head
+    (``lm_head``): ``...LMHeadModel``, ``...ForCausalLM``, ``...ForConditionalGeneration``. A bare
+    ``BertModel``/``LlamaModel`` has none, whatever ``tie_word_embeddings`` says."""
+    archs = [str(a) for a in ((config or {}).get("architectures") or [])]
+    return any(a.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration")) for a in archs)
+
+
 def tied_aliases(family: Family, config: Mapping[str, Any] | None, names: set[str]) -> dict[str, str]:
     """Names that share the tensor of another name by the model's definition: ``{alias: stored
     name}``, whether or not a checkpoint stores the alias too (``save_pretrained`` leaves tied
@@ -246,7 +254,7 @@ def tied_aliases(family: Family, config: Mapping[str, Any] | None, names: set[st
     if not config:
         return out
     archs = [str(a) for a in (config.get("architectures") or [])]
-    has_head = any(a.endswith(("LMHeadModel", "ForCausalLM", "ForConditionalGeneration")) for a in archs)
+    has_head = has_lm_head(config)
     masked_lm = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
     if (has_head or masked_lm) and config.get("tie_word_embeddings", True):
         emb = shared or next((n for n in sorted(names) if re.search(

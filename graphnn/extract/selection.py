@@ -184,10 +184,14 @@ def records_from_entries(entries, sel: Selection, config: Mapping | None = None)
 
 def _declared_ties(records: list[WeightRecord], config: Mapping, sel: Selection) -> list[WeightRecord]:
     """``lm_head.weight`` tied to the input embedding when ``config.json`` says so."""
+    from .families import has_lm_head
+
     by_name = {r.name: r for r in records}
     head = by_name.get(LM_HEAD)
     tie = config.get("tie_word_embeddings")
     if not (tie is True or (tie is None and head is None)):
+        return records
+    if head is None and not has_lm_head(config):  # e.g. a bare BertModel: there is no head to tie
         return records
     vocab = config.get("vocab_size")
     candidates = [r for r in records if r.kind == "embedding" and r.stored
