@@ -334,3 +334,16 @@ def test_fp8_and_bf16_weights_are_rewired_in_their_dtype(tmp_path, method):
         assert not torch.equal(got[k].float(), v.float()), k
         if method == "pa":
             assert torch.equal(got[k].float().flatten().sort().values, v.float().flatten().sort().values), k
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.safetensors", "model.bin"])
+def test_refusing_the_input_as_output_suggests_a_name_that_works(tmp_path, name):
+    import re as _re
+
+    p = tmp_path / name
+    graphnn.extract.save_state_dict({"fc.weight": torch.randn(3, 3)}, p)
+    with pytest.raises(graphnn.RefusedOverwriteError, match="never overwrites its input") as err:
+        rewire_checkpoint(p, p, method="pa", seed=0)
+    suggestion = _re.search(r"e\.g\. (\S+)\)", str(err.value)).group(1)
+    rewire_checkpoint(p, tmp_path / suggestion, method="pa", seed=0)  # the suggested name is accepted
+    assert (tmp_path / suggestion).exists()

@@ -122,9 +122,10 @@ def _same_file(a: Path, b: Path) -> bool:
 def _check_file_paths(in_path: Path, out_path: Path, overwrite: bool) -> str:
     """Refuse writing onto the input or an existing output; check formats. Returns the format."""
     if _same_file(in_path, out_path):
+        suffix = "".join(in_path.suffixes[-1:]) or ".pt"
         raise RefusedOverwriteError(
             f"{out_path} is the input checkpoint {in_path}: rewire_checkpoint never overwrites its input; "
-            "choose another out_path (e.g. model.rewired.safetensors)"
+            f"choose another out_path (e.g. {in_path.name[:len(in_path.name) - len(suffix)]}.rewired{suffix})"
         )
     if out_path.is_dir():
         raise RefusedOverwriteError(f"{out_path} is a folder: pass a file path (e.g. {out_path / in_path.name})")
