@@ -146,6 +146,14 @@ def test_in_memory_graph_with_two_components(client):
         dist = graphnn.analyse(g, client=client)
     _assert_same(local, dist, centrality_atol=1e-8)
     assert dist.centrality_info["components"] == local.centrality_info["components"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = graphnn.analyse(g, per_component=True, core=False)
+        dist = graphnn.analyse(g, client=client, per_component=True, core=False)
+    _assert_same(local, dist, centrality_atol=1e-8)  # the component column too
+    assert set(local.neurons["component"]) == {0, 1}
+    np.testing.assert_allclose(dist.centrality_info["component_eigenvalues"],
+                               local.centrality_info["component_eigenvalues"], rtol=1e-10)
 
 
 def test_usage_errors(client, llama_folder):

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InvalidParameterError
 from ..graph import Block, LayeredGraph
 from ..validation import check_bool, check_choice
 from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
@@ -93,13 +92,10 @@ def analyse(
     if client is not None:
         from ..distributed import analyse_distributed
 
-        if per_component:
-            raise InvalidParameterError("per_component=True is not available with client= (Dask) yet: "
-                                        "analyse in one process, or leave per_component off")
         return analyse_distributed(
             g, client, strength=strength, centrality=centrality, core=core, normalise=normalise, tol=tol,
             max_iter=max_iter, core_scope=core_scope, core_threshold=core_threshold, core_top=core_top,
-            dtype=dtype, device=device, progress=progress)
+            dtype=dtype, device=device, progress=progress, per_component=per_component)
     t_start = time.perf_counter()
     check_options(normalise, "auto", max_iter)
     check_choice("core_scope", core_scope, ("network", "block"))

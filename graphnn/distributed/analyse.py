@@ -133,9 +133,11 @@ def _labels(n: int, hosts: list[_Host], traffic: Traffic) -> np.ndarray:
 
 
 def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: float | None, max_iter: int,
-                dtype: torch.dtype, traffic: Traffic) -> tuple[np.ndarray, dict]:
+                dtype: torch.dtype, traffic: Traffic,
+                per_component: bool = False) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """The single process's component-wise solve (see
-    :func:`graphnn.analyses.centrality.leading_eigenvector`) on the distributed operator."""
+    :func:`graphnn.analyses.centrality.leading_eigenvector`) on the distributed operator:
+    ``(centrality, info, component labels or None)``."""
     from ..analyses.centrality import _finish, _iterative_perron, _ones, _residual, default_tol
 
     n = g.num_nodes
@@ -143,16 +145,16 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
     cpu = torch.device("cpu")
     op = DistributedOperator(n, hosts, traffic)
     info: dict[str, Any] = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
-                            "solver": "auto", "normalise": normalise, "per_component": False}
+                            "solver": "auto", "normalise": normalise, "per_component": bool(per_component)}
     if n == 0:
-        return np.zeros(0), info
+        return np.zeros(0), info, np.zeros(0, dtype=np.int64)
     total = sum(_results([h.actor.total() for h in hosts]))
     labels = _labels(n, hosts, traffic)
     sizes = np.bincount(labels)
     info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
     if total == 0.0:
         info["solver"] = "none (all weights are 0)"
-        return _finish(_ones(n, "cpu"), normalise), info
+        return _finish(_ones(n, "cpu"), normalise), info, labels
     strength = np.zeros(n)
     for h, s in zip(hosts, _results([h.actor.abs_strength() for h in hosts])):
         strength[h.nodes] += s
@@ -162,7 +164,7 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
     order = np.argsort(labels, kind="stable")
     members = np.split(order, np.cumsum(sizes)[:-1])
     tie = max(2 * tol, 1e-12)
-    floor = lower.max() * (1 - tie)
+    floor = 0.0 if per_component else lower.max() * (1 - tie)
     candidates = [int(c) for c in np.flatnonzero((bound > 0) & (bound >= floor))]
     solved, used = {}, set()
     for c in candidates:
@@ -173,11 +175,19 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
     x = torch.zeros(n, dtype=torch.float64)
     ok = all(v[2] for v in solved.values())
     tied = [c for c, v in solved.items() if v[0] >= best - tie * abs(best)]
-    for c in tied:
-        u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
-        u = u / u.norm()
-        x[torch.from_numpy(members[c])] += u.sum() * u
-    resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, cpu)
+    if per_component:  # each component's own top eigenvector, normalised on its own
+        comp_values = np.zeros(len(sizes))
+        for c, (theta, u, _) in solved.items():
+            x[torch.from_numpy(members[c])] = torch.as_tensor(_finish(torch.as_tensor(u).cpu(), normalise))
+            comp_values[c] = theta
+        info["component_eigenvalues"] = comp_values.tolist()
+        resid = max(_residual(op, x, members[c], th, cpu) for c, (th, _, _) in solved.items())
+    else:
+        for c in tied:
+            u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
+            u = u / u.norm()
+            x[torch.from_numpy(members[c])] += u.sum() * u
+        resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, cpu)
     info.update(eigenvalue=float(best), iterations=int(op.calls), converged=bool(ok), residual=resid,
                 solver="lanczos+arpack" if "lanczos+arpack" in used else "lanczos", tied_components=len(tied))
     if not ok:
@@ -185,11 +195,12 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
                       f"(relative residual {resid:.2e} > tol={tol:g}); the result is an estimate. Raise max_iter "
                       "or loosen tol", ConvergenceWarning, stacklevel=4)
     outside = n - sum(int(sizes[c]) for c in tied)
-    if len(sizes) > 1 and outside > n / 2:
+    if not per_component and len(sizes) > 1 and outside > n / 2:
         warnings.warn(f"the graph falls apart into {len(sizes)} connected components; eigenvector centrality lives "
                       f"on the {len(tied)} component(s) with the largest eigenvalue, so {outside} of {n} neurons "
-                      "get 0. Select one part with include=/exclude=", DisconnectedGraphWarning, stacklevel=4)
-    return _finish(x, normalise), info
+                      "get 0. Pass per_component=True to normalise each component on its own, or select one "
+                      "part with include=/exclude=", DisconnectedGraphWarning, stacklevel=4)
+    return (x.numpy() if per_component else _finish(x, normalise)), info, labels
 
 
 #: Largest speculative batch of the hypercore peeling (neurons removed in one round trip).
@@ -327,6 +338,7 @@ def analyse_distributed(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    per_component: bool = False,
 ):
     """:func:`graphnn.analyse` on the workers of ``client`` (a ``distributed.Client``); the
     same :class:`~graphnn.analyses.summary.Analysis`, with ``centrality_info["dask"]`` and
@@ -342,7 +354,7 @@ def analyse_distributed(
 
     _check_client(client)
     t_start = time.perf_counter()
-    check_options(normalise, "auto", max_iter, tol)
+    check_options(normalise, "auto", max_iter, tol, per_component)
     check_choice("core_scope", core_scope, ("network", "block"))
     for name, flag in (("strength", strength), ("centrality", centrality), ("core", core)):
         check_bool(name, flag)
@@ -356,7 +368,8 @@ def analyse_distributed(
     device = str(device)
     options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise, "tol": tol,
                "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold, "core_top": core_top,
-               "dtype": str(dt).replace("torch.", ""), "device": device, "dask": _address(client)}
+               "dtype": str(dt).replace("torch.", ""), "device": device, "per_component": per_component,
+               "dask": _address(client)}
     timings: dict[str, Any] = {}
     traffic = Traffic()
 
@@ -396,9 +409,11 @@ def analyse_distributed(
         t0 = time.perf_counter()
         if progress:
             progress("centrality", 0, 1)
-        x, centrality_info = _centrality(g, hosts, normalise=normalise, tol=tol, max_iter=max_iter, dtype=dt,
-                                         traffic=traffic)
+        x, centrality_info, labels = _centrality(g, hosts, normalise=normalise, tol=tol, max_iter=max_iter, dtype=dt,
+                                                 traffic=traffic, per_component=per_component)
         columns["centrality"] = x
+        if per_component:
+            columns["component"] = labels
         if progress:
             progress("centrality", 1, 1)
         timings["centrality"] = time.perf_counter() - t0
