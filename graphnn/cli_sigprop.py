@@ -4,7 +4,8 @@
 weights; the empirical part needs the model itself) or a Python factory ``module.path:name`` /
 ``path/to/file.py:name`` (an ``nn.Module`` or a function returning one; importing it runs that
 code, like any script of yours). ``--module FACTORY`` builds the model for a checkpoint and loads
-the checkpoint's weights into it, so the empirical part runs on the checkpoint's weights too.
+the checkpoint's weights into it, so the empirical part runs on the checkpoint's weights too;
+``--module hf`` builds a Hugging Face folder with ``transformers.AutoModel.from_pretrained``.
 Registered on the main app by :func:`register`.
 """
 
@@ -77,6 +78,8 @@ def _source(spec: str, factory: str | None, trust: bool) -> tuple[Any, str]:
                                       "module.path:name / file.py:name)")
     if factory is None:
         return path, spec
+    if factory == "hf":
+        return _hf_model(path), spec
     from .extract import load_state_dict
 
     model = load_factory(factory)
@@ -87,6 +90,20 @@ def _source(spec: str, factory: str | None, trust: bool) -> tuple[Any, str]:
             f"the checkpoint {spec} does not fit the model of --module {factory}: missing "
             f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
     return model, spec
+
+
+def _hf_model(path: Path):
+    """A Hugging Face model folder built with ``transformers.AutoModel.from_pretrained`` (its own
+    loader; no remote code)."""
+    from .errors import InvalidParameterError, MissingDependencyError
+
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        raise InvalidParameterError(f"--module hf needs a Hugging Face model folder with config.json; {path} is not one")
+    try:
+        import transformers
+    except ImportError as e:
+        raise MissingDependencyError("--module hf needs the transformers package: pip install transformers") from e
+    return transformers.AutoModel.from_pretrained(str(path), trust_remote_code=False)
 
 
 def _shape(text: str | None):
@@ -128,8 +145,10 @@ def register(app: typer.Typer) -> None:
             "--compare", metavar="REWIRED", help="A second model (e.g. after rewiring) shown before/after, "
                                                  "aligned by layer.", show_default=False)] = None,
         module: Annotated[Optional[str], typer.Option(
-            "--module", metavar="FACTORY", help="Build this model (module.path:name) and load the checkpoint("
-                                                "s) into it, so the empirical part runs on their weights.",
+            "--module", metavar="FACTORY", help="Build this model (module.path:name or file.py:name) and load the "
+                                                "checkpoint(s) into it, so the empirical part runs on their weights; "
+                                                "'hf': a Hugging Face folder built with transformers (no remote "
+                                                "code).",
             show_default=False)] = None,
         activation: Annotated[Optional[str], typer.Option(
             "--activation", help="Activation for layers where it cannot be read (every layer of a checkpoint): "

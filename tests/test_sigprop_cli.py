@@ -136,3 +136,25 @@ def test_report_section_is_a_self_contained_html_page(files, tmp_path):
     assert set(table.columns) == {"model", "depth", "layer", "param", "quantity", "source", "value"}
     assert len(table) == len(res.layers) * table["quantity"].nunique()
     assert fig.axes
+
+
+def test_hugging_face_folder_theory_or_built_with_module_hf(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    folder = tmp_path / "gpt2"
+    transformers.GPT2Model(cfg).save_pretrained(folder)
+    code, out, err = run(folder, "-f", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["empirical"] is False and len(doc["layers"]) == 6
+    code, out, err = run(folder, "--module", "hf", "-f", "json", "--batch", "8", "--probes", "1")
+    assert code == 0, err
+    doc2 = json.loads(out)
+    assert doc2["empirical"] is True
+    assert all(r["q_hat"] is not None and r["q_hat"] > 0 for r in doc2["layers"])
+    # the same weights either way
+    assert [r["sigma_w2"] for r in doc2["layers"]] == pytest.approx([r["sigma_w2"] for r in doc["layers"]], rel=1e-9)
+    code, _, err = run(tmp_path / "nets_missing.pt", "--module", "hf")
+    assert code == 2
