@@ -239,36 +239,53 @@ def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: fl
 def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", tol: float | None = None,
                         max_iter: int = 10_000, solver: str = "auto", device: torch.device,
                         dtype: torch.dtype, per_component: bool = False) -> tuple[np.ndarray, dict]:
-    """The centrality vector (global node order) and its info dict on already loaded blocks.
-
-    The graph is split into connected components first (:mod:`.components`). Each component's
-    top eigenvector is unique (Perron–Frobenius) and solved on its own, started from its
-    all-ones vector, so no solver can mix the components of a shared eigenvalue differently.
-    Components whose largest strength (an upper bound on their eigenvalue) is below the best
-    eigenvalue found so far are skipped unless ``per_component``."""
+    """The centrality vector (global node order) and its info dict on already loaded blocks
+    (see :func:`component_eigenvectors`)."""
     check_options(normalise, solver, max_iter, tol, per_component)
     tol = default_tol(dtype) if tol is None else float(tol)
     op = BlockOperator(n, placed, device, dtype)
-    info = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
-            "solver": solver, "normalise": normalise, "per_component": bool(per_component)}
     if n == 0:
-        return np.zeros(0), info
+        return np.zeros(0), _info(solver, normalise, per_component)
     total = sum(p.block.total() for p in placed)
-    labels = component_labels(n, placed)
-    sizes = np.bincount(labels)
-    info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
-    if total == 0.0:  # no edge has weight: A = 0, every vector is an eigenvector
-        info["solver"] = "none (all weights are 0)"
-        return _finish(_ones(n, "cpu"), normalise), info
-
     strength = torch.zeros(n, dtype=torch.float64)
     for p in placed:
         dst_sums, src_sums = p.block.sums()
         strength.index_add_(0, torch.from_numpy(index_map(p, "dst")), dst_sums.cpu().to(torch.float64))
         strength.index_add_(0, torch.from_numpy(index_map(p, "src")), src_sums.cpu().to(torch.float64))
+    return component_eigenvectors(
+        op, component_labels(n, placed), strength.numpy(), total=total, normalise=normalise, tol=tol,
+        max_iter=max_iter, solver=solver, device=device, per_component=per_component,
+        small_matrices=lambda comps: _small_matrices(placed, n, comps))
+
+
+def _info(solver: str, normalise: str, per_component: bool) -> dict:
+    return {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
+            "solver": solver, "normalise": normalise, "per_component": bool(per_component)}
+
+
+def component_eigenvectors(op, labels: np.ndarray, strength: np.ndarray, *, total: float, normalise: str,
+                           tol: float, max_iter: int, solver: str, device: torch.device, per_component: bool,
+                           small_matrices=None) -> tuple[np.ndarray, dict]:
+    """The centrality vector from an operator ``op`` (``x -> A x``, counting ``op.calls``), the
+    component ``labels`` of its nodes, their |w| ``strength`` and the sum of all |w| ``total``.
+
+    Each component's top eigenvector is unique (Perron–Frobenius) and solved on its own, started
+    from its all-ones vector, so no solver can mix the components of a shared eigenvalue
+    differently. A component whose largest strength (an upper bound on its eigenvalue) is below
+    the largest mean strength of any component (a lower bound on the top eigenvalue) cannot hold
+    the top eigenvalue and is skipped unless ``per_component``. ``small_matrices(list of node
+    arrays)`` gives small components' dense adjacencies (solved by ``eigh``); without it every
+    component is solved iteratively. Used by one process and by :mod:`graphnn.distributed`."""
+    n = len(labels)
+    info = _info(solver, normalise, per_component)
+    sizes = np.bincount(labels)
+    info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
+    if total == 0.0:  # no edge has weight: A = 0, every vector is an eigenvector
+        info["solver"] = "none (all weights are 0)"
+        return _finish(_ones(n, "cpu"), normalise), info
     bound = np.zeros(len(sizes))  # largest strength: an upper bound on the component's eigenvalue
-    np.maximum.at(bound, labels, strength.numpy())
-    lower = np.bincount(labels, weights=strength.numpy()) / sizes  # Rayleigh quotient of its ones vector
+    np.maximum.at(bound, labels, strength)
+    lower = np.bincount(labels, weights=strength) / sizes  # Rayleigh quotient of its ones vector
     order = np.argsort(labels, kind="stable")
     members = np.split(order, np.cumsum(sizes)[:-1])
     tie = max(2 * tol, 1e-12)
@@ -280,8 +297,8 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
         "lanczos" if solver == "auto" else solver)
     solved: dict[int, tuple[float, torch.Tensor | np.ndarray, bool]] = {}
     used: set[str] = set()
-    small = [c for c in candidates if sizes[c] <= small_max]
-    for c, a in zip(small, _small_matrices(placed, n, [members[c] for c in small]) if small else []):
+    small = [c for c in candidates if sizes[c] <= small_max] if small_matrices is not None else []
+    for c, a in zip(small, small_matrices([members[c] for c in small]) if small else []):
         theta, x = _dense_perron(a)
         solved[c] = (theta, x, True)
         used.add("dense")
@@ -323,7 +340,7 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
             f"products (relative residual {resid:.2e} > tol={tol:g}); the result is an estimate. "
             "Raise max_iter, loosen tol, or use dtype=torch.float64; slow convergence means the "
             "leading eigenvalue is (nearly) shared, e.g. by disconnected parts of equal strength",
-            ConvergenceWarning, stacklevel=3)
+            ConvergenceWarning, stacklevel=4)
     outside = n - sum(int(sizes[c]) for c in tied)
     if not per_component and len(sizes) > 1 and outside > n / 2:
         listed = ", ".join(str(s) for s in info["largest_components"])
@@ -331,7 +348,7 @@ def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", 
             f"the graph falls apart into {len(sizes)} connected components (largest sizes: {listed}); "
             f"eigenvector centrality lives on the {len(tied)} component(s) with the largest eigenvalue, "
             f"so {outside} of {n} neurons get 0. Pass per_component=True to normalise each component "
-            "on its own, or select one part with include=/exclude=", DisconnectedGraphWarning, stacklevel=3)
+            "on its own, or select one part with include=/exclude=", DisconnectedGraphWarning, stacklevel=4)
     return (x.numpy() if per_component else _finish(x, normalise)), info
 
 

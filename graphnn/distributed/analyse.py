@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import ConvergenceWarning, DisconnectedGraphWarning, InvalidParameterError, NonFiniteWeightsWarning
+from ..errors import InvalidParameterError, NonFiniteWeightsWarning
 from ..graph import LayeredGraph
 from ..validation import check_bool, check_choice
 
@@ -138,69 +138,22 @@ def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: flo
     """The single process's component-wise solve (see
     :func:`graphnn.analyses.centrality.leading_eigenvector`) on the distributed operator:
     ``(centrality, info, component labels or None)``."""
-    from ..analyses.centrality import _finish, _iterative_perron, _ones, _residual, default_tol
+    from ..analyses.centrality import _info, component_eigenvectors, default_tol
 
     n = g.num_nodes
     tol = default_tol(dtype) if tol is None else float(tol)
-    cpu = torch.device("cpu")
-    op = DistributedOperator(n, hosts, traffic)
-    info: dict[str, Any] = {"eigenvalue": 0.0, "iterations": 0, "converged": True, "residual": 0.0,
-                            "solver": "auto", "normalise": normalise, "per_component": bool(per_component)}
     if n == 0:
-        return np.zeros(0), info, np.zeros(0, dtype=np.int64)
+        return np.zeros(0), _info("auto", normalise, per_component), np.zeros(0, dtype=np.int64)
+    op = DistributedOperator(n, hosts, traffic)
     total = sum(_results([h.actor.total() for h in hosts]))
     labels = _labels(n, hosts, traffic)
-    sizes = np.bincount(labels)
-    info.update(components=int(len(sizes)), largest_components=sorted(sizes.tolist(), reverse=True)[:10])
-    if total == 0.0:
-        info["solver"] = "none (all weights are 0)"
-        return _finish(_ones(n, "cpu"), normalise), info, labels
     strength = np.zeros(n)
     for h, s in zip(hosts, _results([h.actor.abs_strength() for h in hosts])):
         strength[h.nodes] += s
-    bound = np.zeros(len(sizes))
-    np.maximum.at(bound, labels, strength)
-    lower = np.bincount(labels, weights=strength) / sizes
-    order = np.argsort(labels, kind="stable")
-    members = np.split(order, np.cumsum(sizes)[:-1])
-    tie = max(2 * tol, 1e-12)
-    floor = 0.0 if per_component else lower.max() * (1 - tie)
-    candidates = [int(c) for c in np.flatnonzero((bound > 0) & (bound >= floor))]
-    solved, used = {}, set()
-    for c in candidates:
-        theta, x, ok, how = _iterative_perron(op, members[c], "lanczos+arpack", tol, max(1, max_iter - op.calls), cpu)
-        solved[c] = (theta, x, ok)
-        used.add(how)
-    best = max(v[0] for v in solved.values())
-    x = torch.zeros(n, dtype=torch.float64)
-    ok = all(v[2] for v in solved.values())
-    tied = [c for c, v in solved.items() if v[0] >= best - tie * abs(best)]
-    if per_component:  # each component's own top eigenvector, normalised on its own
-        comp_values = np.zeros(len(sizes))
-        for c, (theta, u, _) in solved.items():
-            x[torch.from_numpy(members[c])] = torch.as_tensor(_finish(torch.as_tensor(u).cpu(), normalise))
-            comp_values[c] = theta
-        info["component_eigenvalues"] = comp_values.tolist()
-        resid = max(_residual(op, x, members[c], th, cpu) for c, (th, _, _) in solved.items())
-    else:
-        for c in tied:
-            u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
-            u = u / u.norm()
-            x[torch.from_numpy(members[c])] += u.sum() * u
-        resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, cpu)
-    info.update(eigenvalue=float(best), iterations=int(op.calls), converged=bool(ok), residual=resid,
-                solver="lanczos+arpack" if "lanczos+arpack" in used else "lanczos", tied_components=len(tied))
-    if not ok:
-        warnings.warn(f"eigenvector centrality did not converge within max_iter={max_iter} matrix-vector products "
-                      f"(relative residual {resid:.2e} > tol={tol:g}); the result is an estimate. Raise max_iter "
-                      "or loosen tol", ConvergenceWarning, stacklevel=4)
-    outside = n - sum(int(sizes[c]) for c in tied)
-    if not per_component and len(sizes) > 1 and outside > n / 2:
-        warnings.warn(f"the graph falls apart into {len(sizes)} connected components; eigenvector centrality lives "
-                      f"on the {len(tied)} component(s) with the largest eigenvalue, so {outside} of {n} neurons "
-                      "get 0. Pass per_component=True to normalise each component on its own, or select one "
-                      "part with include=/exclude=", DisconnectedGraphWarning, stacklevel=4)
-    return (x.numpy() if per_component else _finish(x, normalise)), info, labels
+    x, info = component_eigenvectors(op, labels, strength, total=total, normalise=normalise, tol=tol,
+                                     max_iter=max_iter, solver="auto", device=torch.device("cpu"),
+                                     per_component=per_component)
+    return x, info, labels
 
 
 #: Largest speculative batch of the hypercore peeling (neurons removed in one round trip).
