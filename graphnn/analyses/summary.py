@@ -143,12 +143,7 @@ def analyse(
         progress("load", len(todo), len(todo))
     timings["load_and_strength"] = time.perf_counter() - t0
 
-    columns: dict[str, np.ndarray] = {}
-    if strength:
-        columns["in_strength"] = sums["in"]
-        columns["out_strength"] = sums["out"]
-        columns["strength"] = sums["in"] + sums["out"]
-        columns["abs_strength"] = sums["abs_in"] + sums["abs_out"]
+    columns: dict[str, np.ndarray] = strength_columns(sums) if strength else {}
 
     centrality_info: dict[str, Any] = {}
     if centrality:
@@ -180,6 +175,13 @@ def analyse(
          "var_cols": "float64", "mean_abs_weight": "float64"})
     return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
                     options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+
+
+def strength_columns(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The neuron table's strength columns from the summed ``in``/``out``/``abs_in``/``abs_out``
+    (signed in, signed out, their total, and the total of |w|)."""
+    return {"in_strength": sums["in"], "out_strength": sums["out"], "strength": sums["in"] + sums["out"],
+            "abs_strength": sums["abs_in"] + sums["abs_out"]}
 
 
 def _layer_table(g: LayeredGraph, neurons: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -303,7 +303,7 @@ def analyse_distributed(
     from ..analyses.centrality import check_options
     from ..analyses.hypercore import _weighting, as_integers
     from ..analyses.strength import add_block_sums, neuron_frame
-    from ..analyses.summary import _BLOCK_COLUMNS, Analysis, _layer_table
+    from ..analyses.summary import _BLOCK_COLUMNS, Analysis, _layer_table, strength_columns
 
     _check_client(client)
     t_start = time.perf_counter()
@@ -351,12 +351,7 @@ def analyse_distributed(
         _note_nonfinite(g, b.param, rec["nonfinite"])
     timings["load_and_strength"] = time.perf_counter() - t0
 
-    columns: dict[str, np.ndarray] = {}
-    if strength:
-        columns["in_strength"] = sums["in"]
-        columns["out_strength"] = sums["out"]
-        columns["strength"] = sums["in"] + sums["out"]
-        columns["abs_strength"] = sums["abs_in"] + sums["abs_out"]
+    columns: dict[str, np.ndarray] = strength_columns(sums) if strength else {}
     centrality_info: dict[str, Any] = {}
     if centrality:
         t0 = time.perf_counter()
