@@ -47,6 +47,18 @@ SPATIAL_GUESSES = (32, 28, 64, 224, 16, 8, 4, 96, 12, 20, 24, 48, 56, 112, 128, 
 SEQ_GUESS = 7
 
 _FUNCTIONAL_LAYERS = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
+
+
+def functional_rule(node: fx.Node, shape: tuple[int, ...]) -> Rule | None:
+    """The rule of ``F.linear``/``F.convNd(x, weight, ...)`` whose weight parameter has ``shape``
+    (groups read from the call), or ``None`` when the shape does not fit the function."""
+    kind = _FUNCTIONAL_LAYERS[node.target]
+    if kind == "linear" and len(shape) == 2:
+        return Rule("linear", shape[0], shape[1])
+    if kind == "conv" and len(shape) >= 3:
+        groups = int(node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1))
+        return Rule("conv", shape[0], shape[1] * groups, groups=groups)
+    return None
 _MERGE = {"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div", "div_",
           "itruediv", "maximum", "minimum"}
 _MATMUL = {"matmul", "bmm", "__matmul__"}
@@ -621,17 +633,10 @@ class FeatureWalker:
         if not (isinstance(w, fx.Node) and w.op == "get_attr" and w.target in self.entries):
             return self.cut(f"{_name_of(node.target)} with a weight that is not a parameter of the model",
                             "Use an nn.Module layer (or F.linear/F.conv on a registered parameter)")
-        entry = self.entries[w.target]
-        kind = _FUNCTIONAL_LAYERS[node.target]
-        shape = entry.shape
-        if kind == "linear" and len(shape) == 2:
-            rule = Rule("linear", shape[0], shape[1])
-        elif kind == "conv" and len(shape) >= 3:
-            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-            rule = Rule("conv", shape[0], shape[1] * int(groups), groups=int(groups))
-        else:
+        rule = functional_rule(node, self.entries[w.target].shape)
+        if rule is None:
             return None
-        axis = 1 if kind == "conv" else -1
+        axis = 1 if rule.kind == "conv" else -1
         mod_name = w.target.rsplit(".", 1)[0] if "." in w.target else w.target
         src, msg = self.read(x, axis, rule, f"'{mod_name}'")
         return self.write(node, self.layer(w.target, rule, src, mod_name, msg), axis)

@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TopologyWarning
 from .builder import Concat, GraphBuilder
 from .checkpoints import TensorEntry
+from .dataflow import _FUNCTIONAL_LAYERS, functional_rule
 from .rules import Rule, is_mapped_module, rules_for_module
 
 _MERGE_OPS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
@@ -33,7 +33,6 @@ _MERGE_OPS = {operator.add, operator.iadd, operator.sub, operator.isub, operator
 _MERGE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_"}
 _CAT_OPS = {torch.cat, torch.concat, torch.hstack}
 _MATMUL_OPS = {operator.matmul, torch.matmul, torch.bmm, torch.einsum}
-_FUNCTIONAL_LAYERS = {F.linear: "linear", F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv"}
 
 
 class _Tracer(fx.Tracer):
@@ -182,15 +181,8 @@ class _Walker:
         src = self.part_of(x)
         if not (isinstance(w, fx.Node) and w.op == "get_attr" and w.target in self.entries):
             return None
-        entry = self.entries[w.target]
-        kind = _FUNCTIONAL_LAYERS[node.target]
-        shape = entry.shape
-        if kind == "linear" and len(shape) == 2:
-            rule = Rule("linear", shape[0], shape[1])
-        elif kind == "conv" and len(shape) >= 3:
-            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-            rule = Rule("conv", shape[0], shape[1] * int(groups), groups=int(groups))
-        else:
+        rule = functional_rule(node, self.entries[w.target].shape)
+        if rule is None:
             return None
         mod_name = w.target.rsplit(".", 1)[0] if "." in w.target else w.target
         out = self.layer(w.target, rule, src, mod_name)
