@@ -27,6 +27,7 @@ import torch.fx as fx
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .dataflow import _has_tensor
 from .module import _Tracer
 
 #: Tensor dunder methods recorded as the ``operator`` function torch.fx would record; the flag
@@ -45,16 +46,6 @@ _DUNDER = {
 
 class UntraceableForward(RuntimeError):
     """The forward pass used something the recorder cannot write into a graph."""
-
-
-def _has_tensor(x) -> bool:
-    if isinstance(x, torch.Tensor):
-        return True
-    if isinstance(x, (list, tuple)):
-        return any(_has_tensor(v) for v in x)
-    if isinstance(x, dict):
-        return any(_has_tensor(v) for v in x.values())
-    return False
 
 
 def _shape_tree(x):
