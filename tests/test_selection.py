@@ -266,3 +266,39 @@ def test_a_bare_encoder_folder_declares_no_tied_head(tmp_path):
     assert torch.equal(before["embeddings.word_embeddings.weight"], after["embeddings.word_embeddings.weight"])
     assert not torch.equal(before["encoder.layer.0.attention.self.query.weight"],
                            after["encoder.layer.0.attention.self.query.weight"])
+
+
+def _tiny_mixtral():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(hidden_size=32, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
+                        num_key_value_heads=2, num_local_experts=3, num_experts_per_tok=2, vocab_size=50)
+    return MixtralForCausalLM(cfg)
+
+
+def test_fused_expert_tensors_are_rewired_per_expert_like_the_graph_maps_them():
+    """transformers-5 3-D expert tensors: the graph maps one block per expert (and gate/up half);
+    PA rewires exactly those slices, each keeping its own multiset (halves never mixed)."""
+    m = _tiny_mixtral()
+    gate_up = dict(m.named_parameters())["model.layers.0.mlp.experts.gate_up_proj"]
+    down = dict(m.named_parameters())["model.layers.0.mlp.experts.down_proj"]
+    assert gate_up.dim() == 3 and down.dim() == 3
+    g = graphnn.extract(m)
+    assert {f"model.layers.0.mlp.experts.gate_up_proj[{e}][{p}]" for e in range(3) for p in ("gate", "up")} \
+        <= set(g.blocks)
+    b_gu, b_d = gate_up.detach().clone(), down.detach().clone()
+    pa_rewire_(m, seed=0)
+    half = b_gu.shape[1] // 2
+    for e in range(3):
+        for rows in (slice(0, half), slice(half, 2 * half)):
+            before, after = b_gu[e, rows], gate_up.detach()[e, rows]
+            assert torch.equal(before.flatten().sort().values, after.flatten().sort().values)
+            assert not torch.equal(before, after)
+        assert torch.equal(b_d[e].flatten().sort().values, down.detach()[e].flatten().sort().values)
+        assert not torch.equal(b_d[e], down.detach()[e])
+    names = list(rewirable_weights(m))
+    assert "model.layers.0.mlp.experts.down_proj[2]" in names
+    m2 = _tiny_mixtral()  # excluded by a pattern: left alone
+    pa_rewire_(m2, seed=0, exclude="*experts*")
+    assert torch.equal(dict(m2.named_parameters())["model.layers.0.mlp.experts.down_proj"].detach(), b_d)

@@ -82,6 +82,7 @@ def select_targets(
         if not p.is_floating_point():
             raise TypeError(f"{g.primary.name} has dtype {p.dtype}; only floating-point weights can be re-initialised")
         out.append(WeightTarget(g.names[0], p, g.primary.layout, g.primary.groups, g.names[1:]))
+    out += fused_expert_targets(module, params, include, exclude)
     if include and not out:
         weights = [r.name for r in records if r.is_weight]
         raise InvalidParameterError(
@@ -90,6 +91,37 @@ def select_targets(
             + (", ".join(weights[:20]) + (" ..." if len(weights) > 20 else "") if weights else "none")
             + ("" if include_embeddings else " (embeddings need include_embeddings=True)")
         )
+    return out
+
+
+def fused_expert_targets(module: nn.Module, params: dict, include=None, exclude=None) -> list[WeightTarget]:
+    """Targets for the 3-D fused expert tensors of transformers-5 mixture-of-experts modules
+    (``experts.gate_up_proj`` ``(E, 2I, H)``, ``experts.down_proj`` ``(E, H, I)``, or their
+    ``(E, in, out)`` layouts): one target per expert slice, and for ``gate_up_proj`` one for each
+    half, the same layers as the graph's per-expert blocks (``name[e][gate]``, ``name[e]``).
+    Each target is a view, so rewiring it rewires the parameter in place."""
+    from ..extract.families import role_of
+
+    inc, exc = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
+    hidden = getattr(getattr(module, "config", None), "hidden_size", None)
+    out: list[WeightTarget] = []
+    for name, p in params.items():
+        role = role_of(name)
+        if role is None or role.role not in ("experts_gate_up", "experts_down") or p.dim() != 3:
+            continue
+        if (inc and not _matches(name, inc)) or (exc and _matches(name, exc)):
+            continue
+        n_exp, d1, d2 = p.shape
+        if role.role == "experts_gate_up":
+            out_in = hidden in (None, d2)
+            half = (d1 if out_in else d2) // 2
+            for e in range(n_exp):
+                for part, rows in (("gate", slice(0, half)), ("up", slice(half, 2 * half))):
+                    view = p[e, rows, :] if out_in else p[e, :, rows]
+                    out.append(WeightTarget(f"{name}[{e}][{part}]", view, "out_first" if out_in else "transposed"))
+        else:
+            out_in = hidden in (None, d1)
+            out += [WeightTarget(f"{name}[{e}]", p[e], "out_first" if out_in else "transposed") for e in range(n_exp)]
     return out
 
 
