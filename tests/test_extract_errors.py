@@ -211,3 +211,14 @@ def test_count_nonfinite_of_finite_weights_is_one_sum_in_their_dtype(dtype):
     assert [name for name, _ in full] == ["sum"], rec.calls
     assert all("dtype" not in kw for _, kw in full)
     assert not any(name in ("to", "double", "float", "type") for name, _, _ in rec.calls)
+
+
+def test_a_zero_size_layer_in_a_module_is_skipped_with_its_reason():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "Initializing zero-element tensors is a no-op"
+        m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 0))
+    g = graphnn.extract(m)
+    cov = g.coverage.set_index("name")
+    assert cov.loc["2.weight", "status"] == "skipped" and "empty tensor" in cov.loc["2.weight", "reason"]
+    assert list(g.blocks) == ["0.weight"] and g.num_edges == 12
+    assert graphnn.rewire.rewirable_weights(m) == ["0.weight"]

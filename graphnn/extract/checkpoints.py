@@ -51,6 +51,7 @@ import torch
 
 from ..atomic import atomic_write
 from ..errors import CheckpointNotFoundError, CheckpointWarning, CorruptCheckpointError, UnsafeCheckpointError
+from .rules import empty_skip_reason
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -276,13 +277,6 @@ def unwrap_state_dict(obj: Any, path: str = "<object>") -> dict[str, Any]:
         inner = inner.state_dict()
         _, prefix, inner = locate_state_dict(inner)
     return {str(k)[len(prefix):]: v for k, v in inner.items()}
-
-
-def empty_skip_reason(shape: tuple[int, ...]) -> str | None:
-    """Why a tensor with a dimension of size 0 cannot be an edge block (``None`` otherwise)."""
-    if len(shape) >= 2 and 0 in shape:
-        return f"empty tensor (shape {tuple(shape)}, a dimension of size 0): it has no edges"
-    return None
 
 
 def tensor_skip_reason(t: torch.Tensor) -> str | None:

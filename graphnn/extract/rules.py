@@ -89,6 +89,13 @@ def skip_reason_for_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype
         return SKIP_NOT_EDGE
     if _RNN_PARAM.search(name):
         return SKIP_RNN
+    return empty_skip_reason(shape)
+
+
+def empty_skip_reason(shape: tuple[int, ...]) -> str | None:
+    """Why a tensor with a dimension of size 0 cannot be an edge block (``None`` otherwise)."""
+    if len(shape) >= 2 and 0 in shape:
+        return f"empty tensor (shape {tuple(shape)}, a dimension of size 0): it has no edges"
     return None
 
 
