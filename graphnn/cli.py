@@ -833,7 +833,7 @@ def rewire(
             if prov.exists():
                 extra.append(("provenance record", str(prov)))
             write_comparison({"before": before, "after": after}, report_path, mode="rewire", extra=extra,
-                             overwrite=overwrite,
+                             overwrite=overwrite, sections=_sigprop_sections(ckpt, output, trust_checkpoint),
                              title=f"graphnn rewiring report: {method} on {ckpt.name}")
             s.finish()
             log.info("wrote %s", report_path)
@@ -890,6 +890,20 @@ def _check_html_path(path: Path, option: str = "--output") -> None:
 #: What ``graphnn demo`` writes into its folder (see :func:`graphnn.demo.run_demo`).
 DEMO_OUTPUTS = ("demo-init.safetensors", "demo-trained.safetensors", "report.html", "compare.html")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _sigprop_sections(before: Path, after: Path, trust: bool) -> list[dict]:
+    """The rewire report's signal-propagation card: σ̂_w² (and the theory where the activation is
+    known) of the checkpoint before and after; none, with a log line, where it cannot be had."""
+    try:
+        from .sigprop import signal_propagation
+        from .sigprop.report import comparison_section
+
+        sp = [signal_propagation(p, empirical=False, trust=trust) for p in (before, after)]
+        return [comparison_section(*sp)]
+    except Exception as e:  # noqa: BLE001 - the report stays useful without this card
+        log.warning("signal propagation left out of the report: %s", e)
+        return []
 
 
 def _check_rewire_outputs(ckpt: Path, output: Path, report_path: Path | None, overwrite: bool) -> None:

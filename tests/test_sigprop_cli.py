@@ -158,3 +158,37 @@ def test_hugging_face_folder_theory_or_built_with_module_hf(tmp_path):
     assert [r["sigma_w2"] for r in doc2["layers"]] == pytest.approx([r["sigma_w2"] for r in doc["layers"]], rel=1e-9)
     code, _, err = run(tmp_path / "nets_missing.pt", "--module", "hf")
     assert code == 2
+
+
+@pytest.mark.parametrize("method", ["pa", "variance-search"])
+def test_rewire_report_shows_sigma_w2_before_and_after(tmp_path, method):
+    """The rewire report's signal-propagation card: sigma_w2 per layer before and after, equal to
+    the mean over output units of the sum of squared incoming weights computed here by hand
+    (PA keeps every tensor's values, so its sigma_w2 is unchanged)."""
+    import re
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    src = tmp_path / "m.safetensors"
+    graphnn.extract.save_state_dict(net.state_dict(), src)
+    out, rep = tmp_path / "r.safetensors", tmp_path / "rep.html"
+    r = CliRunner().invoke(app, ["rewire", str(src), "-o", str(out), "--method", method, "--seed", "0",
+                                 "--report", str(rep)])
+    assert r.exit_code == 0, r.output
+    page = rep.read_text()
+    table = page[page.index('id="fig-sigprop-table"'):]
+    table = table[:table.index("</table>")]
+    rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]
+    by_layer = {row[0]: (float(row[1]), float(row[2])) for row in rows}
+    after = load_file(out)
+    for name, w in net.state_dict().items():
+        if not name.endswith("weight"):
+            continue
+        layer = name.rsplit(".", 1)[0]
+        hand_before = float((w.double() ** 2).sum(1).mean())
+        hand_after = float((after[name].double() ** 2).sum(1).mean())
+        assert by_layer[layer][0] == pytest.approx(hand_before, rel=1e-3)
+        assert by_layer[layer][1] == pytest.approx(hand_after, rel=1e-3)
+        if method == "pa":
+            assert hand_after == pytest.approx(hand_before, rel=1e-12)

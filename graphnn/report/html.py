@@ -303,12 +303,15 @@ def render_comparison(
     title: str | None = None,
     mode: str = "compare",
     extra: Sequence[tuple[str, str]] = (),
+    sections: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """HTML comparing several analysed checkpoints, aligned by layer name: a checkpoint table,
     the per-layer metrics side by side (first, last, relative change), before/after panels
     (per-layer metrics, pooled distributions, J per weight tensor), and each checkpoint's
     coverage. ``mode="rewire"`` titles the first checkpoint *before* and the last *after*;
-    ``extra`` adds rows to the header (e.g. method and seed)."""
+    ``extra`` adds rows to the header (e.g. method and seed); ``sections`` adds figure cards after
+    the others, each ``{"id", "title", "uri" (a PNG data URI), "caption"}`` with an optional
+    ``"table": {"columns": [{"header", "num"}], "rows": [[cell, ...]]}``."""
     if len(analyses) < 2:
         raise InvalidParameterError("a comparison report needs at least two analyses")
     check_choice("mode", mode, ("compare", "rewire"))
@@ -361,6 +364,7 @@ def render_comparison(
     else:
         blocks_table = None
 
+    figs += [dict(sec) for sec in sections]
     checkpoints = []
     for lab in labels:
         p, a, g = provenances[lab], analyses[lab], graphs.get(lab)

@@ -129,13 +129,14 @@ def compare_files(
 
 
 def write_comparison(results: Mapping[str, Analysed], out: str | os.PathLike, *, title: str | None = None,
-                     mode: str = "compare", extra: Sequence[tuple[str, str]] = (), overwrite: bool = True) -> Path:
+                     mode: str = "compare", extra: Sequence[tuple[str, str]] = (), overwrite: bool = True,
+                     sections: Sequence[Mapping] = ()) -> Path:
     """Write the comparison (or before/after rewiring) report of analysed checkpoints
     (atomically; ``overwrite=False`` refuses an existing ``out``, see :func:`write_html`)."""
     html = render_comparison(
         {k: r.analysis for k, r in results.items()},
         {k: r.provenance for k, r in results.items()},
         {k: r.graph for k, r in results.items()},
-        title=title, mode=mode, extra=extra,
+        title=title, mode=mode, extra=extra, sections=sections,
     )
     return write_html(html, out, overwrite=overwrite)

@@ -106,3 +106,44 @@ def to_html(results, title: str = "Signal propagation", notes=()) -> str:
                  "incoming weights; χ₁ = σ_w² E φ'(h)²: &lt; 1 ordered, = 1 critical, &gt; 1 chaotic; "
                  "ξ_c = −1/ln χ_c).</p></body></html>")
     return "\n".join(parts) + "\n"
+
+
+#: Columns of the before/after table of :func:`comparison_section`, when the results have them.
+SECTION_COLUMNS = ("sigma_w2", "chi1_theory", "chi1_hat", "q_hat")
+
+
+def comparison_section(before, after, labels=("before", "after")) -> dict:
+    """A report card (``{"id", "title", "uri", "caption", "table"}``, the form
+    :func:`graphnn.report.html.render_comparison` takes in ``sections``) comparing two results:
+    the figure of :func:`section` and a per-layer table of σ̂_w², χ₁ (theory and measured) and q̂
+    before and after, with the network verdicts in the caption."""
+    import matplotlib.pyplot as plt
+
+    from ..report.figures import to_data_uri
+    from .compare import compare
+
+    _, fig = section({labels[0]: before, labels[1]: after})
+    uri = to_data_uri(fig)
+    plt.close(fig)
+    wide = compare(before, after, columns=SECTION_COLUMNS, labels=labels)
+    shown = [c for c in SECTION_COLUMNS if f"{c}_{labels[0]}" in wide and f"{c}_{labels[1]}" in wide]
+    columns = [{"header": "layer", "num": False}]
+    for c in shown:
+        columns += [{"header": f"{c} {labels[0]}", "num": True}, {"header": f"{c} {labels[1]}", "num": True}]
+
+    def cell(v) -> str:
+        return "" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}"
+
+    rows = [[str(r["layer"])] + [cell(r[f"{c}_{lab}"]) for c in shown for lab in labels]
+            for r in wide.to_dict("records")]
+    verdicts = []
+    for lab, res in zip(labels, (before, after)):
+        net = res.network.iloc[0] if len(res.network) else None
+        if net is not None and "phase" in res.network:
+            verdicts.append(f"{lab}: {net['phase']}")
+    caption = ("σ̂_w² = mean over output units of the sum of squared incoming weights; χ₁ = σ_w² E φ'(h)² "
+               "(< 1 ordered, = 1 critical, > 1 chaotic), from the mean-field theory and, for a module, "
+               "measured (χ̂₁). PA rewiring and rank-match keep every tensor's values, so σ̂_w² is unchanged. "
+               + ("Network: " + "; ".join(verdicts) + "." if verdicts else ""))
+    return {"id": "fig-sigprop", "title": "Signal propagation before / after", "uri": uri, "caption": caption,
+            "table": {"columns": columns, "rows": rows}}
