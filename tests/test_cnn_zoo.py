@@ -299,3 +299,16 @@ def test_hcore_reinit_factors_use_the_neurons_behind_the_index_maps():
     for i in range(4):
         for j, src in enumerate(reads):
             assert float(prod[i, j, 0, 0]) == pytest.approx(core[("u2.pw1", i)] * core[src])
+
+
+def test_report_renders_index_mapped_graphs():
+    """The HTML report of the ShuffleNet graph (permutation and slice index maps) lists every
+    partition in its layer table, with the neuron counts of the graph."""
+    from graphnn.report import Provenance, render_report
+
+    g = exact(seeded(ShuffleNetV2))
+    assert any(b.src_index is not None for b in g.blocks.values())
+    html = render_report(graphnn.analyse(g), Provenance(source="ShuffleNetV2"), g)
+    for name, p in g.partitions.items():
+        assert f">{name}<" in html
+    assert f"{g.num_nodes:,}" in html or str(g.num_nodes) in html

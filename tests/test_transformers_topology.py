@@ -392,3 +392,17 @@ def test_analyses_and_rewiring_run_on_the_llama_graph():
     graphnn.rewire.hcore_reinit_(model, seed=0)
     assert not torch.equal(model.get_parameter(o).detach(), after)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_report_of_a_gqa_checkpoint_folder_shows_the_stream(graphs, tmp_path):
+    """report_file on the Llama GQA folder (index-mapped o_proj): one page whose layer table has
+    the residual stream and the value partitions."""
+    from graphnn.report import report_file
+
+    cfg, model, *_ = graphs["llama"]
+    folder = tmp_path / "llama"
+    model.save_pretrained(folder, max_shard_size="40KB")
+    res = report_file(folder, tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert ">model.stream<" in html and ">model.layers.0.self_attn.v_proj<" in html
+    assert res.graph.blocks["model.layers.0.self_attn.o_proj.weight"].src_index is not None
