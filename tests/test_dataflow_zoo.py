@@ -576,3 +576,61 @@ def test_grouped_conv_reading_a_concatenation_keeps_its_group_structure():
     assert ga.structure_mask()[:, 0].tolist() == [True] * 3 + [False] * 3
     assert gb.structure_mask()[:, 0].tolist() == [False] * 3 + [True] * 3
     assert g.num_edges == 12 + 12 + 24 == g.to_networkx().number_of_edges()
+
+
+class HandRMSNorm(nn.Module):
+    """A hand-written RMSNorm (as in many model files): a per-token statistic scales x back."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return self.scale * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class NormedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(4, 6), HandRMSNorm(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def test_a_hand_written_rmsnorm_keeps_the_partition_silently():
+    g = exact(seeded(NormedMLP))  # no TopologyWarning: the mean only rescales the features
+    assert blocks(g)["fc2.weight"] == ("fc1", "fc2", (2, 6), None)
+
+
+class ReadsTheMean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(1, 2)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).mean(-1, keepdim=True))
+
+
+def test_a_layer_reading_a_reduction_over_features_is_cut_with_a_warning():
+    with pytest.warns(TopologyWarning, match=r"op 'mean'.*changes the feature axis"):
+        g = graphnn.extract(seeded(ReadsTheMean))
+    assert blocks(g)["fc2.weight"][0] == "fc2.in"
+
+
+class MeanSameSize(nn.Module):
+    """An unknown same-size combination: fc1 times a feature-axis statistic broadcast back over
+    features is exact, but times a cut value of full feature size is not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h * torch.sort(h, dim=-1).values)
+
+
+def test_a_full_size_cut_value_meeting_mapped_features_warns():
+    with pytest.warns(TopologyWarning, match=r"op 'sort'"):
+        graphnn.extract(seeded(MeanSameSize))

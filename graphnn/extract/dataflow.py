@@ -91,7 +91,12 @@ _LAYOUT_MODULES = (nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle,
 
 
 class Cut:
-    """The value of a tensor whose features could not be mapped; ``msg`` says where and why."""
+    """The value of a tensor whose features could not be mapped; ``msg`` says where and why.
+
+    A cut is reported (TopologyWarning, notes) when it matters: when a layer reads it, or when it
+    meets a mapped tensor in an op whose result cannot be exact. A per-token statistic that only
+    scales the features back (``x * rsqrt(mean(x**2))`` of a hand-written RMSNorm: size 1 on the
+    feature axis) changes no edge and is not reported."""
 
     def __init__(self, msg: str):
         self.msg = msg
@@ -388,12 +393,31 @@ class FeatureWalker:
         return f"{owner}, op {_name_of(node.target)!r} (fx node '{node.name}')"
 
     def cut(self, what: str, advice: str = "") -> Cut:
+        """A cut value, reported only where it matters (see :class:`Cut`)."""
         msg = (f"{self.where()}: {what}; the chain is cut there (the next layer reads a new input partition)"
                + (f". {advice}" if advice else
                   ". If this op only moves or selects features, rewrite it with view/reshape/permute/"
                   "split/cat/index_select, or pass example_inputs=...; otherwise the graph is exact up to this cut"))
-        self.say(msg)
         return Cut(msg)
+
+    def cut_now(self, what: str, advice: str = "") -> Cut:
+        """A cut a layer meets: reported at once."""
+        c = self.cut(what, advice)
+        self.say(c.msg)
+        return c
+
+    def meet(self, cut: Cut, arg, features: torch.Tensor) -> None:
+        """A cut operand ``arg`` combined elementwise with mapped ``features``: exact (and silent)
+        when the cut value has size 1 on the feature axis (a per-token scale), reported otherwise."""
+        shape = self.shapes.get(arg) if isinstance(arg, fx.Node) else None
+        sep = separate(features) if isinstance(features, torch.Tensor) else None
+        if isinstance(shape, tuple) and sep is not None and sep[0] is not None:
+            axis = sep[0] - features.dim()  # from the right, as broadcasting aligns
+            if -len(shape) <= axis and shape[axis] == 1:
+                return
+            if len(shape) < -axis:  # no feature axis at all: broadcast along it
+                return
+        self.say(cut.msg)
 
     def say(self, msg: str, warn: bool = True) -> None:
         if msg in self._said:
@@ -433,6 +457,7 @@ class FeatureWalker:
         ``view`` is a partition id, an Indexed view or a Concat, or ``None`` (a new partition)."""
         v = self.val(arg)
         if isinstance(v, Cut):
+            self.say(v.msg)
             return None, v.msg
         if not isinstance(v, torch.Tensor):
             return None, None
@@ -445,18 +470,18 @@ class FeatureWalker:
         if rows.numel() == 0:
             return None, None
         if (rows == WILD).any():
-            return None, self.cut(f"layer {reader} reads features mixed with constants (some columns hold no "
+            return None, self.cut_now(f"layer {reader} reads features mixed with constants (some columns hold no "
                                   "neuron)").msg
         if rows.shape[0] > 1:
             merged = self._merge_rows(rows)
             if merged is None:
-                return None, self.cut(f"layer {reader} reads positions that hold different neurons in different "
+                return None, self.cut_now(f"layer {reader} reads positions that hold different neurons in different "
                                       "rows (features spread over several axes, e.g. a cat/stack of unrelated "
                                       "maps or a reshape that mixes the feature axis with another)").msg
             rows = merged
         r = rows[0]
         if n != rule.n_src:
-            return None, self.cut(f"layer {reader} expects {rule.n_src} inputs but reads {n} features").msg
+            return None, self.cut_now(f"layer {reader} expects {rule.n_src} inputs but reads {n} features").msg
         roots, local = self.decode(r)
         if rule.kind in ("linear", "hf_conv1d"):
             flat = self._flatten_view(r)
@@ -651,8 +676,13 @@ class FeatureWalker:
             return self.functional_layer(node)
         if node.op == "call_function" and t is getattr and len(node.args) > 1:
             attr = node.args[1]
+            base = self.val(node.args[0])
+            if attr in ("values", "indices") and isinstance(base, (tuple, list)) and len(base) == 2:
+                return base[0 if attr == "values" else 1]  # torch.sort/topk/max(...).values
+            if isinstance(base, Cut) and attr in ("values", "indices", "T", "mT", "H", "mH"):
+                return base
             if attr in ("real", "imag", "data"):
-                return self.val(node.args[0])
+                return base
             if attr in ("T", "mT", "H", "mH") and isinstance(self.val(node.args[0]), torch.Tensor):
                 return self.layout(node, lambda ids: getattr(ids, {"H": "T", "mH": "mT"}.get(attr, attr)))
             return None
@@ -716,6 +746,9 @@ class FeatureWalker:
         tensors = [self.val(a) for a in _flat(node.args) + _flat(list(node.kwargs.values())) if isinstance(a, fx.Node)]
         if any(isinstance(v, Cut) for v in tensors) and not any(isinstance(v, torch.Tensor) for v in tensors):
             return next(v for v in tensors if isinstance(v, Cut))
+        for v in tensors:  # a cut moved together with mapped features (e.g. concatenated): inexact
+            if isinstance(v, Cut):
+                self.say(v.msg)
         if not any(isinstance(v, torch.Tensor) or isinstance(v, (tuple, list)) and any(
                 isinstance(x, torch.Tensor) for x in v) for v in tensors):
             return None
@@ -757,6 +790,8 @@ class FeatureWalker:
             return None
         try:
             if ta != tb:
+                if isinstance(vb if ta else va, Cut):
+                    self.meet(vb if ta else va, b if ta else a, va if ta else vb)
                 return torch.broadcast_to(va if ta else vb, out_shape)
             A, B = torch.broadcast_to(va, out_shape), torch.broadcast_to(vb, out_shape)
         except RuntimeError:
@@ -876,6 +911,9 @@ class FeatureWalker:
         feats = [(a, v) for a, v in zip(tensor_args, vals) if isinstance(v, torch.Tensor)]
         if not feats:
             return next((v for v in vals if isinstance(v, Cut)), None)
+        for a, v in zip(tensor_args, vals):
+            if isinstance(v, Cut):
+                self.meet(v, a, feats[0][1])
         if len(feats) >= 2 and len({id(v) for _, v in feats}) >= 2:
             return self.merge(node, feats[0][0], feats[1][0])
         ids = feats[0][1]
