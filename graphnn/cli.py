@@ -518,8 +518,7 @@ def describe(
                   "topology": getattr(g, "topology", None)},
             tables={"parameters": cov, "partitions": parts, "blocks": blocks}, overwrite=overwrite,
         )
-        for n in g.notes:
-            log.warning("%s", n)
+        _log_notes(g)
         if fmt != "table":
             log.info("%s", summary)
 
@@ -546,8 +545,7 @@ def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | No
             close(client)
     log.info("analysed %s: %d layers, %s edges, coverage %.1f %% (%.2f s)", ckpt, len(res.analysis.layers),
              f"{res.graph.num_edges:,}", 100 * res.graph.coverage_fraction, res.provenance.runtime_s)
-    for n in res.graph.notes:
-        log.warning("%s", n)
+    _log_notes(res.graph)
     return res
 
 
@@ -890,6 +888,13 @@ def _check_html_path(path: Path, option: str = "--output") -> None:
 #: What ``graphnn demo`` writes into its folder (see :func:`graphnn.demo.run_demo`).
 DEMO_OUTPUTS = ("demo-init.safetensors", "demo-trained.safetensors", "report.html", "compare.html")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _log_notes(g) -> None:
+    """The graph's notes on stderr: informational (the TopologyWarnings among them were already
+    shown as warnings when they were raised)."""
+    for n in g.notes:
+        log.info("note: %s", n)
 
 
 def _sigprop_sections(before: Path, after: Path, trust: bool) -> list[dict]:
