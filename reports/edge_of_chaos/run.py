@@ -29,7 +29,7 @@ from torch import nn  # noqa: E402
 import graphnn  # noqa: E402
 import graphnn.rewire  # noqa: E402
 from graphnn.sigprop import mean_field  # noqa: E402
-from reports.common import cli, data, figures, parallel, render, stats, training  # noqa: E402
+from reports.common import cli, data, figures, outputs, parallel, render, stats, training  # noqa: E402
 
 SIGMA_B2 = 0.05
 PAPER_CONSTANT = 6.0
@@ -122,11 +122,12 @@ def run_experiment(args, p: dict) -> None:
     df = pd.DataFrame(out)
     runs = df[df.part == "depth"].sort_values(["sigma_w2", "depth", "seed"], ignore_index=True)
     pa_df = df[df.part == "pa"].sort_values(["sigma_w2", "seed", "arm"], ignore_index=True)
-    runs.to_csv(args.out / "runs.csv", index=False)
-    pa_df.to_csv(args.out / "pa.csv", index=False)
-    pd.DataFrame([{"quick": args.quick, "workers": args.workers, "wall_seconds": round(time.perf_counter() - start, 1),
-                   "torch": torch.__version__, "graphnn": graphnn.__version__}]).to_csv(args.out / "meta.csv",
-                                                                                       index=False)
+    outputs.write_csv(runs, args.out / "runs.csv")
+    outputs.write_csv(pa_df, args.out / "pa.csv")
+    meta = pd.DataFrame([{"quick": args.quick, "workers": args.workers,
+                          "wall_seconds": round(time.perf_counter() - start, 1),
+                          "torch": torch.__version__, "graphnn": graphnn.__version__}])
+    outputs.write_csv(meta, args.out / "meta.csv")
 
 
 # ----------------------------------------------------------------------------- analysis
