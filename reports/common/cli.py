@@ -85,6 +85,17 @@ def parse_args(description: str, script_file: str, argv=None, extra=None) -> arg
     return args
 
 
+def run_study(doc: str, script_file: str, argv, experiment, protocol, write_report) -> None:
+    """The ``main()`` of a study: parse the common options, run ``experiment(args,
+    protocol(quick))`` unless ``--report-only``, write the report into the output folder and say
+    where it is."""
+    args = parse_args(doc.splitlines()[0], script_file, argv)
+    if not args.report_only:
+        experiment(args, protocol(args.quick))
+    write_report(args.out)
+    finished(args)
+
+
 def finished(args: argparse.Namespace) -> None:
     """Say where the report is (stdout), once a run is done."""
     print(f"report: {args.out / 'README.md'}", file=sys.stdout, flush=True)

@@ -306,11 +306,7 @@ def write_report(out: Path) -> None:
 
 
 def main(argv=None) -> None:
-    args = cli.parse_args(__doc__.splitlines()[0], __file__, argv)
-    if not args.report_only:
-        run_experiment(args, protocol(args.quick))
-    write_report(args.out)
-    cli.finished(args)
+    cli.run_study(__doc__, __file__, argv, run_experiment, protocol, write_report)
 
 
 if __name__ == "__main__":
