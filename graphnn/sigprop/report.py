@@ -54,11 +54,16 @@ def section(results):
     panels = ((("chi1_theory", "chi1_hat"), "χ₁ to the next layer", False),
               (("q_theory", "q_hat"), "second moment q", True),
               (("sigma_w2",), "σ̂_w² (weights)", False))
+    legend = True  # on the first panel that has data
     for ax, (quantities, title, log) in zip(axes, panels):
         d = table[table["quantity"].isin(quantities)].dropna(subset=["value"])
         if len(d):
             sns.lineplot(data=d, x="depth", y="value", hue="model", style="source", markers=True, dashes=False,
-                         ax=ax, legend=ax is axes[0])
+                         ax=ax, legend=legend)
+            legend = False
+        else:
+            ax.text(0.5, 0.5, "no values\n(activation unknown, or no module to run)", ha="center", va="center",
+                    fontsize=8, transform=ax.transAxes)
         if quantities[0] == "chi1_theory":
             ax.axhline(1.0, color="k", ls="--", lw=0.8)
         if log and len(d) and (d["value"] > 0).all():
@@ -126,7 +131,8 @@ def comparison_section(before, after, labels=("before", "after")) -> dict:
     uri = to_data_uri(fig)
     plt.close(fig)
     wide = compare(before, after, columns=SECTION_COLUMNS, labels=labels)
-    shown = [c for c in SECTION_COLUMNS if f"{c}_{labels[0]}" in wide and f"{c}_{labels[1]}" in wide]
+    shown = [c for c in SECTION_COLUMNS if f"{c}_{labels[0]}" in wide and f"{c}_{labels[1]}" in wide
+             and wide[[f"{c}_{labels[0]}", f"{c}_{labels[1]}"]].notna().any().any()]  # no all-empty columns
     columns = [{"header": "layer", "num": False}]
     for c in shown:
         columns += [{"header": f"{c} {labels[0]}", "num": True}, {"header": f"{c} {labels[1]}", "num": True}]
