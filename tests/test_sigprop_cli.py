@@ -136,6 +136,9 @@ def test_report_section_is_a_self_contained_html_page(files, tmp_path):
     assert set(table.columns) == {"model", "depth", "layer", "param", "quantity", "source", "value"}
     assert len(table) == len(res.layers) * table["quantity"].nunique()
     assert fig.axes
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # the caller owns the figure: leave no pyplot state for later tests
 
 
 def test_hugging_face_folder_theory_or_built_with_module_hf(tmp_path):
