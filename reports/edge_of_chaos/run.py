@@ -124,10 +124,7 @@ def run_experiment(args, p: dict) -> None:
     pa_df = df[df.part == "pa"].sort_values(["sigma_w2", "seed", "arm"], ignore_index=True)
     outputs.write_csv(runs, args.out / "runs.csv")
     outputs.write_csv(pa_df, args.out / "pa.csv")
-    meta = pd.DataFrame([{"quick": args.quick, "workers": args.workers,
-                          "wall_seconds": round(time.perf_counter() - start, 1),
-                          "torch": torch.__version__, "graphnn": graphnn.__version__}])
-    outputs.write_csv(meta, args.out / "meta.csv")
+    outputs.write_meta(args.out, quick=args.quick, workers=args.workers, start=start)
 
 
 # ----------------------------------------------------------------------------- analysis
