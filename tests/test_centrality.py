@@ -304,3 +304,20 @@ def test_index_mapped_blocks_components_and_centrality_equal_networkx():
             warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
             c = graphnn.eigenvector_centrality(g, solver=solver)["centrality"].to_numpy()
         np.testing.assert_allclose(c, [ref[k] for k in range(12)], atol=1e-6)
+
+
+def test_components_fold_into_a_forest_without_changing_the_labels(monkeypatch):
+    """With the fold threshold tiny, edges are folded into spanning forests after every chunk:
+    same components as networkx."""
+    from graphnn.analyses import components
+
+    monkeypatch.setattr(components, "_FOLD_EDGES", 3)
+    monkeypatch.setattr(components, "_SCAN_ELEMENTS", 4)
+    gen = torch.Generator().manual_seed(11)
+    w1 = torch.rand(6, 5, generator=gen, dtype=torch.float64) * (torch.rand(6, 5, generator=gen) < 0.3)
+    w2 = torch.rand(4, 6, generator=gen, dtype=torch.float64) * (torch.rand(4, 6, generator=gen) < 0.3)
+    g = make_graph([5, 6, 4], [("a", 0, 1, w1, 1), ("b", 1, 2, w2, 1)])
+    labels = graphnn.connected_components(g)["component"].to_numpy()
+    G = nx.from_numpy_array(dense_abs_adjacency(g))
+    expected = {frozenset(c) for c in nx.connected_components(G)}
+    assert {frozenset(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)} == expected

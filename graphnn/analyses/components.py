@@ -55,11 +55,16 @@ def _labels(n: int, edges: list[np.ndarray]) -> np.ndarray:
 def _fold(n: int, edges: list[np.ndarray]) -> list[np.ndarray]:
     """A spanning forest with the connectivity of ``edges``: each neuron joined to the first
     neuron of its component."""
-    labels = _labels(n, edges)
+    return [spanning_forest(_labels(n, edges))]
+
+
+def spanning_forest(labels: np.ndarray) -> np.ndarray:
+    """``(2, k)`` int64 edges joining every node to the first node of its component: the same
+    connectivity as ``labels`` in one edge per node at most."""
     _, first = np.unique(labels, return_index=True)  # the first node of each component
     root = first[labels]
-    keep = root != np.arange(n)
-    return [np.stack([np.arange(n)[keep], root[keep]])]
+    keep = root != np.arange(len(labels))
+    return np.stack([np.flatnonzero(keep), root[keep]]).astype(np.int64)
 
 
 def _rows(b, i: int, j: int) -> torch.Tensor:
@@ -94,8 +99,13 @@ def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
             if count > _FOLD_EDGES:
                 edges = _fold(n, edges)
                 count = edges[0].shape[1]
+    return labels_from_edges(n, edges)
+
+
+def labels_from_edges(n: int, edges: list[np.ndarray]) -> np.ndarray:
+    """Component label of each of ``n`` nodes joined by ``edges`` (``(2, k)`` arrays), numbered
+    by each component's first node, so labels do not depend on scipy's traversal order."""
     labels = _labels(n, edges)
-    # renumber by first node so labels do not depend on scipy's traversal order
     _, first = np.unique(labels, return_index=True)
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first)] = np.arange(len(first))

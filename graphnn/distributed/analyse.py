@@ -118,18 +118,11 @@ class DistributedOperator:
 
 def _labels(n: int, hosts: list[_Host], traffic: Traffic) -> np.ndarray:
     """Connected components of the non-zero edges (labels numbered by first node)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    from ..analyses.components import labels_from_edges
 
     forests = _results([h.actor.components() for h in hosts])
     traffic.add("components", *forests)
-    e = np.concatenate([h.nodes[f] for h, f in zip(hosts, forests)], axis=1) if forests else np.zeros((2, 0), np.int64)
-    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
-    labels = connected_components(adj, directed=False)[1].astype(np.int64)
-    _, first = np.unique(labels, return_index=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    return rank[labels]
+    return labels_from_edges(n, [h.nodes[f] for h, f in zip(hosts, forests)])
 
 
 def _centrality(g: LayeredGraph, hosts: list[_Host], *, normalise: str, tol: float | None, max_iter: int,

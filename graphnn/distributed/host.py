@@ -20,7 +20,7 @@ from ..graph import Block, count_nonfinite
 from ..analyses._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device,
                                 signed_and_abs_sums, use_copy)
 from ..analyses.centrality import BlockOperator
-from ..analyses.components import component_labels
+from ..analyses.components import component_labels, spanning_forest
 
 #: float64 entries gathered at a time when a peeling step reads the rows of removed neurons.
 _GATHER_ELEMENTS = 1 << 20
@@ -142,11 +142,7 @@ class BlockHost:
     def components(self) -> np.ndarray:
         """A spanning forest of this host's non-zero edges in local numbering: ``(2, k)`` int64
         pairs joining each neuron to the first neuron of its local component (O(nodes))."""
-        labels = component_labels(self.space.n, self._placed)
-        _, first = np.unique(labels, return_index=True)
-        root = first[labels]
-        keep = root != np.arange(self.space.n)
-        return np.stack([np.flatnonzero(keep), root[keep]]).astype(np.int64)
+        return spanning_forest(component_labels(self.space.n, self._placed))
 
     # -- hypercore -----------------------------------------------------------------------
     def _group(self, group: Sequence[str] | None):
