@@ -120,12 +120,11 @@ def _shape(text: str | None):
 
 
 def _device(option: str):
-    """``--device``: ``auto`` is CUDA when available (as for the other commands), else the CPU."""
-    if option != "auto":
-        return option
-    import torch
+    """``--device``: ``auto`` is CUDA when available (as for the other commands), else the CPU;
+    checked by the one device check (:func:`graphnn.validation.check_device`)."""
+    from .validation import check_device
 
-    return "cuda" if torch.cuda.is_available() else None
+    return check_device(option)
 
 
 def register(app: typer.Typer) -> None:
