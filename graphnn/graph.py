@@ -313,6 +313,8 @@ class LayeredGraph:
     coverage : one record per parameter of the source (see :attr:`coverage`).
     source : a short description of what was extracted (path or class name).
     notes : messages about the extraction (e.g. a topology fallback).
+    meta : free-form facts about how the graph was made, kept as :attr:`meta` (a dict); e.g. a
+        ΔW graph of :func:`graphnn.delta` records ``meta["delta"]`` and ``meta["all_zero"]``.
     """
 
     def __init__(
@@ -322,6 +324,7 @@ class LayeredGraph:
         coverage: Sequence[dict] | None = None,
         source: str | None = None,
         notes: Sequence[str] = (),
+        meta: Mapping | None = None,
     ):
         parts: dict[str, Partition] = {}
         for p in partitions:
@@ -356,6 +359,7 @@ class LayeredGraph:
         self._coverage_index = {r["name"]: r for r in self._coverage}
         self.source = source
         self.notes = list(notes)
+        self.meta: dict = dict(meta or {})
         offsets, total = {}, 0
         for name, p in parts.items():
             offsets[name] = total
