@@ -30,6 +30,7 @@ from .errors import (
 from .graph import Block, LayeredGraph, Partition
 from .analyses import Analysis, analyse, connected_components, eigenvector_centrality, hypercore, strength, strength_variance
 from . import extract  # callable module: graphnn.extract(source, ...)
+from .extract.delta import delta, delta_norms
 from . import rewire
 from .sigprop import signal_propagation
 
@@ -37,6 +38,8 @@ __all__ = [
     "__version__",
     # extract -> graph
     "extract", "LayeredGraph", "Partition", "Block",
+    # fine-tune deltas and adapters
+    "delta", "delta_norms",
     # analyses
     "strength", "strength_variance", "eigenvector_centrality", "connected_components", "hypercore", "analyse", "Analysis",
     # rewire / re-initialise
