@@ -10,13 +10,20 @@ MultiheadAttention: the pre-activations) and, for each layer:
   positions together);
 * ``kurtosis``: the excess kurtosis ``m₄/m₂² − 3`` of each unit (channel) over inputs and
   positions, averaged over units (0 for Gaussian pre-activations);
-* the partial Jacobians between layers: each layer's output is cut from the autograd graph in its
-  hook (a fresh leaf ``h^l`` continues the forward pass), so the output of a later layer ``m``
-  depends on ``h^l`` only through the operations between them. For ``K`` Rademacher probes ``v``,
-  Hutchinson's estimator ``E_v ‖vᵀ ∂h^m/∂h^l‖² = ‖∂h^m/∂h^l‖²_F`` gives
+* the partial Jacobians between layers, with :func:`torch.func.vjp`: each layer's output is cut
+  from the dataflow in its hook (its output is replaced by a stand-in ``h^l`` that continues the
+  forward pass), so the output of a later layer ``m`` depends on ``h^l`` only through the
+  operations between them. A first pass records every ``h^l`` (and, from its autograd graph,
+  which layers each layer reads directly); a second pass is the function
+  ``(h^1, ..., h^L) -> (outputs of the layers)`` given to ``torch.func.vjp``. For ``K``
+  Rademacher probes ``v`` (±1 entries, drawn per layer ``m`` from a generator seeded by
+  ``(seed, m)``), Hutchinson's estimator ``E_v ‖vᵀ ∂h^m/∂h^l‖² = ‖∂h^m/∂h^l‖²_F`` gives
   ``chi1_hat(l → m) = ‖∂h^m/∂h^l‖²_F / (number of entries of h^m)``, i.e. per input and per output
-  unit (and position). One backward pass per (layer m, probe) returns the vector–Jacobian products
-  for every earlier layer at once. For a chain ``m = l + 1`` and this is mean-field theory's χ₁.
+  unit (and position). One vector–Jacobian product per probe serves every layer pair at once, as
+  long as no two layers probed together read the same layer (layers that do are probed in separate
+  groups, so each pair's estimate is its own). For a chain ``m = l + 1`` and this is mean-field
+  theory's χ₁. A model that ``torch.func`` cannot transform (e.g. an ``autograd.Function`` without
+  ``setup_context``) gets q̂, ĉ and kurtosis only, and a note says why.
 
 The model runs in eval mode (dropout off, batch norm with its running statistics, so that inputs
 do not interact) and is put back in its previous mode afterwards; no parameter is changed.
@@ -28,6 +35,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -100,16 +108,37 @@ def run_empirical(model: nn.Module, inputs: Any, *, probes: int = 4, seed: int =
     handles = [r.module.register_forward_hook(hook(r)) for r in records.values()]
     was_training = model.training
     model.eval()
+
+    def call():
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, tuple):
+            return model(*inputs)
+        return model(inputs)
+
+    pair_rows: list[dict] = []
     try:
         with torch.enable_grad():
-            if isinstance(inputs, Mapping):
-                model(**inputs)
-            elif isinstance(inputs, tuple):
-                model(*inputs)
-            else:
-                model(inputs)
-            layer_rows = [_moments(records[n], paired) for n in order]
-            pair_rows = _jacobians([records[n] for n in order], probes, seed)
+            call()
+        for h in handles:
+            h.remove()
+        handles = []
+        recs = [records[n] for n in order]
+        layer_rows = [_moments(r, paired) for r in recs]
+        sources = direct_sources(recs)
+        values = [r.target.detach() for r in recs]
+        for r in recs:  # free the first pass's autograd graph before the second pass
+            r.target = r.leaf = None
+        if sources:
+            try:
+                with torch.no_grad():  # torch.func.vjp differentiates anyway; parameters stay constants
+                    pair_rows = _jacobians(call, recs, values, sources, probes, seed)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, NotImplementedError) as e:
+                notes.append(f"partial Jacobians (chi1_hat) not computed: torch.func.vjp cannot transform this "
+                             f"model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); q_hat, "
+                             "c_hat and kurtosis are unaffected")
     finally:
         for h in handles:
             h.remove()
@@ -145,24 +174,110 @@ def _moments(rec: _Record, paired: bool) -> dict:
     return {"module": rec.name, "q_hat": q, "c_hat": c, "kurtosis": kurt, "numel": y[0].numel()}
 
 
-def _jacobians(recs: list[_Record], probes: int, seed: int) -> list[dict]:
-    gen = torch.Generator().manual_seed(int(seed))
-    rows = []
-    for j, dst in enumerate(recs):
-        earlier = recs[:j]
-        if not earlier or not dst.target.requires_grad:
+def rademacher(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """One Hutchinson probe: a float64 tensor of ``shape`` with independent ±1 entries."""
+    return torch.randint(0, 2, shape, generator=generator, dtype=torch.float64) * 2 - 1
+
+
+def _probe_generator(seed: int, layer: int) -> torch.Generator:
+    """The probes of layer number ``layer`` (forward order): independent of which other layers are
+    probed and in which group, so the estimate of a pair depends on ``seed`` and the pair only."""
+    state = np.random.SeedSequence([int(seed), int(layer)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def direct_sources(recs: list[_Record]) -> dict[int, list[int]]:
+    """For each recorded layer ``m`` (index into ``recs``): the earlier layers whose outputs its
+    output depends on directly, i.e. through no other recorded layer. Read from the autograd graph
+    of the first pass, where each layer's output was replaced by a fresh leaf."""
+    leaf_of = {id(r.leaf): i for i, r in enumerate(recs) if r.leaf is not None}
+    out: dict[int, list[int]] = {}
+    for m, r in enumerate(recs):
+        if r.target is None or r.target.grad_fn is None:
             continue
-        sums: dict[int, list[float]] = {}
+        found, seen, stack = set(), set(), [r.target.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            var = getattr(node, "variable", None)  # AccumulateGrad: a leaf (a parameter or a stand-in)
+            if var is not None:
+                i = leaf_of.get(id(var))
+                if i is not None and i < m:
+                    found.add(i)
+                continue
+            stack.extend(fn for fn, _ in node.next_functions)
+        if found:
+            out[m] = sorted(found)
+    return out
+
+
+def probe_groups(sources: dict[int, list[int]]) -> list[list[int]]:
+    """Layers to probe together: greedily, in forward order, no two of a group share a source."""
+    groups: list[tuple[list[int], set[int]]] = []
+    for m, src in sources.items():
+        for members, used in groups:
+            if used.isdisjoint(src):
+                members.append(m)
+                used.update(src)
+                break
+        else:
+            groups.append(([m], set(src)))
+    return [members for members, _ in groups]
+
+
+def _jacobians(call, recs: list[_Record], values: list[torch.Tensor], sources: dict[int, list[int]],
+               probes: int, seed: int) -> list[dict]:
+    """Hutchinson estimates of ``‖∂h^m/∂h^l‖²_F / numel(h^m)`` for every layer ``m`` and each of
+    its ``sources[m]``, by :func:`torch.func.vjp` of the hooked forward pass ``call()`` as a
+    function of the layers' outputs ``values``."""
+    index = {r.name: i for i, r in enumerate(recs)}
+    sums: dict[tuple[int, int], list[float]] = {}
+    for group in probe_groups(sources):
+        wanted = set(group)
+
+        def forward(*stand_ins):
+            outs: dict[int, torch.Tensor] = {}
+            calls: dict[int, int] = {}
+
+            def hook(i):
+                def fn(mod, args, out):
+                    calls[i] = calls.get(i, 0) + 1
+                    if calls[i] > 1:
+                        return None  # as in the first pass: a layer used twice keeps its first call
+                    y = out[0] if isinstance(out, tuple) else out
+                    if i in wanted:
+                        outs[i] = y
+                    new = stand_ins[i].clone()  # in-place activations after the layer must not touch it
+                    return (new, *out[1:]) if isinstance(out, tuple) else new
+                return fn
+
+            handles = [r.module.register_forward_hook(hook(index[r.name])) for r in recs]
+            try:
+                call()
+            finally:
+                for h in handles:
+                    h.remove()
+            missing = wanted - set(outs)
+            if missing:
+                raise RuntimeError("the second forward pass did not call " + ", ".join(recs[i].name for i in missing))
+            return tuple(outs[m] for m in group)
+
+        _, vjp_fn = torch.func.vjp(forward, *values)
+        gens = {m: _probe_generator(seed, m) for m in group}
         for _ in range(probes):
-            v = torch.randint(0, 2, dst.target.shape, generator=gen).to(dst.target) * 2 - 1
-            grads = torch.autograd.grad(dst.target, [r.leaf for r in earlier], grad_outputs=v,
-                                        retain_graph=True, allow_unused=True)
-            for i, g in enumerate(grads):
-                if g is not None:
-                    sums.setdefault(i, []).append(float(g.double().pow(2).sum()) / dst.target.numel())
-        for i, vals in sums.items():
-            t = torch.tensor(vals, dtype=torch.float64)
-            se = float(t.std() / math.sqrt(len(vals))) if len(vals) > 1 else math.nan
-            rows.append({"src_module": earlier[i].name, "dst_module": dst.name, "chi1_hat": float(t.mean()),
-                         "chi1_hat_se": se})
+            cot = tuple(rademacher(tuple(values[m].shape), gens[m]).to(values[m]) for m in group)
+            grads = vjp_fn(cot)
+            for m in group:
+                n = values[m].numel()
+                for i in sources[m]:
+                    sums.setdefault((i, m), []).append(float(grads[i].double().pow(2).sum()) / n)
+        del vjp_fn
+    rows = []
+    for (i, m), vals in sorted(sums.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        t = torch.tensor(vals, dtype=torch.float64)
+        se = float(t.std() / math.sqrt(len(vals))) if len(vals) > 1 else math.nan
+        rows.append({"src_module": recs[i].name, "dst_module": recs[m].name, "chi1_hat": float(t.mean()),
+                     "chi1_hat_se": se})
     return rows
