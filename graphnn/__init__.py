@@ -28,7 +28,8 @@ from .errors import (
     UnsupportedSourceError,
 )
 from .graph import Block, LayeredGraph, Partition
-from .analyses import Analysis, analyse, connected_components, eigenvector_centrality, hypercore, strength, strength_variance
+from .analyses import (Analysis, analyse, connected_components, eigenvector_centrality, hypercore, null_model, strength,
+                       strength_variance)
 from . import extract  # callable module: graphnn.extract(source, ...)
 from .extract.delta import delta, delta_norms
 from . import rewire
@@ -42,6 +43,7 @@ __all__ = [
     "delta", "delta_norms",
     # analyses
     "strength", "strength_variance", "eigenvector_centrality", "connected_components", "hypercore", "analyse", "Analysis",
+    "null_model",
     # rewire / re-initialise
     "rewire", "signal_propagation",
     # errors and warnings

@@ -5,13 +5,15 @@ read the weight blocks directly (no edge list, no networkx).
 * :func:`eigenvector_centrality` (``centrality.py``), :func:`connected_components` (``components.py``)
 * :func:`hypercore` (``hypercore.py``)
 * :func:`analyse` and :class:`Analysis` (``summary.py``): all of it in one pass over the blocks.
+* :func:`null_model` (``null_model.py``): the metrics against shuffled or rewired null copies.
 """
 
 from .centrality import eigenvector_centrality
 from .components import connected_components
 from .hypercore import hypercore
+from .null_model import null_model
 from .strength import strength, strength_variance, tensor_strength_variance
 from .summary import Analysis, analyse
 
-__all__ = ["Analysis", "analyse", "connected_components", "eigenvector_centrality", "hypercore", "strength", "strength_variance",
+__all__ = ["Analysis", "analyse", "connected_components", "eigenvector_centrality", "hypercore", "null_model", "strength", "strength_variance",
            "tensor_strength_variance"]

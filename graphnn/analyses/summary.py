@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import InvalidParameterError
 from ..graph import Block, LayeredGraph
 from ..validation import check_bool, check_choice
 from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device, resolve_dtype,
@@ -41,6 +42,9 @@ class Analysis:
     :func:`graphnn.analyses.strength.block_tensor`) and ``mean_abs_weight`` (over structural
     edges). ``centrality_info``: eigenvalue, iterations, converged, residual, solver, normalise.
     ``options``: the options used. ``runtime_s``: wall time; ``timings``: seconds per step.
+    ``null``: with ``analyse(..., null=K)``, the null-model baseline of
+    :func:`graphnn.null_model` (observed value, null mean and std, z, p per layer and metric);
+    ``None`` otherwise.
     """
 
     neurons: pd.DataFrame
@@ -50,6 +54,7 @@ class Analysis:
     options: dict = field(default_factory=dict)
     runtime_s: float = 0.0
     timings: dict = field(default_factory=dict)
+    null: pd.DataFrame | None = None
 
     def __repr__(self) -> str:
         return (f"Analysis({len(self.layers)} layers, {len(self.neurons)} neurons, {len(self.blocks)} blocks, "
@@ -73,6 +78,9 @@ def analyse(
     progress: Callable[[str, int, int], None] | None = None,
     client: Any = None,
     per_component: bool = False,
+    null: int | None = None,
+    null_kind: str = "shuffle",
+    seed: int | None = None,
 ) -> Analysis:
     """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
     numbers of ``g``, reading every block's matrix once. Returns an :class:`Analysis`.
@@ -85,10 +93,21 @@ def analyse(
     ``centrality`` and ``hypercore`` advance. A bad option raises
     :class:`~graphnn.errors.InvalidParameterError`.
 
+    ``null=K``: also compare the metrics with ``K`` null copies of ``g`` (``null_kind``:
+    ``"shuffle"`` or ``"rewire"``; ``seed`` makes it reproducible), stored as ``a.null``: see
+    :func:`graphnn.null_model` and docs/null-models.md. Not with ``client``.
+
     ``client``: a ``distributed.Client``: the same analyses run on its Dask workers, blocks
     placed by shard (:mod:`graphnn.distributed`; ``device`` is then where each worker computes).
     """
     check_bool("per_component", per_component)
+    if null is not None:
+        from .null_model import check_null
+
+        check_null(null, null_kind, seed)
+        if client is not None:
+            raise InvalidParameterError("null= runs on one process only in this version: leave out client= "
+                                        "(or the --dask option) to compute a null-model baseline")
     if client is not None:
         from ..distributed import analyse_distributed
 
@@ -173,8 +192,17 @@ def analyse(
     blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS).astype(
         {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
          "var_cols": "float64", "mean_abs_weight": "float64"})
-    return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
-                    options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+    a = Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
+                 options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+    return a if null is None else _with_null(g, a, null, null_kind, seed, normalise, tol, max_iter, dtype, device)
+
+
+def _with_null(g: LayeredGraph, a: Analysis, n, kind, seed, normalise, tol, max_iter, dtype, device) -> Analysis:
+    """``a`` with its null-model baseline (:func:`graphnn.analyses.null_model.attach_null`)."""
+    from .null_model import attach_null
+
+    return attach_null(g, a, n, kind, seed, normalise=normalise, tol=tol, max_iter=max_iter, dtype=dtype,
+                       device=device)
 
 
 def strength_columns(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
