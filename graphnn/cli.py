@@ -527,12 +527,43 @@ _LAYER_TABLE_COLUMNS = ("layer", "kind", "size", "strength_mean", "strength_std"
                         "abs_strength_mean", "centrality_mean", "centrality_max", "core_max")
 
 
-def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | None = None):
+def _check_null_options(null: int | None, kind: str, seed: int | None, table: str | None,
+                        dask: str | None) -> dict:
+    """The analyse options of ``--null K --null-kind --seed`` (empty without ``--null``); bad values
+    are usage errors."""
+    if null is None:
+        if table == "null":
+            raise typer.BadParameter("--table null shows the null-model baseline: add --null K (e.g. --null 99)",
+                                     param_hint="--table")
+        return {}
+    from .analyses.null_model import check_null
+
+    try:
+        check_null(null, kind, seed)
+    except InvalidParameterError as e:
+        if str(e).startswith("n "):
+            raise typer.BadParameter(f"--null K is the number of null copies: a positive integer (e.g. 99), not "
+                                     f"{null}", param_hint="--null") from None
+        raise typer.BadParameter(str(e), param_hint="--seed") from None
+    if dask is not None:
+        raise typer.BadParameter("--null runs on one process only in this version: drop --dask to compute it",
+                                 param_hint="--null")
+    return {"null": null, "null_kind": kind, "seed": seed}
+
+
+def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | None = None,
+                  analyse_options: dict | None = None):
     from .report.pipeline import analyse_file
 
     _check_device(device)
     if dask is None:
-        res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress)
+        res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress, analyse_options=analyse_options)
+        null = getattr(res.analysis, "null", None)
+        if null is not None:
+            entropy = null.attrs.get("seed_entropy")
+            log.info("null model: %d %s copies, seed %s%s", int(null["n"].iloc[0]) if len(null) else 0,
+                     (analyse_options or {}).get("null_kind"), entropy,
+                     "" if (analyse_options or {}).get("seed") is not None else f" (pass --seed {entropy} to repeat)")
     else:  # the analyses on a Dask cluster (graphnn.distributed)
         from .distributed import close, connect
 
@@ -554,9 +585,10 @@ def analyse(
     ckpt: Checkpoint,
     fmt: Format = None,
     output: Output = None,
-    table: Annotated[Optional[Literal["layers", "neurons", "blocks", "all"]], typer.Option(
+    table: Annotated[Optional[Literal["layers", "neurons", "blocks", "null", "all"]], typer.Option(
         "--table", help="Which table: layers (one row per layer), neurons, blocks (one row per weight "
-                        "tensor) or all (json only). Default: layers; all for json.")] = None,
+                        "tensor), null (the --null baseline) or all (json only). Default: layers; all for "
+                        "json.")] = None,
     include: Include = None,
     exclude: Exclude = None,
     conv: Conv = "l2",
@@ -564,6 +596,16 @@ def analyse(
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
+    null: Annotated[Optional[int], typer.Option(
+        "--null", metavar="K", show_default=False,
+        help="Compare each layer's metrics with K null copies of the weights (z-score and empirical p; "
+             "--table null, and in the json). See docs/null-models.md.")] = None,
+    null_kind: Annotated[Literal["shuffle", "rewire"], typer.Option(
+        "--null-kind", help="shuffle: entries permuted within each tensor; rewire: permuted keeping "
+                            "every neuron's strength (nearly) and sign counts.")] = "shuffle",
+    seed: Annotated[Optional[int], typer.Option(
+        "--seed", show_default=False,
+        help="Seed of the --null draws (same seed, same table); without it one is drawn and logged.")] = None,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", metavar="local:N|tcp://HOST:PORT",
         help="Run the analyses on Dask: local:N starts N local workers, tcp://HOST:PORT uses a running "
@@ -580,6 +622,7 @@ def analyse(
             parse_address(dask)
         except InvalidParameterError as e:
             raise typer.BadParameter(str(e), param_hint="--dask") from None
+    null_options = _check_null_options(null, null_kind, seed, table, dask)
     s = _Session(quiet, verbose)
     fmt_option, fmt = fmt, _resolve_format(fmt, output)
     table = table or ("all" if fmt == "json" else "layers")
@@ -591,14 +634,21 @@ def analyse(
     _check_device(device)
     with s.running():
         res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
-                            device, dask)
+                            device, dask, null_options)
         a = res.analysis
         s.finish()
         frames = {"layers": a.layers, "neurons": a.neurons, "blocks": a.blocks}
+        if getattr(a, "null", None) is not None:
+            frames["null"] = a.null
+        elif table == "null":
+            raise InvalidParameterError("--table null: no null model was computed for this input (it needs "
+                                        "--null K, and is not available with --base)")
         meta = {"command": "analyse", "source": str(ckpt), "sha256": res.provenance.sha256,
                 "options": res.provenance.options, "coverage_fraction": res.graph.coverage_fraction,
                 "centrality_info": dict(getattr(a, "centrality_info", None) or {}),
                 "runtime_s": res.provenance.runtime_s}
+        if "null" in frames:
+            meta["null_seed_entropy"] = str(a.null.attrs.get("seed_entropy"))
         if fmt == "json":
             chosen = frames if table == "all" else {table: frames[table]}
             _emit_frame(a.layers, fmt, output, meta=meta, tables=chosen, overwrite=overwrite)
