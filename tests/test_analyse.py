@@ -20,7 +20,7 @@ SETTINGS = settings(max_examples=25, deadline=None)
 def _assert_matches_individual_functions(g, a):
     n = a.neurons
     assert list(n.columns) == ["layer", "neuron", "in_strength", "out_strength", "strength", "abs_strength",
-                               "centrality", "core"]
+                               "centrality", "core", "layer_index", "role"]
     for d, col in (("in", "in_strength"), ("out", "out_strength"), ("total", "strength")):
         np.testing.assert_allclose(n[col], graphnn.strength(g, d)[col], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(n["abs_strength"], graphnn.strength(g, signed=False)["abs_strength"],
@@ -92,7 +92,7 @@ def test_parts_can_be_skipped():
     a = graphnn.analyse(g, centrality=False)
     assert "centrality" not in a.neurons and "core" in a.neurons and a.centrality_info == {}
     a = graphnn.analyse(g, core=False, strength=False)
-    assert list(a.neurons.columns) == ["layer", "neuron", "centrality"]
+    assert list(a.neurons.columns) == ["layer", "neuron", "centrality", "layer_index", "role"]
     assert "centrality_mean" in a.layers and "strength_mean" not in a.layers
     assert len(a.blocks) == 2 and a.options["core"] is False
 
@@ -124,7 +124,7 @@ def test_progress_reports_every_step_up_to_its_total():
         mine = [c for c in calls if c[0] == step]
         assert all(0 <= d <= t for _, d, t in mine)
         assert mine[-1][1] == mine[-1][2]  # finished
-    assert a.runtime_s > 0 and set(a.timings) == {"load_and_strength", "centrality", "hypercore"}
+    assert a.runtime_s > 0 and set(a.timings) == {"load_and_strength", "spectral", "centrality", "hypercore"}
 
 
 def test_bad_options_say_what_to_use():

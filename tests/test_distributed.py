@@ -73,15 +73,25 @@ def llama_folder(tmp_path_factory):
 
 def _assert_same(local, dist, centrality_atol=1e-9):
     assert list(local.neurons.columns) == list(dist.neurons.columns)
+    names = ["layer_index", "role"]  # the names' transformer block and role: equal as written
     for col in local.neurons.columns:
         a, b = local.neurons[col].to_numpy(), dist.neurons[col].to_numpy()
         if col == "centrality":
             np.testing.assert_allclose(b.astype(float), a.astype(float), rtol=0, atol=centrality_atol)
+        elif col in names:
+            assert local.neurons[col].equals(dist.neurons[col]), col
         else:
             assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), col
-    assert local.blocks.equals(dist.blocks)
-    np.testing.assert_allclose(dist.layers.drop(columns=["layer", "kind"]).to_numpy(float),
-                               local.layers.drop(columns=["layer", "kind"]).to_numpy(float), rtol=1e-9, atol=1e-12)
+    spectral = [c for c in ("spectral_norm", "stable_rank", "frobenius_norm") if c in local.blocks]
+    assert spectral == [c for c in ("spectral_norm", "stable_rank", "frobenius_norm") if c in dist.blocks]
+    assert local.blocks.drop(columns=spectral).equals(dist.blocks.drop(columns=spectral))
+    np.testing.assert_allclose(dist.blocks[spectral].to_numpy(float), local.blocks[spectral].to_numpy(float),
+                               rtol=1e-9)  # an SVD on another worker's threads may differ in the last bits
+    for col in names:
+        assert local.layers[col].equals(dist.layers[col]), col
+    np.testing.assert_allclose(dist.layers.drop(columns=["layer", "kind", *names]).to_numpy(float),
+                               local.layers.drop(columns=["layer", "kind", *names]).to_numpy(float), rtol=1e-9,
+                               atol=1e-12)
 
 
 def test_sharded_folder_equals_single_process(client, llama_folder):

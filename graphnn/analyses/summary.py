@@ -19,6 +19,8 @@ from ._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_dev
 from .centrality import check_options, leading_eigenvector
 from .components import component_labels
 from .hypercore import _weighting, as_integers, cores_on
+from .roles import add_role_columns
+from .spectral import SPECTRAL_COLUMNS, block_spectrum, join_weightwatcher, weightwatcher_alpha
 from .strength import (STATS, add_block_sums, block_tensor, describe, neuron_frame, tensor_strength_variance,
                        unbiased_var)
 
@@ -39,8 +41,13 @@ class Analysis:
     neuron metric and the stats ``mean, var, std, cv, max`` (unbiased var; cv = std / |mean|).
     ``blocks``: one row per block, ``block, param, src, dst, n_dst, n_src, edges, kind,
     aggregation, J, var_rows, var_cols`` (Scabini et al.'s tensor view, see
-    :func:`graphnn.analyses.strength.block_tensor`) and ``mean_abs_weight`` (over structural
-    edges). ``centrality_info``: eigenvalue, iterations, converged, residual, solver, normalise.
+    :func:`graphnn.analyses.strength.block_tensor`), ``mean_abs_weight`` (over structural
+    edges) and, with ``spectral=True``, ``spectral_norm, stable_rank, frobenius_norm`` of the
+    block's signed matrix (:mod:`graphnn.analyses.spectral`); ``ww_alpha`` with
+    ``weightwatcher=True``. Every table ends with ``layer_index`` (nullable Int64) and ``role``
+    (str or None): the transformer block and role read from the names
+    (:mod:`graphnn.analyses.roles`; None for names that are not transformer weights).
+    ``centrality_info``: eigenvalue, iterations, converged, residual, solver, normalise.
     ``options``: the options used. ``runtime_s``: wall time; ``timings``: seconds per step.
     ``null``: with ``analyse(..., null=K)``, the null-model baseline of
     :func:`graphnn.null_model` (observed value, null mean and std, z, p per layer and metric);
@@ -81,6 +88,8 @@ def analyse(
     null: int | None = None,
     null_kind: str = "shuffle",
     seed: int | None = None,
+    spectral: bool = True,
+    weightwatcher: bool = False,
 ) -> Analysis:
     """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
     numbers of ``g``, reading every block's matrix once. Returns an :class:`Analysis`.
@@ -92,6 +101,11 @@ def analyse(
     ``threshold`` and ``top``. ``progress(step, done, total)`` is called as the steps ``load``,
     ``centrality`` and ``hypercore`` advance. A bad option raises
     :class:`~graphnn.errors.InvalidParameterError`.
+
+    ``spectral``: add the block table's spectral columns (one SVD or a few dozen Lanczos
+    products per block, :mod:`graphnn.analyses.spectral`). ``weightwatcher``: add ``ww_alpha``,
+    WeightWatcher's α per layer (needs ``pip install 'graphnn[weightwatcher]'``; reads every
+    mapped parameter once more).
 
     ``null=K``: also compare the metrics with ``K`` null copies of ``g`` (``null_kind``:
     ``"shuffle"`` or ``"rewire"``; ``seed`` makes it reproducible), stored as ``a.null``: see
@@ -108,13 +122,16 @@ def analyse(
         if client is not None:
             raise InvalidParameterError("null= runs on one process only in this version: leave out client= "
                                         "(or the --dask option) to compute a null-model baseline")
+    check_bool("spectral", spectral)
+    check_bool("weightwatcher", weightwatcher)
     if client is not None:
         from ..distributed import analyse_distributed
 
-        return analyse_distributed(
+        a = analyse_distributed(
             g, client, strength=strength, centrality=centrality, core=core, normalise=normalise, tol=tol,
             max_iter=max_iter, core_scope=core_scope, core_threshold=core_threshold, core_top=core_top,
-            dtype=dtype, device=device, progress=progress, per_component=per_component)
+            dtype=dtype, device=device, progress=progress, per_component=per_component, spectral=spectral)
+        return _with_weightwatcher(g, a) if weightwatcher else a
     t_start = time.perf_counter()
     check_options(normalise, "auto", max_iter)
     check_choice("core_scope", core_scope, ("network", "block"))
@@ -126,7 +143,7 @@ def analyse(
     options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise,
                "tol": tol, "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold,
                "core_top": core_top, "dtype": str(dt).replace("torch.", ""), "device": str(dev),
-               "per_component": per_component}
+               "per_component": per_component, "spectral": spectral, "weightwatcher": weightwatcher}
     timings: dict[str, float] = {}
 
     n = g.num_nodes
@@ -146,7 +163,7 @@ def analyse(
         rows, cols, arows, acols = signed_and_abs_sums(w)
         add_block_sums(g, b, rows, cols, sums["in"], sums["out"])
         add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])
-        block_recs.append(_block_record(b, rows, cols, arows, raw))
+        block_recs.append(_block_record(b, rows, cols, arows, raw, w if spectral else None))
         del raw
         if centrality or (core and not weighting.integral):
             ab = AbsBlock(b, w, Weighting(), dt, dev, copy)
@@ -161,6 +178,9 @@ def analyse(
     if progress:
         progress("load", len(todo), len(todo))
     timings["load_and_strength"] = time.perf_counter() - t0
+    if spectral:  # measured inside the loading loop, reported on its own
+        timings["spectral"] = sum(r.pop("_spectral_s", 0.0) for r in block_recs)
+        timings["load_and_strength"] -= timings["spectral"]
 
     columns: dict[str, np.ndarray] = strength_columns(sums) if strength else {}
 
@@ -189,12 +209,33 @@ def analyse(
 
     neurons = neuron_frame(g, columns)
     layers = _layer_table(g, neurons, [c for c in columns])
-    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS).astype(
-        {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
-         "var_cols": "float64", "mean_abs_weight": "float64"})
+    blocks = block_frame(block_recs, spectral)
+    add_role_columns(g, neurons, layers, blocks)
     a = Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
                  options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
+    a = _with_weightwatcher(g, a) if weightwatcher else a
     return a if null is None else _with_null(g, a, null, null_kind, seed, normalise, tol, max_iter, dtype, device)
+
+
+def block_frame(block_recs: list[dict[str, Any]], spectral: bool) -> pd.DataFrame:
+    """The block table from :func:`_block_record` rows (with the spectral columns when
+    ``spectral``; the role columns are added by :func:`~graphnn.analyses.roles.add_role_columns`)."""
+    columns = _BLOCK_COLUMNS + (list(SPECTRAL_COLUMNS) if spectral else [])
+    return pd.DataFrame(block_recs, columns=columns).astype(
+        {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
+         "var_cols": "float64", "mean_abs_weight": "float64", **{c: "float64" for c in columns[len(_BLOCK_COLUMNS):]}})
+
+
+def _with_weightwatcher(g: LayeredGraph, a: Analysis) -> Analysis:
+    """``a`` with WeightWatcher's ``ww_alpha`` joined into its block table (before the role
+    columns, which stay last)."""
+    t0 = time.perf_counter()
+    blocks = join_weightwatcher(a.blocks, weightwatcher_alpha(g))
+    last = [c for c in ("layer_index", "role") if c in blocks.columns]
+    a.blocks = blocks[[c for c in blocks.columns if c not in last] + last]
+    a.timings["weightwatcher"] = time.perf_counter() - t0
+    a.runtime_s += a.timings["weightwatcher"]
+    return a
 
 
 def _with_null(g: LayeredGraph, a: Analysis, n, kind, seed, normalise, tol, max_iter, dtype, device) -> Analysis:
@@ -227,8 +268,14 @@ def _layer_table(g: LayeredGraph, neurons: pd.DataFrame, metrics: list[str]) -> 
 
 
 def _block_record(b: Block, rows: torch.Tensor, cols: torch.Tensor, abs_rows: torch.Tensor,
-                  raw: torch.Tensor) -> dict[str, Any]:
-    """One row of the block table from the block's signed and |w| row/column sums."""
+                  raw: torch.Tensor, w: torch.Tensor | None = None) -> dict[str, Any]:
+    """One row of the block table from the block's signed and |w| row/column sums; given the
+    block's masked matrix ``w``, its spectral columns too (and ``_spectral_s``, their seconds)."""
+    extra: dict[str, Any] = {}
+    if w is not None:
+        t0 = time.perf_counter()
+        extra = block_spectrum(w, name=b.name)
+        extra["_spectral_s"] = time.perf_counter() - t0
     if b.aggregation is None:  # the tensor view is this matrix: reuse its sums
         vr, vc = unbiased_var(rows.cpu().numpy()), unbiased_var(cols.cpu().numpy())
         j = 0.5 * (vr + vc)
@@ -237,4 +284,4 @@ def _block_record(b: Block, rows: torch.Tensor, cols: torch.Tensor, abs_rows: to
     return {"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
             "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind, "aggregation": b.aggregation,
             "J": j, "var_rows": vr, "var_cols": vc,
-            "mean_abs_weight": float(abs_rows.sum()) / b.num_edges if b.num_edges else float("nan")}
+            "mean_abs_weight": float(abs_rows.sum()) / b.num_edges if b.num_edges else float("nan"), **extra}

@@ -285,6 +285,7 @@ def analyse_distributed(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     per_component: bool = False,
+    spectral: bool = False,
 ):
     """:func:`graphnn.analyse` on the workers of ``client`` (a ``distributed.Client``); the
     same :class:`~graphnn.analyses.summary.Analysis`, with ``centrality_info["dask"]`` and
@@ -296,7 +297,8 @@ def analyse_distributed(
     from ..analyses.centrality import check_options
     from ..analyses.hypercore import _weighting, as_integers
     from ..analyses.strength import add_block_sums, neuron_frame
-    from ..analyses.summary import _BLOCK_COLUMNS, Analysis, _layer_table, strength_columns
+    from ..analyses.roles import add_role_columns
+    from ..analyses.summary import Analysis, _layer_table, block_frame, strength_columns
 
     _check_client(client)
     t_start = time.perf_counter()
@@ -315,7 +317,7 @@ def analyse_distributed(
     options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise, "tol": tol,
                "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold, "core_top": core_top,
                "dtype": str(dt).replace("torch.", ""), "device": device, "per_component": per_component,
-               "dask": _address(client)}
+               "spectral": spectral, "dask": _address(client)}
     timings: dict[str, Any] = {}
     traffic = Traffic()
 
@@ -325,7 +327,7 @@ def analyse_distributed(
     if progress:
         progress("load", 0, len(hosts))
     loaded: dict[str, dict] = {}
-    futures = [h.actor.load(need_abs, core) for h in hosts]
+    futures = [h.actor.load(need_abs, core, spectral) for h in hosts]
     for i, f in enumerate(futures):
         for rec in f.result():
             loaded[rec["name"]] = rec
@@ -340,7 +342,7 @@ def analyse_distributed(
         add_block_sums(g, b, torch.from_numpy(rec["rows"]), torch.from_numpy(rec["cols"]), sums["in"], sums["out"])
         add_block_sums(g, b, torch.from_numpy(rec["abs_rows"]), torch.from_numpy(rec["abs_cols"]),
                        sums["abs_in"], sums["abs_out"])
-        block_recs.append(rec["record"])
+        block_recs.append({k: v for k, v in rec["record"].items() if k != "_spectral_s"})
         _note_nonfinite(g, b.param, rec["nonfinite"])
     timings["load_and_strength"] = time.perf_counter() - t0
 
@@ -377,9 +379,8 @@ def analyse_distributed(
         h.actor = None
     neurons = neuron_frame(g, columns)
     layers = _layer_table(g, neurons, list(columns))
-    blocks = pd.DataFrame(block_recs, columns=_BLOCK_COLUMNS).astype(
-        {"n_dst": "int64", "n_src": "int64", "edges": "int64", "J": "float64", "var_rows": "float64",
-         "var_cols": "float64", "mean_abs_weight": "float64"})
+    blocks = block_frame(block_recs, spectral)
+    add_role_columns(g, neurons, layers, blocks)
     return Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
                     options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
 

@@ -94,11 +94,12 @@ class BlockHost:
         self._placed = self._core_placed = None
 
     # -- load ----------------------------------------------------------------------------
-    def load(self, need_abs: bool, need_core: bool) -> list[dict]:
+    def load(self, need_abs: bool, need_core: bool, spectral: bool = False) -> list[dict]:
         """Read every block's tensor once: per block its signed and |w| row and column sums
         (matrix space, float64), its block-table record and its NaN/Inf count; keep the |w|
         blocks for the later requests (``need_abs``: centrality or |w| cores; ``need_core``
-        with a threshold: the 0/1 core blocks too)."""
+        with a threshold: the 0/1 core blocks too; ``spectral``: the records carry the blocks'
+        spectral columns)."""
         from ..analyses.summary import _block_record
 
         out = []
@@ -108,7 +109,8 @@ class BlockHost:
             rows, cols, arows, acols = signed_and_abs_sums(w)
             out.append({"name": b.name, "rows": rows.cpu().numpy(), "cols": cols.cpu().numpy(),
                         "abs_rows": arows.cpu().numpy(), "abs_cols": acols.cpu().numpy(),
-                        "record": _block_record(b, rows, cols, arows, raw), "nonfinite": count_nonfinite(raw)})
+                        "record": _block_record(b, rows, cols, arows, raw, w if spectral else None),
+                        "nonfinite": count_nonfinite(raw)})
             del raw
             if need_abs:
                 ab = AbsBlock(b, w, Weighting(), self.dtype, self.device, self.copy)

@@ -1,0 +1,153 @@
+"""Transformer layer index and role of a parameter, block or partition, read from its name.
+
+:func:`name_role` maps a name such as ``model.layers.3.self_attn.q_proj.weight`` to
+``(3, "q")``. Roles:
+
+* attention: ``q``, ``k``, ``v``, ``qkv`` (one fused tensor), ``kv`` (fused k/v, MLA's
+  ``kv_a``/``kv_b``), ``o`` (output projection);
+* MLP: ``gate``, ``up``, ``gate_up`` (fused), ``down``;
+* mixture of experts: ``router`` (the expert gate, Qwen's ``shared_expert_gate``), ``expert``
+  (any weight of a routed expert; shared experts keep ``gate``/``up``/``down``);
+* ``embed`` (token, position, patch embeddings), ``head`` (LM head, classifier, projection to a
+  joint space), ``pooler``, ``norm`` (layer/RMS norms);
+* ``stream`` (a residual-stream partition; :func:`partition_role` only).
+
+The layer index is the number after the first ``layers``/``layer``/``h``/``block``/``blocks``
+segment (the transformer block within its tower: T5's ``encoder.block.2.layer.1.…`` is
+block 2; the encoder and decoder of a seq2seq model each count from 0); ``None`` outside the
+stack (embeddings, heads). A name without a recognised role gives ``(None, None)``, so the
+names of CNNs and MLPs (``layer1.0.conv1``, ``0.weight``) get no role and no index.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import pandas as pd
+
+#: Segments whose next segment is the transformer block number.
+_CONTAINERS = frozenset({"layers", "layer", "h", "block", "blocks", "transformer_blocks"})
+#: Trailing segments that name a tensor of a module rather than the module.
+_TENSOR_NAMES = frozenset({"weight", "bias", "weight_orig", "in_proj_bias", "scale"})
+
+_EMBED = frozenset({"embed_tokens", "wte", "wpe", "word_embeddings", "position_embeddings",
+                    "token_type_embeddings", "embed_positions", "embed_in", "token_embedding",
+                    "position_embedding", "patch_embedding", "patch_embeddings", "cls_token", "class_embedding",
+                    "shared", "embeddings", "embedding", "embed"})
+_HEAD = frozenset({"lm_head", "embed_out", "classifier", "score", "qa_outputs", "text_projection",
+                   "visual_projection", "head", "cls"})
+_ROUTER = frozenset({"router", "shared_expert_gate", "switch"})
+_MOE_PARENTS = frozenset({"mlp", "block_sparse_moe", "moe", "feed_forward", "ffn", "sparse_moe"})
+
+#: Module (last segment) name -> role, where the name alone decides.
+_BY_NAME = {
+    **dict.fromkeys(("q_proj", "q", "query", "q_lin", "wq", "q_a_proj", "q_b_proj", "to_q", "query_proj", "q_attn"),
+                    "q"),
+    **dict.fromkeys(("k_proj", "k", "key", "k_lin", "wk", "to_k", "key_proj"), "k"),
+    **dict.fromkeys(("v_proj", "v", "value", "v_lin", "wv", "to_v", "value_proj"), "v"),
+    **dict.fromkeys(("qkv", "qkv_proj", "c_attn", "query_key_value", "wqkv", "w_pack", "in_proj_weight"), "qkv"),
+    **dict.fromkeys(("kv_proj", "kv", "kv_a_proj_with_mqa", "kv_b_proj", "kv_a_proj"), "kv"),
+    **dict.fromkeys(("o_proj", "o", "out_lin", "to_out", "attn_out"), "o"),
+    **dict.fromkeys(("gate_proj", "wi_0", "w1"), "gate"),
+    **dict.fromkeys(("up_proj", "wi_1", "w3", "c_fc", "fc1", "dense_h_to_4h", "lin1", "wi", "fc_in"), "up"),
+    "gate_up_proj": "gate_up",
+    **dict.fromkeys(("down_proj", "w2", "fc2", "dense_4h_to_h", "lin2", "fc_out"), "down"),
+}
+#: Split-block suffixes (``c_attn.weight[q]``, ``gate_up_proj.weight[up]``) -> role.
+_SUFFIX = {"q": "q", "k": "k", "v": "v", "qkv": "qkv", "kv": "kv", "gate": "gate", "up": "up"}
+_NORM = re.compile(r"(norm|layrnorm|^ln(_|\d|$)|_ln$)")
+_SUFFIXES = re.compile(r"\[([^\]]*)\]")
+
+
+def _attention_context(segments: Iterable[str]) -> bool:
+    return any("attn" in s or "attention" in s or s == "mha" for s in segments)
+
+
+def _role_of(segments: list[str], suffixes: list[str]) -> str | None:
+    """The role of a name split into lower-case ``segments`` (tensor names removed) and its
+    bracket ``suffixes``."""
+    if not segments:
+        return None
+    if "experts" in segments:
+        return "expert"
+    last = segments[-1]
+    parent = segments[-2] if len(segments) > 1 else ""
+    if last in _ROUTER or "router" in segments or (last == "gate" and parent in _MOE_PARENTS):
+        return "router"
+    named = [s for s in suffixes if not s.isdigit()]
+    if named and named[-1] in _SUFFIX:
+        return _SUFFIX[named[-1]]
+    if _NORM.search(last):
+        return "norm"
+    if segments[0] in _HEAD or any(s in _HEAD and s != "cls" for s in segments):
+        return "head"
+    if any(s in _EMBED for s in segments):
+        return "embed"
+    if "pooler" in segments:
+        return "pooler"
+    if last in _BY_NAME:
+        return _BY_NAME[last]
+    attention = _attention_context(segments[:-1])
+    if last in ("wo", "c_proj", "out_proj", "proj", "dense"):
+        if attention:
+            return "o"
+        if last in ("wo", "c_proj"):
+            return "down"
+        if last == "dense" and "intermediate" in segments:
+            return "up"
+        if last == "dense" and parent == "output":
+            return "down"
+    return None
+
+
+def name_role(name: str) -> tuple[int | None, str | None]:
+    """``(layer index, role)`` of a parameter, block or module name (module docstring), or
+    ``(None, None)`` when the name is not a recognised transformer weight.
+
+    >>> name_role("model.layers.3.self_attn.q_proj.weight")
+    (3, 'q')
+    >>> name_role("transformer.h.0.attn.c_attn.weight[v]")
+    (0, 'v')
+    >>> name_role("layer1.0.conv1.weight")
+    (None, None)
+    """
+    if not isinstance(name, str):
+        return (None, None)
+    suffixes = _SUFFIXES.findall(name)
+    segments = [s for s in _SUFFIXES.sub("", name).lower().split(".") if s]
+    while segments and segments[-1] in _TENSOR_NAMES:
+        segments.pop()
+    role = _role_of(segments, [s.lower() for s in suffixes])
+    if role is None:
+        return (None, None)
+    index = next((int(segments[i + 1]) for i in range(len(segments) - 1)
+                  if segments[i] in _CONTAINERS and segments[i + 1].isdigit()), None)
+    return (index, role)
+
+
+def partition_role(name: str, kind: str = "features", members: Iterable[str] = ()) -> tuple[int | None, str | None]:
+    """``(layer index, role)`` of a partition: ``stream`` for a residual stream; for an input
+    partition (``model.embed_tokens.in``) the role of the layer that reads it; the gate ⊙ up
+    partition of a gated MLP (members ``gate_proj`` and ``up_proj``) is ``gate_up``."""
+    if kind == "residual":
+        return (None, "stream")
+    base = name[:-3] if kind == "input" and name.endswith(".in") else name
+    index, role = name_role(base)
+    roles = {name_role(m)[1] for m in members}
+    if roles >= {"gate", "up"} and role in ("gate", "up"):
+        role = "gate_up"
+    return (index, role)
+
+
+def add_role_columns(g, neurons: pd.DataFrame, layers: pd.DataFrame, blocks: pd.DataFrame) -> None:
+    """Append ``layer_index`` (nullable ``Int64``) and ``role`` (str or ``None``) to the
+    neuron, layer and block tables of an analysis of ``g``, in place: neurons and layers by
+    their partition (:func:`partition_role`), blocks by their name (:func:`name_role`)."""
+    by_part = {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
+    none = (None, None)
+    for frame, pairs in ((layers, [by_part.get(n, none) for n in layers["layer"]]),
+                         (blocks, [name_role(n) for n in blocks["block"]]),
+                         (neurons, [by_part.get(n, none) for n in neurons["layer"]])):
+        frame["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
+        frame["role"] = pd.Series([r for _, r in pairs], index=frame.index, dtype=object)

@@ -1,0 +1,219 @@
+"""Spectral columns of a block: spectral norm, stable rank and Frobenius norm of its signed
+``(n_dst, n_src)`` matrix, and (optionally) WeightWatcher's power-law exponent α per layer.
+
+The matrix is the block's :meth:`~graphnn.Block.matrix` as stored (matrix space), entries
+outside a grouped conv's diagonal groups set to 0:
+
+* a Linear (or HF ``Conv1D``, transposed) block: the layer's own weight, so these are the
+  singular values of the linear map the layer applies;
+* an index-mapped block (grouped-query attention's ``o_proj``, a slice of a concatenation):
+  the matrix before the index map, i.e. parallel edges are *not* merged (merging columns that
+  reach one neuron would sum them and change the singular values);
+* a conv block: the channel matrix after the kernel aggregation (``conv="l2"``: entry
+  ``(i, j)`` is ``‖W[i, j, ...]‖₂``), not the convolution operator; a Linear after a flatten
+  likewise uses the aggregated channel matrix;
+* a fused tensor split into blocks (``c_attn.weight[q]``): each part on its own.
+
+Definitions: ``spectral_norm`` σ₁ = largest singular value (‖W‖₂), ``frobenius_norm``
+‖W‖_F = sqrt(Σ w²), ``stable_rank`` = ‖W‖²_F / ‖W‖²₂ (between 1 and rank(W); NaN for an
+all-zero matrix). All in the weights' own units (float64 results).
+
+σ₁ of a block with at most :data:`DENSE_MAX_ENTRIES` entries comes from
+``torch.linalg.matrix_norm(ord=2)`` (a full SVD, float64). Larger blocks use Lanczos on the
+Gram matrix of the shorter side (``WᵀW`` or ``WWᵀ``) with full reorthogonalisation, from a
+fixed pseudo-random start (``torch.Generator`` seeded with 0, so the same on every run), until
+the Ritz residual ``‖G y − θ y‖ ≤ tol · θ`` (``tol`` = 1e-10 in float64; matrices above
+:data:`FLOAT64_MAX_ENTRIES` entries are multiplied in float32, ``tol`` = 1e-6); then
+σ₁ = sqrt(θ). Each step costs one product with ``W`` and one with ``Wᵀ``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import ConvergenceWarning, InvalidParameterError, MissingDependencyError
+
+#: Blocks with at most this many entries get a full SVD.
+DENSE_MAX_ENTRIES = 1 << 18
+#: Above this many entries the Lanczos products run in float32 (a float64 copy would be large).
+FLOAT64_MAX_ENTRIES = 1 << 24
+#: Lanczos steps before giving up (a :class:`ConvergenceWarning`; the estimate is then a lower bound).
+MAX_STEPS = 400
+SPECTRAL_COLUMNS = ("spectral_norm", "stable_rank", "frobenius_norm")
+METHODS = ("auto", "dense", "lanczos")
+
+
+def spectral_norm(w: torch.Tensor, *, method: str = "auto", tol: float | None = None,
+                  max_steps: int = MAX_STEPS, name: str = "matrix") -> float:
+    """Largest singular value of the 2-D tensor ``w`` (float). ``method``: ``"dense"``
+    (``torch.linalg.matrix_norm(ord=2)``), ``"lanczos"`` (module docstring) or ``"auto"``
+    (dense up to :data:`DENSE_MAX_ENTRIES` entries). ``tol``: the Lanczos relative residual
+    (default 1e-10 in float64, 1e-6 in float32). NaN when ``w`` has NaN/Inf entries."""
+    if method not in METHODS:
+        raise InvalidParameterError(f"method={method!r}: use one of {', '.join(METHODS)}")
+    if w.dim() != 2:
+        raise InvalidParameterError(f"{name}: expected a 2-D matrix, got shape {tuple(w.shape)}")
+    if w.numel() == 0:
+        return 0.0
+    if not bool(torch.isfinite(w).all()):
+        return float("nan")
+    if method == "dense" or (method == "auto" and w.numel() <= DENSE_MAX_ENTRIES):
+        return float(torch.linalg.matrix_norm(w.to(torch.float64), ord=2))
+    return _lanczos_norm(w, tol=tol, max_steps=max_steps, name=name)
+
+
+def _lanczos_norm(w: torch.Tensor, *, tol: float | None, max_steps: int, name: str) -> float:
+    dt = torch.float64 if w.numel() <= FLOAT64_MAX_ENTRIES else torch.float32
+    tol = (1e-10 if dt == torch.float64 else 1e-6) if tol is None else float(tol)
+    a = w if w.dtype == dt else w.to(dt)
+    tall = a.shape[0] >= a.shape[1]  # iterate on the shorter side: WᵀW (n_src) or WWᵀ (n_dst)
+    d = a.shape[1] if tall else a.shape[0]
+
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dt)
+        y = a.T @ (a @ x) if tall else a @ (a.T @ x)
+        return y.to(torch.float64)
+
+    gen = torch.Generator().manual_seed(0)
+    steps = min(max_steps, d)
+    basis = torch.zeros(steps + 1, d, dtype=torch.float64, device=a.device)
+    q = torch.randn(d, generator=gen, dtype=torch.float64).to(a.device)
+    basis[0] = q / torch.linalg.vector_norm(q)
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta = 0.0
+    for j in range(steps):
+        z = gram(basis[j])
+        alphas.append(float(basis[j] @ z))
+        for _ in range(2):  # full reorthogonalisation, twice ("twice is enough")
+            z = z - basis[:j + 1].T @ (basis[:j + 1] @ z)
+        beta = float(torch.linalg.vector_norm(z))
+        top, vec = _top_ritz(alphas, betas)
+        theta = max(top, 0.0)
+        if beta * abs(vec) <= tol * theta or beta <= 1e-300 or theta == 0.0:
+            return math.sqrt(theta)
+        betas.append(beta)
+        basis[j + 1] = z / beta
+    if steps < d:
+        warnings.warn(f"{name}: the spectral norm did not converge in {steps} Lanczos steps (tolerance {tol:g}); "
+                      "the value is a lower bound", ConvergenceWarning, stacklevel=3)
+    return math.sqrt(theta)
+
+
+def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
+    """Largest eigenvalue of the Lanczos tridiagonal matrix and the last entry of its unit
+    eigenvector (the residual of that Ritz pair is ``beta * |entry|``)."""
+    if len(alphas) == 1:
+        return alphas[0], 1.0
+    from scipy.linalg import eigh_tridiagonal
+
+    k = len(alphas) - 1
+    evals, evecs = eigh_tridiagonal(np.asarray(alphas), np.asarray(betas), select="i", select_range=(k, k))
+    return float(evals[-1]), float(evecs[-1, -1])
+
+
+def block_spectrum(w: torch.Tensor, *, method: str = "auto", name: str = "matrix") -> dict[str, float]:
+    """``spectral_norm``, ``stable_rank`` and ``frobenius_norm`` of one block's matrix ``w``
+    (masked: non-edges already 0); see the module docstring for the definitions."""
+    fro = float(torch.linalg.vector_norm(w, dtype=torch.float64)) if w.numel() else 0.0
+    if not math.isfinite(fro):
+        return dict.fromkeys(SPECTRAL_COLUMNS, float("nan"))
+    sigma = spectral_norm(w, method=method, name=name) if fro > 0 else 0.0
+    return {"spectral_norm": sigma, "stable_rank": (fro / sigma) ** 2 if sigma > 0 else float("nan"),
+            "frobenius_norm": fro}
+
+
+def graph_spectrum(g, *, method: str = "auto") -> pd.DataFrame:
+    """:func:`block_spectrum` of every block of ``g``: a frame ``block, param,
+    spectral_norm, stable_rank, frobenius_norm`` (the columns :func:`graphnn.analyse` adds to
+    its block table)."""
+    from ._blocks import masked
+
+    recs = []
+    for b in g.blocks.values():
+        recs.append({"block": b.name, "param": b.param, **block_spectrum(masked(b, b.matrix()), method=method,
+                                                                           name=b.name)})
+    return pd.DataFrame(recs, columns=["block", "param", *SPECTRAL_COLUMNS])
+
+
+# -- WeightWatcher ---------------------------------------------------------------------------------
+class _GraphTensors(dict):
+    """The graph's mapped parameters as the ``dict`` WeightWatcher reads (``name -> tensor``),
+    each tensor read from its block when WeightWatcher asks for it."""
+
+    def __init__(self, g):
+        super().__init__()
+        self._blocks = {}
+        for b in g.blocks.values():
+            self._blocks.setdefault(b.param, b)
+            dict.__setitem__(self, b.param, None)
+
+    def __getitem__(self, key):
+        return self._blocks[key].tensor().detach().to("cpu")
+
+    def values(self):  # pragma: no cover - WeightWatcher reads by key
+        return [self[k] for k in self]
+
+    def items(self):  # pragma: no cover
+        return [(k, self[k]) for k in self]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """WeightWatcher prints its progress on stdout and logs at INFO: keep both off graphnn's
+    stdout (where data goes) and its warnings out of the user's."""
+    ww_log = logging.getLogger("weightwatcher")
+    level = ww_log.level
+    ww_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        ww_log.setLevel(level)
+
+
+def weightwatcher_alpha(source: Any) -> pd.DataFrame:
+    """WeightWatcher's per-layer power-law exponent α (``weightwatcher`` package, ``pip install
+    'graphnn[weightwatcher]'``), from ``WeightWatcher(model=...).analyze()``: a frame ``param,
+    ww_alpha`` with ``param`` the weight's name (``<layer longname>.weight``). ``source``: an
+    ``nn.Module``, a state dict, or a :class:`~graphnn.LayeredGraph` (its mapped parameters,
+    read one at a time). Layers WeightWatcher skips (too small, 3-D expert tensors without a
+    ``.weight`` name) are absent. The fits are WeightWatcher's own; graphnn only joins them."""
+    try:
+        with _quiet():
+            import weightwatcher as ww
+    except ImportError as e:
+        raise MissingDependencyError(
+            "the WeightWatcher alpha column needs the weightwatcher package: pip install 'graphnn[weightwatcher]' "
+            "(or leave weightwatcher=False)") from e
+    from ..graph import LayeredGraph
+
+    model = _GraphTensors(source) if isinstance(source, LayeredGraph) else source
+    if isinstance(model, Mapping) and not isinstance(model, dict):
+        model = dict(model)
+    with _quiet():
+        details = ww.WeightWatcher(model=model).analyze()
+    if details is None or len(details) == 0 or "alpha" not in details:
+        return pd.DataFrame({"param": pd.Series([], dtype=object), "ww_alpha": pd.Series([], dtype="float64")})
+    names = details["longname"] if "longname" in details else details["name"]
+    return pd.DataFrame({"param": [f"{n}.weight" for n in names.astype(str)],
+                         "ww_alpha": details["alpha"].astype("float64").to_numpy()})
+
+
+def join_weightwatcher(blocks: pd.DataFrame, alphas: pd.DataFrame) -> pd.DataFrame:
+    """``blocks`` with a ``ww_alpha`` column joined by ``param`` (NaN where WeightWatcher has
+    no value; every block of a split tensor gets the tensor's α)."""
+    by_param = dict(zip(alphas["param"], alphas["ww_alpha"]))
+    out = blocks.copy()
+    out["ww_alpha"] = out["param"].map(by_param).astype("float64")
+    return out
