@@ -247,7 +247,7 @@ def big_analysis(n_layers: int, huge_layer: int) -> SimpleNamespace:
     rng = np.random.default_rng(0)
     sizes = [64] * n_layers
     sizes[n_layers // 2] = huge_layer
-    names = [f"blocks.{i // 4}.mlp.fc{i % 4}" for i in range(n_layers)]
+    names = [f"stage{i // 4}.unit.dense{i % 4}" for i in range(n_layers)]  # no transformer roles
     neurons = pd.concat([pd.DataFrame({"layer": n, "neuron": np.arange(s), "strength": rng.normal(size=s),
                                        "abs_strength": rng.random(s), "centrality": rng.random(s) / 100,
                                        "core": rng.random(s) * 10})

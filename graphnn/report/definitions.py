@@ -52,6 +52,26 @@ METRICS: dict[str, tuple[str, str, str]] = {
         "other members is at least k (weighted generalised core, graphnn's definition).",
         "In units of |w| (a strength); non-negative; higher means deeper in the densely, strongly wired core.",
     ),
+    "spectral_norm": (
+        "spectral norm",
+        "Largest singular value ||W||_2 of a block's signed (n_dst, n_src) matrix (aggregation applied).",
+        "Non-negative; same units as the weights.",
+    ),
+    "stable_rank": (
+        "stable rank",
+        "||W||_F^2 / ||W||_2^2 of a block's matrix: how many directions carry its energy.",
+        "Between 1 (rank one) and the matrix rank; scale-free.",
+    ),
+    "frobenius_norm": (
+        "Frobenius norm",
+        "||W||_F = sqrt(sum of squared weights) of a block's matrix.",
+        "Non-negative.",
+    ),
+    "ww_alpha": (
+        "WeightWatcher alpha",
+        "Power-law exponent of the layer's empirical spectral density, as fitted by the weightwatcher package.",
+        "Joined by layer name; computed by weightwatcher itself, not re-implemented here.",
+    ),
     "mean_abs_weight": (
         "mean |w|",
         "Mean absolute edge weight of a block.",

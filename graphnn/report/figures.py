@@ -25,6 +25,8 @@ from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .labels import short_label
+
 #: Layers drawn one by one (a box / bar per layer); above this, per-layer percentile bands.
 MAX_LAYERS_DRAWN = 60
 #: Neurons sampled per layer for distribution plots (seeded, so reports are reproducible).
@@ -56,11 +58,6 @@ def to_data_uri(fig: Figure) -> str:
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     fig.clf()
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def short_label(name: str, width: int = 44) -> str:
-    """Keep the informative end of a long layer name: ``…layer.5.attention.output.dense``."""
-    return name if len(name) <= width else "\u2026" + name[-(width - 1):]
 
 
 def _new_figure(width: float, height: float, ncols: int = 1, sharey: bool = False):
@@ -348,4 +345,84 @@ def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J
             ax.set_ylabel("")
         _figure_legend(fig, [ax])
         ax.set_xlabel("J = (Var row sums + Var column sums) / 2") if len(order) <= MAX_LAYERS_DRAWN else ax.set_ylabel("J")
+        return to_data_uri(fig)
+
+
+# -- metrics against the transformer layer index, one line per role ------------------------------
+def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4) -> str:
+    """One panel per metric: its value against ``layer_index``, one line (and marker) per
+    ``role``; rows without a layer index are left out, rows sharing a (layer index, role) pair
+    (experts) are averaged. A panel uses a log axis when its values are positive and span more
+    than two decades."""
+    d = frame[frame["layer_index"].notna()].copy()
+    d["layer_index"] = d["layer_index"].astype(int)
+    d["role"] = d["role"].fillna("other").astype(str)
+    roles = list(dict.fromkeys(d["role"]))
+    palette = dict(zip(roles, sns.color_palette("tab10" if len(roles) <= 10 else "husl", len(roles))))
+    markers = dict(zip(roles, "osD^vP*Xhp<>" * 3))
+    metrics = [m for m in metrics if m in d.columns]
+    ncols = max(1, min(ncols, len(metrics)))
+    nrows = -(-len(metrics) // ncols)
+    with _style():
+        fig = Figure(figsize=(_WIDE, 0.6 + 2.7 * nrows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        for ax, m in zip(axes, metrics):
+            g = d.groupby(["role", "layer_index"], sort=False)[m].mean().reset_index()
+            for role in roles:
+                s = g[g["role"] == role].sort_values("layer_index")
+                vals = pd.to_numeric(s[m], errors="coerce")
+                if not np.isfinite(vals.to_numpy(dtype=float)).any():
+                    continue
+                ax.plot(s["layer_index"], vals, marker=markers[role], markersize=3.5, lw=1.3,
+                        label=role, color=palette[role])
+            _symmetric_log_if_wide(ax, pd.to_numeric(d[m], errors="coerce").to_numpy(dtype=float), axis="y")
+            ax.set_title(titles.get(m, m))
+            ax.set_xlabel("layer index")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
+        handles, labels = [], []
+        for ax in axes[:len(metrics)]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        if handles:
+            fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 8), frameon=False,
+                       title="role")
+        return to_data_uri(fig)
+
+
+def role_bands(neurons: pd.DataFrame, column: str, ylabel: str, zero_line: bool = False) -> str:
+    """The distribution of a neuron metric against ``layer_index``, one panel per ``role``
+    (shared y axis): the median as a line, the 25-75 % and 5-95 % ranges as bands (neurons
+    without a layer index are left out; one role's partitions in one layer are pooled)."""
+    d = neurons[neurons["layer_index"].notna()][["layer_index", "role", column]].copy()
+    d["layer_index"] = d["layer_index"].astype(int)
+    d["role"] = d["role"].fillna("other").astype(str)
+    d = d[np.isfinite(d[column].to_numpy(dtype=float))]
+    roles = list(dict.fromkeys(d["role"]))
+    palette = dict(zip(roles, sns.color_palette("tab10" if len(roles) <= 10 else "husl", len(roles))))
+    q = d.groupby(["role", "layer_index"], sort=False)[column].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
+    ncols = max(1, min(4, len(roles)))
+    nrows = -(-len(roles) // ncols)
+    with _style():
+        fig = Figure(figsize=(_WIDE, 0.5 + 2.5 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+        for ax, role in zip(axes, roles):
+            s = q.loc[role].sort_index()
+            x = s.index.to_numpy()
+            ax.fill_between(x, s[0.05], s[0.95], color=palette[role], alpha=0.15, lw=0, label="5-95 %")
+            ax.fill_between(x, s[0.25], s[0.75], color=palette[role], alpha=0.35, lw=0, label="25-75 %")
+            ax.plot(x, s[0.5], marker="o", markersize=3, lw=1.4, color=palette[role], label="median")
+            if zero_line:
+                ax.axhline(0, color="0.3", lw=0.8, ls="--")
+            ax.set_title(f"role: {role}")
+            ax.set_xlabel("layer index")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        for k, ax in enumerate(axes):
+            if k % ncols == 0 and k < len(roles):
+                ax.set_ylabel(ylabel)
+            if k >= len(roles):
+                ax.set_visible(False)
         return to_data_uri(fig)

@@ -16,7 +16,9 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from . import figures
+from markupsafe import Markup
+
+from . import figures, grouping, topology
 from .compare import available_metrics, compare_blocks, compare_layers, compare_layers_long
 from .definitions import CONV_AGGREGATION, METRICS, describe_column
 from .provenance import Provenance
@@ -97,6 +99,9 @@ def _bytes(n: int | None) -> str:
 def _definitions(analysis) -> list[dict]:
     keys = ["in_strength", "out_strength", "strength", "abs_strength", "strength_var", "J",
             "centrality", "core"]
+    blocks = getattr(analysis, "blocks", None)
+    keys += [k for k in ("spectral_norm", "stable_rank", "frobenius_norm", "ww_alpha")
+             if blocks is not None and k in blocks.columns]
     rows = [{"name": METRICS[k][0], "definition": METRICS[k][1], "convention": METRICS[k][2]} for k in keys]
     agg = set()
     if hasattr(analysis, "blocks") and "aggregation" in analysis.blocks:
@@ -124,19 +129,30 @@ def _fed_by(graph, layer: str) -> tuple[str, str]:
 def _layer_table(analysis, graph) -> dict:
     layers = analysis.layers
     cols = [c for c in LAYER_COLUMNS if c in layers.columns]
+    show_roles = _has(layers, "layer_index", "role") and layers["layer_index"].notna().any()
     rows = []
     for rec in layers.to_dict("records"):
         name = str(rec["layer"])
         fed, fed_full = _fed_by(graph, name)
         rows.append({
             "layer": name, "kind": str(rec.get("kind", "")), "fed_by": fed, "fed_by_full": fed_full,
+            "role": _role_text(rec) if show_roles else None,
             "cells": [fmt(rec[c]) for c in cols],
         })
     return {
         "columns": [{"key": c, "header": _HEADERS.get(c, c), "help": describe_column(c)} for c in cols],
         "rows": rows,
         "show_fed_by": graph is not None,
+        "show_roles": bool(show_roles),
     }
+
+
+def _role_text(rec: Mapping) -> str:
+    """``3 · q`` (layer index and role), ``stream``, or an en dash."""
+    li, role = grouping._clean(rec.get("layer_index"), rec.get("role"))
+    if li is None and role is None:
+        return "\u2013"
+    return " \u00b7 ".join(str(x) for x in (li, role) if x is not None)
 
 
 def _blocks_table(analysis) -> dict:
@@ -150,8 +166,11 @@ def _blocks_table(analysis) -> dict:
     if _has(b, "n_dst", "n_src"):
         cols.append({"key": "shape", "header": "n dst \u00d7 n src", "help": "block shape (destination x source neurons)",
                      "cls": "num"})
-    for key, header, cls in (("edges", "edges", "num"), ("kind", "kind", ""), ("aggregation", "aggregation", ""),
-                             ("J", "J", "num"), ("mean_abs_weight", "mean |w|", "num")):
+    for key, header, cls in (("layer_index", "layer index", "num"), ("role", "role", ""),
+                             ("edges", "edges", "num"), ("kind", "kind", ""), ("aggregation", "aggregation", ""),
+                             ("J", "J", "num"), ("mean_abs_weight", "mean |w|", "num"),
+                             ("spectral_norm", "spectral norm", "num"), ("stable_rank", "stable rank", "num"),
+                             ("frobenius_norm", "Frobenius norm", "num"), ("ww_alpha", "WW \u03b1", "num")):
         if key in b.columns:
             cols.append({"key": key, "header": header, "help": describe_column(key), "cls": cls})
     rows = []
@@ -162,7 +181,7 @@ def _blocks_table(analysis) -> dict:
                 text = f"{r['src']} \u2192 {r['dst']}"
             elif c["key"] == "shape":
                 text = f"{fmt(r['n_dst'])} \u00d7 {fmt(r['n_src'])}"
-            elif c["key"] in ("kind", "aggregation"):
+            elif c["key"] in ("kind", "aggregation", "role"):
                 v = r[c["key"]]
                 text = "\u2013" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
             else:
@@ -233,26 +252,93 @@ def _has(df: pd.DataFrame, *cols: str) -> bool:
     return all(c in df.columns for c in cols)
 
 
-def _single_figures(analysis) -> list[dict]:
+#: Per-partition and per-block metrics drawn against the layer index when roles are known.
+ROLE_LAYER_METRICS = ("strength_var", "abs_strength_mean", "centrality_mean", "core_mean")
+ROLE_BLOCK_METRICS = ("J", "mean_abs_weight", "spectral_norm", "stable_rank")
+_ROLE_TITLES = {"strength_var": "strength variance (partition)", "abs_strength_mean": "|strength| mean (partition)",
+                "centrality_mean": "centrality mean (partition)", "core_mean": "core mean (partition)",
+                "J": "J (weight tensor)", "mean_abs_weight": "mean |w| (weight tensor)",
+                "spectral_norm": "spectral norm (weight tensor)", "stable_rank": "stable rank (weight tensor)"}
+
+
+def _role_figures(layers_r: pd.DataFrame | None, blocks_r: pd.DataFrame | None) -> list[dict]:
+    """Metric against layer index, one line per role (partitions, then weight tensors)."""
+    out = []
+    if grouping.is_layered(layers_r):
+        ms = [m for m in ROLE_LAYER_METRICS if m in layers_r.columns]
+        if ms:
+            n_out = int(layers_r["layer_index"].isna().sum())
+            out.append({"id": "fig-roles-layers", "title": "Partition metrics by layer and role",
+                        "uri": figures.role_lines(layers_r, ms, _ROLE_TITLES),
+                        "caption": "Each partition's metric against its transformer layer index, one line per role "
+                                   "(q, k, v: attention projections' outputs; up/gate: MLP hidden units; ...). "
+                                   f"{n_out} partition(s) without a layer index (residual stream, embeddings, head) "
+                                   "are in the layer table only; several partitions of one role in one layer "
+                                   "(experts) are averaged."})
+    if grouping.is_layered(blocks_r):
+        ms = [m for m in ROLE_BLOCK_METRICS if m in blocks_r.columns]
+        if ms:
+            out.append({"id": "fig-roles-blocks", "title": "Weight-tensor metrics by layer and role",
+                        "uri": figures.role_lines(blocks_r, ms, _ROLE_TITLES),
+                        "caption": "Each weight tensor's metric against its transformer layer index, one line per "
+                                   "role (q, k, v, o: attention; up, gate, down: MLP). J = (Var of row sums + Var "
+                                   "of column sums) / 2; spectral norm = largest singular value; stable rank = "
+                                   "||W||_F^2 / ||W||_2^2 (when computed)."})
+    return out
+
+
+def _neuron_roles(neurons: pd.DataFrame, layers_r: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``neurons`` with ``layer_index``/``role`` (its own columns, else its partition's)."""
+    if _has(neurons, "layer_index", "role") and neurons["layer_index"].notna().any():
+        return neurons
+    if layers_r is None or not _has(neurons, "layer"):
+        return None
+    by = {str(n): (li, r) for n, li, r in zip(layers_r["layer"], layers_r["layer_index"], layers_r["role"])}
+    out = neurons.copy()
+    names = out["layer"].astype(str)
+    out["layer_index"] = pd.array(names.map(lambda n: by.get(n, (None, None))[0]).tolist(), dtype="Int64")
+    out["role"] = names.map(lambda n: by.get(n, (None, None))[1]).astype(object)
+    return out if out["layer_index"].notna().any() else None
+
+
+def _single_figures(analysis, layers_r: pd.DataFrame | None = None, blocks_r: pd.DataFrame | None = None) -> list[dict]:
     n, lay = analysis.neurons, analysis.layers
     out = []
+    role_figs = _role_figures(layers_r, blocks_r)
+    out += role_figs
     big = len(lay) > figures.MAX_LAYERS_DRAWN
     sample_note = (f" Layers with more than {figures.MAX_POINTS_PER_LAYER:,} neurons are drawn from a "
                    f"seeded random sample of {figures.MAX_POINTS_PER_LAYER:,}.")
     band_note = (f" With {len(lay)} layers (more than {figures.MAX_LAYERS_DRAWN}) each layer is summarised by "
                  "its median, 25-75 % and 5-95 % percentiles along the layer axis.")
-    if _has(n, "strength"):
+    neurons_r = _neuron_roles(n, layers_r) if role_figs else None
+    by_role = neurons_r is not None
+    role_note = (" Neurons of partitions without a layer index (residual stream, embeddings, head) are left out; "
+                 "the layer table has their numbers.")
+    if by_role and _has(n, "strength"):
+        out.append({"id": "fig-strength", "title": "Strength distribution by layer and role",
+                    "uri": figures.role_bands(neurons_r, "strength", "strength (signed sum of weights)", zero_line=True),
+                    "caption": "Signed total strength (in + out) of the neurons of each role against the layer index, one "
+                               "panel per role: median (line), 25-75 % and 5-95 % of the neurons (bands; dashed line "
+                               "at 0)." + role_note})
+    elif _has(n, "strength"):
         out.append({"id": "fig-strength", "title": "Strength distribution per layer",
                     "uri": figures.strength_distribution(n, lay),
                     "caption": "Signed total strength (in + out) of every neuron, one box per layer "
                                "(box: quartiles, whiskers: 1st-99th percentile, outliers not drawn; dashed "
                                "line at 0)." + (band_note if big else sample_note + _KIND_NOTE)})
-    if _has(lay, "strength_var"):
+    if not role_figs and _has(lay, "strength_var"):
         out.append({"id": "fig-variance", "title": "Strength variance per layer",
                     "uri": figures.strength_variance_per_layer(lay),
                     "caption": "Unbiased variance of the neurons' signed strength within each layer; a log "
                                "axis is used when the values span more than two decades." + ("" if big else _KIND_NOTE)})
-    if _has(n, "centrality"):
+    if by_role and _has(n, "centrality"):
+        out.append({"id": "fig-centrality", "title": "Eigenvector centrality by layer and role",
+                    "uri": figures.role_bands(neurons_r, "centrality", "eigenvector centrality"),
+                    "caption": "Eigenvector centrality (|w| adjacency of the whole network) of the neurons of each "
+                               "role against the layer index, one panel per role: median (line), 25-75 % and 5-95 % of "
+                               "the neurons (bands)." + role_note})
+    elif _has(n, "centrality"):
         out.append({"id": "fig-centrality", "title": "Eigenvector centrality per layer",
                     "uri": figures.centrality_per_layer(n, lay),
                     "caption": "Eigenvector centrality of every neuron on the |w| adjacency of the whole "
@@ -270,24 +356,128 @@ def _options(analysis) -> dict:
     return dict(getattr(analysis, "options", None) or {})
 
 
+def _notes_banner(notes: Sequence[str]) -> dict | None:
+    """All notes in one banner: identical notes once (with how many times they occurred), in
+    the order first seen; ``None`` without notes."""
+    counts: dict[str, int] = {}
+    for n in notes:
+        counts[str(n)] = counts.get(str(n), 0) + 1
+    if not counts:
+        return None
+    items = [{"text": t, "count": c} for t, c in counts.items()]
+    return {"count": len(notes), "distinct": len(items), "items": items}
+
+
+def _graph_views(analysis, graph, layers_r: pd.DataFrame | None, metric: str) -> list[dict]:
+    """The topology drawing (partition level) and, for small graphs, the neuron-level one."""
+    if graph is None:
+        return []
+    roles = {}
+    if layers_r is not None:
+        roles = {str(n): (li, r) for n, li, r in zip(layers_r["layer"], layers_r["layer_index"], layers_r["role"])}
+    blocks = getattr(analysis, "blocks", None)
+    label = METRICS[metric][0] if metric in METRICS else metric
+    svg, caption = topology.topology_svg(graph, blocks, roles, metric=metric, metric_label=label, svg_id="topology-svg")
+    views = [{"id": "topology", "title": "Topology: partitions and weight tensors",
+              "svg": Markup(svg) if svg else None, "caption": caption}]
+    neurons = getattr(analysis, "neurons", None)
+    column = "centrality" if neurons is not None and "centrality" in neurons else "core"
+    if graph.num_nodes <= topology.MAX_NEURON_VIEW:
+        nsvg, ncap = topology.neuron_svg(graph, neurons, column=column, svg_id="neuron-svg")
+        views.append({"id": "topology-neurons", "title": "Neuron-level graph", "svg": Markup(nsvg) if nsvg else None,
+                      "caption": ncap})
+    return views
+
+
+#: Null-model rows whose |z| reaches this are marked as differing from their null.
+Z_MARK = 3.0
+
+
+def _null_table(null: pd.DataFrame | None) -> dict | None:
+    """The null-model frame (``a.null``): one row per (layer, metric), |z| >= :data:`Z_MARK`
+    marked."""
+    if null is None or not isinstance(null, pd.DataFrame) or not len(null):
+        return None
+    cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind")
+            if c in null.columns]
+    headers = {"null_mean": "null mean", "null_std": "null std"}
+    rows = []
+    flagged = 0
+    for r in null.to_dict("records"):
+        z = r.get("z")
+        mark = z is not None and isinstance(z, (int, float, np.floating)) and np.isfinite(z) and abs(z) >= Z_MARK
+        flagged += bool(mark)
+        rows.append({"mark": bool(mark), "cells": [{"text": str(r[c]) if c in ("layer", "scope", "metric", "kind")
+                                                    else fmt(r[c]), "num": c not in ("layer", "scope", "metric", "kind")}
+                                                   for c in cols]})
+    kinds = sorted({str(k) for k in null["kind"].dropna()}) if "kind" in null else []
+    n = sorted({int(k) for k in null["n"].dropna()}) if "n" in null else []
+    return {"columns": [{"header": headers.get(c, c), "num": c not in ("layer", "scope", "metric", "kind")} for c in cols],
+            "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK,
+            "kinds": ", ".join(kinds) or "\u2013", "n": ", ".join(map(str, n)) or "\u2013"}
+
+
+def _delta_section(graph, delta_norms: pd.DataFrame | None) -> dict | None:
+    """Per-block ‖ΔW‖_F, ‖W_base‖_F and their ratio, from ``delta_norms`` or a ΔW graph's
+    ``meta["norms"]``; a ratio is shown only where ‖W_base‖_F is not near zero
+    (:data:`NEAR_ZERO_REL`)."""
+    meta = dict(getattr(graph, "meta", None) or {})
+    if delta_norms is None and meta.get("norms") is not None:
+        delta_norms = pd.DataFrame(meta["norms"])
+    if delta_norms is None or not isinstance(delta_norms, pd.DataFrame) or not len(delta_norms):
+        return None
+    d = delta_norms
+    base = pd.to_numeric(d.get("frobenius_base", pd.Series(np.nan, index=d.index)), errors="coerce").to_numpy(dtype=float)
+    scale = float(np.nanmax(np.abs(base))) if np.isfinite(base).any() else 0.0
+    rows = []
+    for r, b in zip(d.to_dict("records"), base):
+        rel = r.get("relative")
+        if rel is None or not np.isfinite(b) or abs(b) <= NEAR_ZERO_REL * scale or b == 0:
+            rel_text = "\u2013"
+        else:
+            rel_text = f"{100 * float(rel):.2f} %"
+        rows.append([str(r.get("block", "")), fmt(r.get("frobenius_delta")), fmt(r.get("frobenius_base")), rel_text]
+                    + ([fmt(r.get("max_abs_delta"))] if "max_abs_delta" in d else []))
+    info = meta.get("delta") or {}
+    return {"rows": rows, "has_max": "max_abs_delta" in d, "base": str(info.get("base", "")),
+            "tuned": str(info.get("tuned", "")), "all_zero": meta.get("all_zero"),
+            "changed": int((pd.to_numeric(d.get("frobenius_delta"), errors="coerce") > 0).sum())
+            if "frobenius_delta" in d else None}
+
+
 # -- public API ------------------------------------------------------------------------------
-def render_report(analysis, provenance: Provenance, graph=None, *, title: str | None = None) -> str:
-    """HTML of one analysed checkpoint: provenance header, summary, metric definitions, the
-    per-layer table, the four figures, the weight-tensor table and the coverage (skipped
-    parameters with reasons). ``graph`` (the extracted :class:`LayeredGraph`) adds coverage
-    and the blocks feeding each layer."""
+def render_report(analysis, provenance: Provenance, graph=None, *, title: str | None = None,
+                  delta_norms: pd.DataFrame | None = None, topology_metric: str = "J") -> str:
+    """HTML of one analysed checkpoint: provenance header, one banner with the graph's notes,
+    summary, the topology drawing (partitions and blocks; neurons too for small graphs),
+    metric definitions, the per-layer table, the figures (metric against layer index per role
+    for transformer-like names), null-model z-scores (``analysis.null``) and the ΔW norms
+    (``delta_norms``, or a ΔW graph's own) when present, the weight-tensor table (with spectral
+    columns when computed) and the coverage (skipped parameters with reasons). ``graph`` (the
+    extracted :class:`LayeredGraph`) adds coverage, topology and the blocks feeding each layer;
+    ``topology_metric`` is the block column that colours the topology's edges."""
+    layers_r = grouping.with_roles(analysis.layers, "layer", grouping.partition_role_function(analysis.layers, graph))
+    blocks_r = grouping.with_roles(analysis.blocks, "block") if _has(analysis.blocks, "block") else None
+    notes = list(getattr(graph, "notes", []) or [])
+    cov = _coverage(graph)
+    if cov and cov["nonfinite"]:
+        notes.append("Non-finite weights (NaN/Inf) were found; results touching these tensors are not meaningful: "
+                     + ", ".join(f"{r['name']} ({r['count']})" for r in cov["nonfinite"]))
     ctx = {
         "mode": "single",
         "title": title or f"graphnn report: {Path(provenance.source).name}",
         "subtitle": provenance.source,
         "provenance": _provenance_rows(provenance, analysis),
         "cards": _summary_cards(analysis, graph),
-        "notes": list(getattr(graph, "notes", []) or []),
+        "notes": _notes_banner(notes),
+        "graph_views": _graph_views(analysis, graph, layers_r, topology_metric),
+        "null": _null_table(getattr(analysis, "null", None)),
+        "delta": _delta_section(graph, delta_norms),
         "definitions": _definitions(analysis),
         "layer_table": _layer_table(analysis, graph),
         "blocks_table": _blocks_table(analysis),
-        "figures": _single_figures(analysis),
-        "coverage": _coverage(graph),
+        "figures": _single_figures(analysis, layers_r, blocks_r),
+        "coverage": cov,
         "checkpoints": [],
         "compare": None,
         "version": provenance.graphnn_version,
@@ -325,11 +515,13 @@ def render_comparison(
     sizes = long.drop_duplicates("layer").set_index("layer")["size"] if "size" in long else None
 
     rows = []
+    scales = {m: _scale(wide.loc[wide["metric"] == m, labels]) for m in metrics}
     for layer in order:
         cells = []
         w = wide[wide["layer"] == layer].set_index("metric")
         for m in metrics:
-            cells += [fmt(w.at[m, first]), fmt(w.at[m, last]), _signed_pct(w.at[m, "rel_change"])]
+            cells += [fmt(w.at[m, first]), fmt(w.at[m, last]),
+                      _change_text(w.at[m, first], w.at[m, last], w.at[m, "rel_change"], scales[m])]
         rows.append({"layer": layer, "size": fmt(sizes[layer]) if sizes is not None else "", "cells": cells})
     compare_table = {
         "metrics": [{"key": m, "header": _HEADERS.get(m, m), "help": describe_column(m)} for m in metrics],
@@ -352,13 +544,14 @@ def render_comparison(
                      "caption": "J = (Var of row sums + Var of column sums) / 2 of each weight tensor "
                                 "(Scabini et al.); PA rewiring lowers it while keeping every weight value."})
         jt = compare_blocks(analyses, "J")
+        jscale = _scale(jt[labels])
         blocks_table = {
             "columns": [{"key": lab, "header": f"J {lab}", "help": describe_column("J"), "cls": "num"}
                         for lab in labels]
             + [{"key": "rel_change", "header": "change", "help": "relative change of J, last vs first", "cls": "num"}],
             "rows": [{"block": str(r["block"]),
                       "cells": [{"text": fmt(r[lab]), "cls": "num"} for lab in labels]
-                      + [{"text": _signed_pct(r["rel_change"]), "cls": "num"}]}
+                      + [{"text": _change_text(r[first], r[last], r["rel_change"], jscale), "cls": "num"}]}
                      for r in jt.to_dict("records")],
         }
     else:
@@ -387,7 +580,10 @@ def render_comparison(
         "cards": [("checkpoints", fmt(len(labels))), ("layers", fmt(len(order)))]
         + ([("neurons", fmt(graphs[last].num_nodes)), ("edges", fmt(graphs[last].num_edges))]
            if graphs.get(last) is not None else []),
-        "notes": [n for g in graphs.values() for n in (getattr(g, "notes", []) or [])],
+        "notes": _notes_banner([n for g in graphs.values() for n in (getattr(g, "notes", []) or [])]),
+        "graph_views": [],
+        "null": None,
+        "delta": None,
         "definitions": _definitions(analyses[last]),
         "layer_table": None,
         "blocks_table": blocks_table,
@@ -398,6 +594,34 @@ def render_comparison(
         "version": p0.graphnn_version,
     }
     return _env().get_template("report.html.j2").render(**ctx)
+
+
+#: A relative change is shown as a percentage only where |first| exceeds this fraction of the
+#: largest |value| of the metric in the table (and is not 0); nearer zero a percentage says
+#: nothing (a mean of 1e-6 becoming 3e-6 is "+200 %"), so the absolute change is shown, marked Δ.
+NEAR_ZERO_REL = 1e-3
+
+
+def _scale(values) -> float:
+    """Largest finite |value| of a table block (0 when none)."""
+    v = np.abs(pd.DataFrame(values).apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float))
+    v = v[np.isfinite(v)]
+    return float(v.max()) if v.size else 0.0
+
+
+def _change_text(first, last, rel, scale: float) -> str:
+    """``+12.3 %`` where ``first`` is clearly non-zero (see :data:`NEAR_ZERO_REL`), else the
+    absolute change ``Δ +1.2e-06`` (an en dash when a value is missing)."""
+    try:
+        f, l_ = float(first), float(last)
+    except (TypeError, ValueError):
+        return "\u2013"
+    if not (np.isfinite(f) and np.isfinite(l_)):
+        return "\u2013"
+    if f == 0 or abs(f) <= NEAR_ZERO_REL * scale or rel is None or not np.isfinite(float(rel)):
+        d = l_ - f
+        return "\u0394 " + ("+" if d >= 0 else "") + fmt(d)
+    return f"{100 * float(rel):+.1f} %"
 
 
 def _signed_pct(x) -> str:
