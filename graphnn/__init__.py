@@ -27,13 +27,50 @@ from .errors import (
     UnsafeCheckpointError,
     UnsupportedSourceError,
 )
-from .graph import Block, LayeredGraph, Partition
-from .analyses import (Analysis, analyse, connected_components, eigenvector_centrality, hypercore, null_model, strength,
-                       strength_variance)
-from . import extract  # callable module: graphnn.extract(source, ...)
-from .extract.delta import delta, delta_norms
-from . import rewire
-from .sigprop import signal_propagation
+#: Public name -> (module relative to this package, attribute; ``None``: the module itself).
+#: Imported on first use (PEP 562), so that ``import graphnn`` and ``graphnn --help`` do not pay
+#: for torch and pandas. To export a new name: add it here and to ``__all__``.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    # extract -> graph
+    "extract": (".extract", None),  # a callable module: graphnn.extract(source, ...)
+    "LayeredGraph": (".graph", "LayeredGraph"),
+    "Partition": (".graph", "Partition"),
+    "Block": (".graph", "Block"),
+    # fine-tune deltas and adapters
+    "delta": (".extract.delta", "delta"),
+    "delta_norms": (".extract.delta", "delta_norms"),
+    # analyses
+    "Analysis": (".analyses", "Analysis"),
+    "analyse": (".analyses", "analyse"),
+    "connected_components": (".analyses", "connected_components"),
+    "eigenvector_centrality": (".analyses", "eigenvector_centrality"),
+    "hypercore": (".analyses", "hypercore"),
+    "null_model": (".analyses", "null_model"),
+    "strength": (".analyses", "strength"),
+    "strength_variance": (".analyses", "strength_variance"),
+    # rewire / re-initialise, signal propagation
+    "rewire": (".rewire", None),
+    "signal_propagation": (".sigprop", "signal_propagation"),
+}
+
+
+def __getattr__(name: str):
+    """Import a public name of :data:`_LAZY` on first use and keep it (PEP 562)."""
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    import importlib
+
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",

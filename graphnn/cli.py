@@ -998,13 +998,31 @@ from .cli_sigprop import register as _register_sigprop  # noqa: E402  (graphnn s
 _register_sigprop(app)
 
 
+def _click_saw_a_closed_stdout() -> bool:
+    """Whether click stopped on a broken pipe outside a command body (``--help``, ``--version``,
+    a usage message): it then wraps the streams in its ``PacifyFlushWrapper`` (typer's vendored
+    click or click itself) and exits 1."""
+    return type(sys.stdout).__name__ in ("PacifyFlushWrapper", "_PacifyFlushWrapper")
+
+
+def _asks_for_help(args: list[str]) -> bool:
+    """``--help``/``-h``/``--version`` anywhere, or no arguments (help is shown): a reader that
+    stops early (``graphnn --help | head -1``) got what it asked for, so the exit status is 0."""
+    return not args or any(a in ("--help", "-h", "--version") for a in args)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``graphnn``; ``python -m graphnn``): Ctrl-C and SIGTERM end
-    with one line and exit 130/143, a closed stdout quietly with 141."""
+    with one line and exit 130/143, a closed stdout quietly with 141 (0 for ``--help`` and
+    ``--version``: ``graphnn --help | head -1``)."""
     _install_signal_handlers()
     try:
         app(args=argv, prog_name="graphnn")
     except SystemExit:
+        if _click_saw_a_closed_stdout():
+            _silence_stdout()
+            args = sys.argv[1:] if argv is None else list(argv)
+            raise SystemExit(EXIT_OK if _asks_for_help(args) else EXIT_PIPE) from None
         try:
             sys.stdout.flush()
         except BrokenPipeError:
