@@ -16,7 +16,10 @@ The layer index is the number after the first ``layers``/``layer``/``h``/``block
 segment (the transformer block within its tower: T5's ``encoder.block.2.layer.1.…`` is
 block 2; the encoder and decoder of a seq2seq model each count from 0); ``None`` outside the
 stack (embeddings, heads). A name without a recognised role gives ``(None, None)``, so the
-names of CNNs and MLPs (``layer1.0.conv1``, ``0.weight``) get no role and no index.
+names of CNNs and MLPs (``layer1.0.conv1``, ``0.weight``) get no role and no index; names
+that are common outside transformers (``fc1``, ``w1``, ``q``, ``value``) get their role only
+inside a block stack or under an attention/MLP module. Heads (``classifier``, ``head``, ``lm_head``)
+, embeddings and norms are recognised by name anywhere.
 """
 
 from __future__ import annotations
@@ -56,12 +59,23 @@ _BY_NAME = {
 }
 #: Split-block suffixes (``c_attn.weight[q]``, ``gate_up_proj.weight[up]``) -> role.
 _SUFFIX = {"q": "q", "k": "k", "v": "v", "qkv": "qkv", "kv": "kv", "gate": "gate", "up": "up"}
+#: Names common outside transformers too (LeNet's ``fc1``): a role only inside a block stack
+#: (``layers.3.…``) or under an attention / MLP module.
+_GENERIC = frozenset({"fc1", "fc2", "fc_in", "fc_out", "w1", "w2", "w3", "lin1", "lin2", "wi", "q", "k", "v", "o",
+                      "query", "key", "value", "kv", "qkv"})
+_BLOCK_PARENTS = frozenset({"mlp", "ffn", "feed_forward", "densereludense", "intermediate"})
 _NORM = re.compile(r"(norm|layrnorm|^ln(_|\d|$)|_ln$)")
 _SUFFIXES = re.compile(r"\[([^\]]*)\]")
 
 
 def _attention_context(segments: Iterable[str]) -> bool:
     return any("attn" in s or "attention" in s or s == "mha" for s in segments)
+
+
+def _stack_index(segments: list[str]) -> int | None:
+    """The number after the first block-stack segment (``layers.3``), or ``None``."""
+    return next((int(segments[i + 1]) for i in range(len(segments) - 1)
+                 if segments[i] in _CONTAINERS and segments[i + 1].isdigit()), None)
 
 
 def _role_of(segments: list[str], suffixes: list[str]) -> str | None:
@@ -86,9 +100,11 @@ def _role_of(segments: list[str], suffixes: list[str]) -> str | None:
         return "embed"
     if "pooler" in segments:
         return "pooler"
-    if last in _BY_NAME:
-        return _BY_NAME[last]
     attention = _attention_context(segments[:-1])
+    if last in _BY_NAME:
+        inside = (_stack_index(segments) is not None or attention
+                  or any(s in _BLOCK_PARENTS for s in segments[:-1]))
+        return _BY_NAME[last] if last not in _GENERIC or inside else None
     if last in ("wo", "c_proj", "out_proj", "proj", "dense"):
         if attention:
             return "o"
@@ -121,9 +137,7 @@ def name_role(name: str) -> tuple[int | None, str | None]:
     role = _role_of(segments, [s.lower() for s in suffixes])
     if role is None:
         return (None, None)
-    index = next((int(segments[i + 1]) for i in range(len(segments) - 1)
-                  if segments[i] in _CONTAINERS and segments[i + 1].isdigit()), None)
-    return (index, role)
+    return (_stack_index(segments), role)
 
 
 def partition_role(name: str, kind: str = "features", members: Iterable[str] = ()) -> tuple[int | None, str | None]:
