@@ -321,3 +321,128 @@ def test_components_fold_into_a_forest_without_changing_the_labels(monkeypatch):
     G = nx.from_numpy_array(dense_abs_adjacency(g))
     expected = {frozenset(c) for c in nx.connected_components(G)}
     assert {frozenset(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)} == expected
+
+
+# -- the block operator and the one-time passes, in both layouts (issue 11 §2) ----------------------
+import contextlib
+
+from graphnn.analyses import _blocks
+from graphnn.analyses._blocks import NodeSpace, load_abs_blocks, place
+from graphnn.analyses.centrality import BlockOperator
+
+LAYOUTS = ("copy", "stream")
+
+
+@contextlib.contextmanager
+def layout(name: str, chunk: int = 5):
+    """``copy``: transposed |W| copies; ``stream``: |W| formed from the signed matrix; both in
+    chunks of ``chunk`` entries (many chunks per block, a partial last one)."""
+    saved = _blocks.CPU_COPY_MAX_EDGES, _blocks._STREAM_ELEMENTS, _blocks._CHUNK_ELEMENTS
+    _blocks.CPU_COPY_MAX_EDGES = 10**12 if name == "copy" else 0
+    _blocks._STREAM_ELEMENTS = _blocks._CHUNK_ELEMENTS = chunk
+    try:
+        yield
+    finally:
+        _blocks.CPU_COPY_MAX_EDGES, _blocks._STREAM_ELEMENTS, _blocks._CHUNK_ELEMENTS = saved
+
+
+def _operator(g, dtype=torch.float64):
+    space = NodeSpace.of_graph(g)
+    dev = torch.device("cpu")
+    return BlockOperator(space.n, place(space, load_abs_blocks(g, dtype=dtype, device=dev)), dev, dtype)
+
+
+def _mapped_graph(dtype=torch.float64):
+    """A repeat map (GQA-like), a permutation and a self-loop block with a slice map."""
+    gen = torch.Generator().manual_seed(21)
+    return graphnn.LayeredGraph.from_matrices(
+        {"x": 3, "v": 2, "y": 3},
+        {"v": ("x", "v", torch.randn(2, 3, generator=gen, dtype=dtype)),
+         "o": ("v", "y", torch.randn(3, 4, generator=gen, dtype=dtype), torch.tensor([0, 0, 1, 1]), None),
+         "p": ("y", "y", torch.randn(2, 3, generator=gen, dtype=dtype), torch.tensor([2, 0, 1]),
+               torch.tensor([1, 2]))})
+
+
+@pytest.mark.parametrize("where", LAYOUTS)
+@settings(max_examples=40, deadline=None)
+@given(g=layered_graphs(max_nodes=16, max_size=5), chunk=st.sampled_from([1, 5, 12, 1 << 18]))
+def test_operator_equals_the_dense_adjacency_times_a_vector(where, g, chunk):
+    """Every block kind (grouped with garbage outside the groups, self-loops, parallel blocks)
+    in both layouts and any chunking: ``A x`` equals the exported dense adjacency times ``x``."""
+    x = torch.rand(g.num_nodes, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with layout(where, chunk):
+        got = _operator(g)(x)
+    np.testing.assert_allclose(got.numpy(), dense_abs_adjacency(g) @ x.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", LAYOUTS)
+def test_operator_on_index_maps_equals_the_dense_adjacency(where):
+    g = _mapped_graph()
+    x = torch.rand(g.num_nodes, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with layout(where, 2):
+        op = _operator(g)
+        first, second = op(x), op(2 * x)  # reused buffers: each call stands on its own
+    want = dense_abs_adjacency(g) @ x.numpy()
+    np.testing.assert_allclose(first.numpy(), want, rtol=1e-12)
+    np.testing.assert_allclose(second.numpy(), 2 * want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_are_converted_chunk_by_chunk_exactly(dtype):
+    """bf16/fp16 weights streamed in chunks: the float32 products equal the float64 products of
+    the same (exactly representable) values to float32 rounding, and the centrality equals the
+    dense eigendecomposition of those values."""
+    g16 = random_mlp([40, 30, 20], seed=12, dtype=torch.float32)
+    for b in g16.blocks.values():
+        w = b._load().to(dtype)
+        b._load, b.dtype = (lambda w=w: w), dtype
+    x = torch.rand(g16.num_nodes, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with layout("stream", 37):
+        got = _operator(g16, torch.float32)(x).numpy()
+        c = graphnn.eigenvector_centrality(g16, dtype=torch.float32)
+    a = dense_abs_adjacency(g16)
+    np.testing.assert_allclose(got, a @ x.numpy(), rtol=1e-5)
+    assert c.attrs["converged"]
+    np.testing.assert_allclose(c["centrality"], _dense_oracle(g16)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("where", LAYOUTS)
+@settings(max_examples=30, deadline=None)
+@given(g=layered_graphs(max_nodes=16, max_size=5, ties=True))
+def test_components_and_centrality_in_both_layouts_equal_the_oracles(where, g):
+    """Many zero weights (zero rows, columns and entries; grouped blocks): the components found
+    from whole non-zero lines and the remaining entries equal networkx's, and centrality the
+    dense eigendecomposition, in both layouts."""
+    a = dense_abs_adjacency(g)
+    assume(a.any())
+    vals, _ = _spectrum(g)
+    distinct = vals[vals < vals[-1] - 1e-9 * vals[-1]]
+    assume(distinct.size == 0 or (vals[-1] - distinct[-1]) / vals[-1] > 1e-4)
+    with layout(where, 3), warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
+        labels = graphnn.connected_components(g)["component"].to_numpy()
+        c = graphnn.eigenvector_centrality(g, solver="lanczos")
+    expected = {frozenset(k) for k in nx.connected_components(nx.from_numpy_array(a))}
+    assert {frozenset(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)} == expected
+    np.testing.assert_allclose(c["centrality"].to_numpy(), _dense_oracle(g)[0], atol=1e-7)
+
+
+def test_grouped_blocks_are_held_compactly_and_give_the_dense_copy_on_demand():
+    """A grouped block (garbage outside its groups): the compact in-group values, the sums, the
+    entries and the transposed copy made on first use all equal the masked |W|."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 9, generator=gen, dtype=torch.float64)
+    w[0, 1] = 0.0  # a zero inside a group
+    g = make_graph([9, 6], [("gc", 0, 1, w, 3)])
+    blk = g.blocks["gc"]
+    dense = (w * blk.structure_mask()).abs()
+    with layout("copy"):
+        (ab,) = load_abs_blocks(g, dtype=torch.float64, device=torch.device("cpu"))
+    assert ab.group_shape == (3, 2, 3) and ab._t is None  # nothing dense made yet
+    dst_sums, src_sums = ab.sums()
+    np.testing.assert_allclose(dst_sums, dense.sum(1), rtol=1e-15)
+    np.testing.assert_allclose(src_sums, dense.sum(0), rtol=1e-15)
+    rows, cols = ab.group_entries()
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, dense.nonzero().tolist()))
+    torch.testing.assert_close(ab.t, dense.t().contiguous(), rtol=0, atol=0)
+    torch.testing.assert_close(_blocks.masked(blk, w), w * blk.structure_mask(), rtol=0, atol=0)

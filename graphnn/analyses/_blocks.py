@@ -9,6 +9,7 @@ partition order, or the partitions that a subset of blocks touches).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -25,6 +26,21 @@ FLOAT64_MAX_EDGES = 4_000_000
 _CHUNK_ELEMENTS = 1 << 18
 
 Progress = Callable[[str, int, int], None]
+
+_scratch = threading.local()
+
+
+def scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reused 1-D work buffer of ``numel`` entries, one per thread, dtype and device (it
+    grows to the largest size asked for). Callers must not keep or return it."""
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    key = (dtype, str(device))
+    b = bufs.get(key)
+    if b is None or b.numel() < numel:
+        b = bufs[key] = torch.empty(numel, dtype=dtype, device=device)
+    return b[:numel]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -50,8 +66,8 @@ def resolve_dtype(num_edges: int, dtype: torch.dtype | str | None) -> torch.dtyp
 def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Row sums and column sums of a 2-D tensor (of ``fn(m)`` when given; of ``|m|`` with
-    ``absolute``), accumulated in float64. Works a few rows at a time, so the extra memory is
-    one small chunk."""
+    ``absolute``), accumulated in float64. Works a few rows at a time through one reused
+    float64 buffer, so the extra memory is one small chunk."""
     if m.dim() != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(m.shape)}")
     n_rows, n_cols = m.shape
@@ -60,37 +76,49 @@ def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | Non
     cols = torch.zeros(n_cols, dtype=f64, device=m.device)
     step = max(1, _CHUNK_ELEMENTS // max(n_cols, 1))
     ones = torch.ones(n_cols, dtype=f64, device=m.device)
+    buf = scratch(min(step, n_rows) * n_cols, f64, m.device)
     for i in range(0, n_rows, step):
-        c = m[i:i + step]
-        c = (fn(c) if fn is not None else c).to(f64, copy=True)
+        k = min(step, n_rows - i)
+        c = buf[:k * n_cols].view(k, n_cols)
+        c.copy_(fn(m[i:i + k]) if fn is not None else m[i:i + k])
         if absolute:
             c.abs_()
-        rows[i:i + step] = c @ ones
+        torch.mv(c, ones, out=rows[i:i + k])
         cols += c.sum(0)
     return rows, cols
 
 
 def signed_and_abs_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, cols, abs_rows, abs_cols)``: float64 row and column sums of ``m`` and of ``|m|``
-    in one pass over ``m``."""
+    in one pass over ``m`` (through one reused float64 buffer)."""
     n_rows, n_cols = m.shape
     f64 = torch.float64
     out = [torch.empty(n_rows, dtype=f64, device=m.device), torch.zeros(n_cols, dtype=f64, device=m.device),
            torch.empty(n_rows, dtype=f64, device=m.device), torch.zeros(n_cols, dtype=f64, device=m.device)]
     step = max(1, _CHUNK_ELEMENTS // max(n_cols, 1))
     ones = torch.ones(n_cols, dtype=f64, device=m.device)
+    buf = scratch(min(step, n_rows) * n_cols, f64, m.device)
     for i in range(0, n_rows, step):
-        c = m[i:i + step].to(f64, copy=True)
-        out[0][i:i + step] = c @ ones
+        k = min(step, n_rows - i)
+        c = buf[:k * n_cols].view(k, n_cols)
+        c.copy_(m[i:i + k])
+        torch.mv(c, ones, out=out[0][i:i + k])
         out[1] += c.sum(0)
         c.abs_()
-        out[2][i:i + step] = c @ ones
+        torch.mv(c, ones, out=out[2][i:i + k])
         out[3] += c.sum(0)
     return tuple(out)
 
 
 def masked(block: Block, m: torch.Tensor) -> torch.Tensor:
-    """``m`` with the entries outside ``block.structure_mask()`` set to 0 (they are no edges)."""
+    """``m`` with the entries outside ``block.structure_mask()`` set to 0 (they are no edges).
+    Equal consecutive groups are copied group by group into zeros (no mask is made)."""
+    shape = _uniform_groups(block)
+    if shape is not None:
+        g, r, c = shape
+        out = torch.zeros(m.shape, dtype=m.dtype, device=m.device)
+        out.view(g, r, g, c).diagonal(dim1=0, dim2=2).copy_(m.reshape(g, r, g, c).diagonal(dim1=0, dim2=2))
+        return out
     mask = block.structure_mask()
     if mask is None:
         return m
@@ -114,8 +142,9 @@ class Weighting:
         return self.tau is not None
 
 
-#: Rows per chunk when |W| is streamed from the signed matrix (about 256 KB, cache sized).
-_STREAM_ELEMENTS = 1 << 16
+#: Entries per chunk when |W| is streamed from the signed matrix or a copy is read in chunks
+#: (1 MB of float32: L2-cache sized).
+_STREAM_ELEMENTS = 1 << 18
 #: On the CPU, graphs with at most this many edges get the transposed |W| copy (at most 32 MB
 #: in float64; faster matrix-vector products); larger ones are streamed with no copy.
 CPU_COPY_MAX_EDGES = FLOAT64_MAX_EDGES
@@ -145,6 +174,16 @@ class _Inverse:
         first = torch.repeat_interleave(self.starts[neurons] - (torch.cumsum(c, 0) - c), c)
         lines = self.order[first + torch.arange(pos.numel(), device=neurons.device)]
         return lines, pos
+
+
+def _uniform_groups(block: Block) -> tuple[int, int, int] | None:
+    """``(groups, rows, cols)`` per group when ``block`` is block-diagonal with equal consecutive
+    groups (a grouped or depthwise conv), else ``None``."""
+    g = block.groups
+    m_dst, m_src = block.shape
+    if g <= 1 or block.row_groups is not None or block.col_groups is not None or m_dst % g or m_src % g:
+        return None
+    return g, m_dst // g, m_src // g
 
 
 class AbsBlock:
@@ -177,23 +216,67 @@ class AbsBlock:
         self.weighting = weighting
         self.dtype = dtype
         self.device = device
-        mask = block.structure_mask()
-        self.mask = None if mask is None else mask.to(device)
-        self.t = None
+        self._block = block
+        self._mask = None
+        self.has_mask = block.groups > 1
+        self._t = None
         self.w = None
+        #: ``(groups, rows, cols)`` of a block-diagonal block with equal consecutive groups and no
+        #: index map; its in-group entries of ``A`` are then held compactly (``_g``: ``(groups,
+        #: rows, cols)``, compute dtype) for the products, sums and components, and the dense
+        #: transposed copy ``t`` (if ``copy``) is only made when something asks for it.
+        self.group_shape = _uniform_groups(block) if block.src_index is None and block.dst_index is None else None
+        self._g = self._g_sums = None
+        if self.group_shape is not None:
+            g, r, c = self.group_shape
+            inside = w.reshape(g, r, g, c).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (g, r, c) view
+            a = weighting(inside)
+            self._g = a.to(device=device, dtype=dtype, copy=True).contiguous()
+            a64 = a.to(torch.float64)
+            self._g_sums = (a64.sum(2).reshape(-1).to(device), a64.sum(1).reshape(-1).to(device))
         if not copy:
             self.w = w if w.device == device else w.to(device)
-        else:
+        elif self.group_shape is None:
             t = torch.empty((self.m_src, self.m_dst), dtype=dtype, device=device)
             if weighting.tau is None:
                 t.copy_(w.t())
                 t.abs_()
             else:
                 t.copy_(weighting(w).t())
-            if self.mask is not None:
+            if self.has_mask:
                 t.mul_(self.mask.t())
-            self.t = t
+            self._t = t
+        self._copy = copy
         self._sums = None
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """Boolean ``(m_dst, m_src)`` structure mask on the device (``None`` for a complete
+        block); made on first use."""
+        if self.has_mask and self._mask is None:
+            self._mask = self._block.structure_mask().to(self.device)
+        return self._mask
+
+    @property
+    def t(self) -> torch.Tensor | None:
+        """The transposed contiguous ``A`` (``(m_src, m_dst)``, compute dtype) when the block
+        holds a copy, else ``None``; for a compactly held grouped block it is made (and kept) on
+        first use."""
+        if self._t is None and self._copy and self._g is not None:
+            g, r, c = self.group_shape
+            t = torch.zeros((self.m_src, self.m_dst), dtype=self.dtype, device=self.device)
+            t.view(g, c, g, r).diagonal(dim1=0, dim2=2).copy_(self._g.permute(2, 1, 0))
+            self._t = t
+        return self._t
+
+    def group_entries(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Matrix ``(rows, cols)`` of the non-zero entries of ``A`` of a compactly held grouped
+        block (see :attr:`group_shape`); ``None`` for other blocks."""
+        if self._g is None:
+            return None
+        g, r, c = self.group_shape
+        k, i, j = (self._g != 0).nonzero(as_tuple=True)
+        return k * r + i, k * c + j
 
     # -- matrix space <-> neuron space ------------------------------------------------------
     def _to_dst(self, v: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -216,18 +299,20 @@ class AbsBlock:
            cols: torch.Tensor | None = None) -> torch.Tensor:
         """``f`` applied to a piece of ``w`` (matrix space), in the compute dtype, masked."""
         a = self.weighting(w_part).to(self.dtype)
-        if self.mask is not None:
+        if self.has_mask:
             m = self.mask
             m = m[rows] if isinstance(rows, slice) else (m.index_select(0, rows) if rows is not None else m)
             a = a * (m.index_select(1, cols) if cols is not None else m)
         return a
 
     def _matrix_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._g_sums is not None:
+            return self._g_sums
         if self.t is not None:
             src_sums, dst_sums = exact_sums(self.t)
         else:
             dst_sums, src_sums = exact_sums(self.w, fn=self.weighting)
-            if self.mask is not None:  # rare (grouped blocks are small): redo on the masked matrix
+            if self.has_mask:  # rare (irregular groups): redo on the masked matrix
                 dst_sums, src_sums = exact_sums(self._a(self.w))
         return dst_sums, src_sums
 
@@ -285,21 +370,102 @@ class AbsBlock:
         """``(A @ x_src, A.T @ x_dst)`` in the compute dtype, in one pass over the weights;
         ``x_src``/``x_dst`` and the results are neuron-space (lengths ``n_src``/``n_dst``):
         inputs gathered through the index maps, outputs summed back (``index_add_``)."""
+        y_dst = torch.zeros(self.n_dst, dtype=self.dtype, device=self.device)
+        y_src = torch.zeros(self.n_src, dtype=self.dtype, device=self.device)
+        self.accumulate(x_src, x_dst, y_dst, y_src)
+        return y_dst, y_src
+
+    def accumulate(self, x_src: torch.Tensor, x_dst: torch.Tensor, y_dst: torch.Tensor,
+                   y_src: torch.Tensor) -> None:
+        """``y_dst += A @ x_src`` and ``y_src += A.T @ x_dst`` (neuron space, as
+        :meth:`matvecs`); ``x`` in the compute dtype, ``y`` in the compute dtype (added to in
+        place by the products themselves) or in float64 (each product made in the compute dtype,
+        then added in float64).
+
+        On the CPU both products are taken from the same cache-sized chunk (about
+        ``_STREAM_ELEMENTS`` entries) while it is in cache, so the weights are read from memory
+        once per call; a streamed chunk's ``f(W)`` (|w|, or 0/1) is formed in a reused buffer
+        in the compute dtype (a bf16/fp16 chunk is converted there), never a full-size
+        temporary."""
         if self._src_map is not None:
             x_src = x_src.index_select(0, self._src_map)
         if self._dst_map is not None:
             x_dst = x_dst.index_select(0, self._dst_map)
-        if self.t is not None:
-            y_dst, y_src = self.t.t() @ x_src, self.t @ x_dst
+        direct_dst = self._dst_map is None and y_dst.dtype == self.dtype
+        direct_src = self._src_map is None and y_src.dtype == self.dtype
+        o_dst = y_dst if direct_dst else torch.zeros(self.m_dst, dtype=self.dtype, device=self.device)
+        o_src = y_src if direct_src else torch.zeros(self.m_src, dtype=self.dtype, device=self.device)
+        self._products_into(x_src, x_dst, o_dst, o_src)
+        if not direct_dst:
+            o_dst = o_dst.to(y_dst.dtype)
+            y_dst.add_(o_dst) if self._dst_map is None else y_dst.index_add_(0, self._dst_map, o_dst)
+        if not direct_src:
+            o_src = o_src.to(y_src.dtype)
+            y_src.add_(o_src) if self._src_map is None else y_src.index_add_(0, self._src_map, o_src)
+
+    def _products_into(self, x_src: torch.Tensor, x_dst: torch.Tensor, y_dst: torch.Tensor,
+                       y_src: torch.Tensor) -> None:
+        """Matrix space: ``y_dst += A x_src``, ``y_src += A^T x_dst`` (compute dtype)."""
+        if self._g is not None:  # block-diagonal: one small product per group
+            g, r, c = self.group_shape
+            if r == c == 1:  # depthwise: a diagonal
+                gv = self._g.reshape(-1)
+                y_dst.addcmul_(gv, x_src)
+                y_src.addcmul_(gv, x_dst)
+            else:
+                y_dst.view(g, r, 1).baddbmm_(self._g, x_src.view(g, c, 1))
+                y_src.view(g, c, 1).baddbmm_(self._g.transpose(1, 2), x_dst.view(g, r, 1))
+        elif self.t is not None and self.device.type != "cpu":
+            y_dst.addmv_(self.t.t(), x_src)
+            y_src.addmv_(self.t, x_dst)
+        elif self.t is not None:  # chunks of source rows of the transposed copy
+            step = max(1, _STREAM_ELEMENTS // max(self.m_dst, 1))
+            for j in range(0, self.m_src, step):
+                a = self.t[j:j + step]
+                y_src[j:j + a.shape[0]].addmv_(a, x_dst)
+                y_dst.addmv_(a.t(), x_src[j:j + a.shape[0]])
         else:
-            y_dst = torch.empty(self.m_dst, dtype=self.dtype, device=self.device)
-            y_src = torch.zeros(self.m_src, dtype=self.dtype, device=self.device)
             step = max(1, _STREAM_ELEMENTS // max(self.m_src, 1))
+            buf = scratch(min(step, self.m_dst) * self.m_src, self.dtype, self.device)
             for i in range(0, self.m_dst, step):
-                a = self._a(self.w[i:i + step], rows=slice(i, i + step))
-                y_dst[i:i + step] = a @ x_src
-                y_src.addmv_(a.t(), x_dst[i:i + step])
-        return self._to_dst(y_dst), self._to_src(y_src)
+                k = min(step, self.m_dst - i)
+                a = self._a_into(buf[:k * self.m_src].view(k, self.m_src), i)
+                y_dst[i:i + k].addmv_(a, x_src)
+                y_src.addmv_(a.t(), x_dst[i:i + k])
+
+    def _a_into(self, out: torch.Tensor, i: int) -> torch.Tensor:
+        """``A`` of matrix rows ``i : i + len(out)`` written into ``out`` (compute dtype, a reused
+        buffer): |w| (the rows copied, converted, then |.| in place), or the 0/1 threshold, then
+        the mask in place."""
+        w = self.w[i:i + out.shape[0]]
+        if self.weighting.tau is not None:  # compared in the weights' own precision, as Weighting does
+            out.copy_(self.weighting(w))
+        elif w.dtype == out.dtype:
+            torch.abs(w, out=out)
+        else:
+            out.copy_(w)
+            out.abs_()
+        if self.has_mask:
+            out.mul_(self.mask[i:i + out.shape[0]])
+        return out
+
+    def full_lines(self) -> tuple[str, torch.Tensor] | None:
+        """Which matrix lines have no zero entry of ``A``, read in one pass without converting
+        the weights: ``("dst", bool per matrix row)`` for a streamed block, ``("src", bool per
+        matrix column)`` with the transposed copy; ``None`` for a block with a structure mask or
+        an index map (callers then look at the entries)."""
+        if self.has_mask or self._src_map is not None or self._dst_map is not None:
+            return None
+        m, side, tau = (self.t, "src", None) if self.t is not None else (self.w, "dst", self.weighting.tau)
+        full = torch.empty(m.shape[0], dtype=torch.bool, device=m.device)
+        step = max(1, _STREAM_ELEMENTS // max(m.shape[1], 1))
+        for i in range(0, m.shape[0], step):
+            low = m[i:i + step].abs().amin(1)  # (an amin of |w| is faster than testing w != 0)
+            if tau is None:
+                torch.gt(low, 0, out=full[i:i + low.shape[0]])
+            else:
+                torch.ge(low, tau, out=full[i:i + low.shape[0]])
+        return side, full
 
     def set_abs_sums(self, dst_sums: torch.Tensor, src_sums: torch.Tensor) -> None:
         """Reuse |w| sums already computed from the (masked) signed matrix (matrix space: row and

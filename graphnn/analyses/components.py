@@ -75,6 +75,27 @@ def _rows(b, i: int, j: int) -> torch.Tensor:
     return b.rows(torch.arange(i, j, device=b.device))
 
 
+def _edges_from_full_lines(b, full: tuple[str, torch.Tensor], rows_g: np.ndarray,
+                           cols_g: np.ndarray) -> np.ndarray:
+    """Edges with a block's connectivity from its lines without zeros (``AbsBlock.full_lines``):
+    those lines joined to the whole other side as a star; only the other lines' entries read."""
+    side, mask = full
+    lines_g, other_g, fetch = (rows_g, cols_g, b.rows) if side == "dst" else (cols_g, rows_g, b.cols)
+    mask = mask.cpu().numpy()
+    whole = np.flatnonzero(mask)
+    out = []
+    if whole.size:
+        out += [np.stack([lines_g[whole], np.full(whole.size, other_g[0])]),
+                np.stack([np.full(len(other_g), lines_g[whole[0]]), other_g])]
+    rest = np.flatnonzero(~mask)
+    step = max(1, _SCAN_ELEMENTS // max(len(other_g), 1))
+    for i in range(0, rest.size, step):
+        idx = rest[i:i + step]
+        li, oi = np.nonzero((fetch(torch.as_tensor(idx, device=b.device)) != 0).cpu().numpy())
+        out.append(np.stack([lines_g[idx[li]], other_g[oi]]))
+    return np.concatenate(out, axis=1) if out else np.zeros((2, 0), dtype=np.int64)
+
+
 def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
     """Component label of every node (``0 .. k-1``, numbered by each component's first node)."""
     edges: list[np.ndarray] = []
@@ -84,6 +105,20 @@ def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
         if b.n_dst == 0 or b.n_src == 0:
             continue
         rows_g, cols_g = index_map(p, "dst"), index_map(p, "src")
+        entries, full = b.group_entries(), None
+        if entries is None:
+            full = b.full_lines()
+        if entries is not None or full is not None:
+            if entries is not None:  # a grouped block held compactly: its non-zero entries
+                block_edges = np.stack([rows_g[entries[0].cpu().numpy()], cols_g[entries[1].cpu().numpy()]])
+            else:
+                block_edges = _edges_from_full_lines(b, full, rows_g, cols_g)
+            edges.append(block_edges)
+            count += block_edges.shape[1]
+            if count > _FOLD_EDGES:
+                edges = _fold(n, edges)
+                count = edges[0].shape[1]
+            continue
         step = max(1, _SCAN_ELEMENTS // b.n_src)
         for i in range(0, b.n_dst, step):
             nz = _rows(b, i, min(i + step, b.n_dst)) != 0
