@@ -3,7 +3,9 @@ HTML file from disk, driven through the Chrome DevTools Protocol over a websocke
 
 Asserted: no console errors or uncaught exceptions, no network request other than the file
 itself and its ``data:`` URIs, every image decoded (``naturalWidth > 0``), the layer table
-present with one row per layer. A full-page screenshot is kept in ``test-artifacts/``.
+present with one row per layer, and nothing overflowing: the page is no wider than the window,
+and no element sticks out of its card unless it sits in a horizontally scrolling box (tables,
+drawings). A full-page screenshot is kept in ``test-artifacts/``.
 The test is skipped only when no Chromium binary is installed.
 """
 
@@ -42,6 +44,19 @@ PAGE_FACTS = """JSON.stringify({
   layerRows: document.querySelectorAll('#layer-table tbody tr').length,
   layerNames: Array.from(document.querySelectorAll('#layer-table tbody tr td:first-child')).map(td => td.textContent.trim()),
   height: document.documentElement.scrollHeight,
+  pageWidth: document.documentElement.scrollWidth,
+  windowWidth: window.innerWidth,
+  overflowing: Array.from(document.querySelectorAll('section.card, .cards, details.notes')).flatMap(card => {
+    const right = card.getBoundingClientRect().right + 1;
+    return Array.from(card.querySelectorAll('*'))
+      .filter(el => !el.closest('.scroll, .svgwrap') || el.matches('.scroll, .svgwrap'))
+      .filter(el => el.getBoundingClientRect().width > 0 && el.getBoundingClientRect().right > right)
+      .map(el => el.tagName + '.' + el.className + ': ' + (el.textContent || '').trim().slice(0, 60));
+  }),
+  notesBanners: document.querySelectorAll('details.notes').length,
+  topologyNodes: document.querySelectorAll('#topology-svg g.node').length,
+  topologyEdges: document.querySelectorAll('#topology-svg path.edge').length,
+  figureIds: Array.from(document.querySelectorAll('section.card')).map(c => c.id),
   title: document.title
 })"""
 
@@ -172,6 +187,8 @@ def check_page(html: Path, profile: Path, name: str, n_rows: int, n_images: int)
         assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
         assert img["src"].startswith("data:image/png")
     assert facts["layerRows"] == n_rows
+    assert facts["pageWidth"] <= facts["windowWidth"], "the page is wider than the window"
+    assert facts["overflowing"] == [], f"elements sticking out of their card: {facts['overflowing'][:5]}"
     shot = (ARTIFACTS / f"{name}.png").read_bytes()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
     return facts
@@ -200,10 +217,38 @@ def test_the_checks_catch_requests_errors_and_broken_images(tmp_path):
     bad.write_text('<!DOCTYPE html><html><head><title>bad</title></head><body>'
                    '<img src="http://127.0.0.1:9/figure.png"><img src="data:image/png;base64,AAAA">'
                    '<script>console.error("broken"); undefinedFunction();</script>'
-                   '<table id="layer-table"><tbody><tr><td>a</td></tr></tbody></table></body></html>')
+                   '<table id="layer-table"><tbody><tr><td>a</td></tr></tbody></table>'
+                   '<section class="card" style="width:600px"><div style="width:3000px">too wide</div>'
+                   '<div class="scroll" style="overflow-x:auto"><div style="width:2000px">scrolls</div></div>'
+                   '</section></body></html>')
     facts, events = open_in_browser(bad, tmp_path / "profile", tmp_path / "bad.png")
     errors, requests = problems(events, bad.resolve().as_uri())
     assert any("broken" in e for e in errors) and any("undefinedFunction" in e for e in errors)
     assert requests == ["http://127.0.0.1:9/figure.png"]
     assert [img["width"] for img in facts["images"]] == [0, 0]
     assert facts["layerRows"] == 1
+    assert facts["pageWidth"] > facts["windowWidth"]
+    assert facts["overflowing"] == ["DIV.: too wide"]  # the scrolling box's content is not counted
+
+
+def test_transformer_report_in_headless_chromium(tmp_path):
+    """The acceptance check of issue 12 §4: a 12-layer GPT-2-shaped model (built from a config,
+    small widths) gives one notes banner, a topology SVG with one node per partition and one
+    edge per (source, destination) pair, per-role line plots, and passes the checks above."""
+    transformers = pytest.importorskip("transformers")
+    from graphnn.report import Provenance, render_report, write_html
+
+    cfg = transformers.GPT2Config(n_embd=64, n_layer=12, n_head=4, n_positions=32, vocab_size=128,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    g = graphnn.extract(model)
+    a = graphnn.analyse(g)
+    out = tmp_path / "gpt2.html"
+    write_html(render_report(a, Provenance(source="gpt2-12-layers"), g, title="GPT-2 shaped, 12 layers"), out)
+    facts = check_page(out, tmp_path / "profile", "transformer", len(g.partitions), 5)
+    assert facts["notesBanners"] == 1
+    assert facts["topologyNodes"] == len(g.partitions)
+    assert facts["topologyEdges"] == len({(b.src, b.dst) for b in g.blocks.values()})
+    for fid in ("topology", "fig-roles-layers", "fig-roles-blocks", "fig-strength", "fig-centrality"):
+        assert fid in facts["figureIds"]
