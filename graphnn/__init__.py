@@ -39,6 +39,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     # fine-tune deltas and adapters
     "delta": (".extract.delta", "delta"),
     "delta_norms": (".extract.delta", "delta_norms"),
+    "lora_delta": (".extract.lora", "lora_delta"),
+    "lora_strength": (".extract.lora", "lora_strength"),
     # analyses
     "Analysis": (".analyses", "Analysis"),
     "analyse": (".analyses", "analyse"),
@@ -77,7 +79,7 @@ __all__ = [
     # extract -> graph
     "extract", "LayeredGraph", "Partition", "Block",
     # fine-tune deltas and adapters
-    "delta", "delta_norms",
+    "delta", "delta_norms", "lora_delta", "lora_strength",
     # analyses
     "strength", "strength_variance", "eigenvector_centrality", "connected_components", "hypercore", "analyse", "Analysis",
     "null_model",

@@ -103,6 +103,11 @@ Overwrite = Annotated[bool, typer.Option(
     "--overwrite", help="Replace outputs that already exist (never an input). Without it, an existing "
                         "output is refused (exit 2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors on stderr.")]
+Base = Annotated[Optional[Path], typer.Option(
+    "--base", metavar="BASE", show_default=False,
+    help="CKPT is a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors): analyse its "
+         "weight change scale*B*A on the topology of this base model (a model folder or checkpoint file; "
+         "--include/--exclude/--conv apply to it). See docs/deltas.md.")]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False, help="More detail on stderr (timings, every step).")]
 
@@ -596,6 +601,7 @@ def analyse(
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
+    base: Base = None,
     null: Annotated[Optional[int], typer.Option(
         "--null", metavar="K", show_default=False,
         help="Compare each layer's metrics with K null copies of the weights (z-score and empirical p; "
@@ -614,7 +620,12 @@ def analyse(
     verbose: Verbose = 0,
 ) -> None:
     """Strength, strength variance, eigenvector centrality and k-hypercores of a checkpoint, as
-    per-layer, per-neuron or per-tensor tables (table, csv or json)."""
+    per-layer, per-neuron or per-tensor tables (table, csv or json). With --base, CKPT is a LoRA
+    adapter and the graph is its weight change on the base model."""
+    _check_adapter_args(ckpt, base)
+    if dask is not None and base is not None:
+        raise typer.BadParameter("--dask does not run adapter analyses (--base) in this version: drop one",
+                                 param_hint="--dask")
     if dask is not None:
         from .distributed import parse_address
 
@@ -630,11 +641,13 @@ def analyse(
         raise typer.BadParameter("csv and table output hold one table: choose --table layers, neurons or "
                                  "blocks, or use --format json for all of them", param_hint="--table")
     _check_table_output(ckpt, fmt_option, fmt, output)
-    _check_outputs([ckpt], [(output, "--output", "file", None)], overwrite)
+    _check_outputs([ckpt] + ([base] if base is not None else []), [(output, "--output", "file", None)], overwrite)
     _check_device(device)
     with s.running():
-        res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
-                            device, dask, null_options)
+        ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
+        options = dict(null_options)
+        res = (_run_adapter_analysis(s, ckpt, base, ex, device, options) if base is not None
+               else _run_analysis(s, ckpt, ex, device, dask, options))
         a = res.analysis
         s.finish()
         frames = {"layers": a.layers, "neurons": a.neurons, "blocks": a.blocks}
@@ -642,13 +655,15 @@ def analyse(
             frames["null"] = a.null
         elif table == "null":
             raise InvalidParameterError("--table null: no null model was computed for this input (it needs "
-                                        "--null K, and is not available with --base)")
+                                        "--null K)")
         meta = {"command": "analyse", "source": str(ckpt), "sha256": res.provenance.sha256,
                 "options": res.provenance.options, "coverage_fraction": res.graph.coverage_fraction,
                 "centrality_info": dict(getattr(a, "centrality_info", None) or {}),
                 "runtime_s": res.provenance.runtime_s}
         if "null" in frames:
             meta["null_seed_entropy"] = str(a.null.attrs.get("seed_entropy"))
+        if base is not None:
+            meta.update(base=str(base), delta=res.graph.meta.get("delta"))
         if fmt == "json":
             chosen = frames if table == "all" else {table: frames[table]}
             _emit_frame(a.layers, fmt, output, meta=meta, tables=chosen, overwrite=overwrite)
@@ -679,21 +694,25 @@ def report(
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
+    base: Base = None,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Write a self-contained HTML report of a checkpoint (provenance, per-layer table, figures,
-    coverage); prints the report's path on stdout."""
+    coverage); prints the report's path on stdout. With --base, CKPT is a LoRA adapter and the
+    report is of its weight change on the base model."""
+    _check_adapter_args(ckpt, base)
     s = _Session(quiet, verbose)
     out = output or Path(f"{_stem(ckpt)}.report.html")
     _check_html_path(out)
-    _check_outputs([ckpt], [(out, "--output", "file", f"{_stem(ckpt)}.report.html")], overwrite)
+    _check_outputs([ckpt] + ([base] if base is not None else []),
+                   [(out, "--output", "file", f"{_stem(ckpt)}.report.html")], overwrite)
     _check_device(device)
     with s.running():
         from .report.html import render_report, write_html
 
-        res = _run_analysis(s, ckpt, _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings),
-                            device)
+        ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
+        res = _run_adapter_analysis(s, ckpt, base, ex, device) if base is not None else _run_analysis(s, ckpt, ex, device)
         s.progress("report", 0, 1)
         t = time.perf_counter()
         write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out, overwrite=overwrite)
@@ -725,16 +744,27 @@ def compare(
     include_embeddings: Embeddings = False,
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
+    delta: Annotated[bool, typer.Option(
+        "--delta", help="Two checkpoints BASE TUNED: analyse the graph of the weight change W_tuned - W_base "
+                        "(blocks matched by name) and give per-block ||dW||_F / ||W_base||_F (json: also the "
+                        "per-layer, per-block and per-neuron tables of the change). See docs/deltas.md.")] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
     """Per-layer metrics of several checkpoints side by side, aligned by layer name, with the
     change from the first to the last (table, csv or json; optionally an HTML report).
-    Checkpoints of unrelated models (no layer name in common besides input) are refused (exit 2)."""
+    Checkpoints of unrelated models (no layer name in common besides input, or layers of one name
+    but different sizes) are refused (exit 2). With --delta: the graph of W_tuned - W_base."""
     s = _Session(quiet, verbose)
     fmt_option, fmt = fmt, _resolve_format(fmt, output)
     if len(ckpts) < 2:
         raise typer.BadParameter("compare needs at least two checkpoints", param_hint="CKPT...")
+    if delta and len(ckpts) != 2:
+        raise typer.BadParameter(f"--delta takes exactly two checkpoints, BASE and TUNED (got {len(ckpts)})",
+                                 param_hint="CKPT...")
+    if delta and metrics:
+        raise typer.BadParameter("--metric chooses columns of the side-by-side table; --delta gives the change's own "
+                                 "analysis: drop one", param_hint="--metric")
     if labels and len(labels) != len(ckpts):
         raise typer.BadParameter(f"{len(labels)} labels for {len(ckpts)} checkpoints: give one --label per "
                                  "checkpoint", param_hint="--label")
@@ -752,6 +782,9 @@ def compare(
         if len(set(names)) != len(names):
             raise typer.BadParameter(f"labels must be unique, got {names}", param_hint="--label")
         ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
+        if delta:
+            _compare_delta(s, ckpts, names, ex, device, fmt, output, report_path, title, overwrite)
+            return
         results = {lab: _run_analysis(s, p, ex, device) for lab, p in zip(names, ckpts)}
         analyses = {k: r.analysis for k, r in results.items()}
         wanted = available_metrics(analyses, metrics) if metrics else None
@@ -938,6 +971,113 @@ def _check_html_path(path: Path, option: str = "--output") -> None:
 #: What ``graphnn demo`` writes into its folder (see :func:`graphnn.demo.run_demo`).
 DEMO_OUTPUTS = ("demo-init.safetensors", "demo-trained.safetensors", "report.html", "compare.html")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _check_adapter_args(ckpt: Path, base: Path | None) -> None:
+    """A PEFT adapter folder needs --base (its weights are a change of another model's)."""
+    if base is not None:
+        return
+    from .extract.lora import CONFIG_FILE, is_adapter
+
+    if is_adapter(ckpt):
+        named = ""
+        try:
+            named = json.loads(((ckpt if ckpt.is_dir() else ckpt.parent) / CONFIG_FILE).read_text()).get(
+                "base_model_name_or_path") or ""
+        except (OSError, ValueError, AttributeError):
+            pass
+        raise typer.BadParameter(
+            f"{ckpt} is a PEFT adapter ({CONFIG_FILE}): its weights change another model's; give that model with "
+            f"--base BASE (a model folder or checkpoint file{'; the config names ' + repr(named) if named else ''})",
+            param_hint="--base")
+
+
+def _run_adapter_analysis(s: _Session, adapter: Path, base: Path, ex: dict, device: str,
+                          analyse_options: dict | None = None):
+    """A LoRA adapter on its base model: the ΔW graph (graphnn.lora_delta), analysed
+    (``analyse_options``: more keyword arguments of :func:`graphnn.analyse`, e.g. null)."""
+    import graphnn
+
+    from .digest import sha256_of
+    from .report.pipeline import Analysed
+    from .report.provenance import Provenance
+
+    _check_device(device)
+    t0 = time.perf_counter()
+    ex = dict(ex)
+    trust = ex.pop("trust", False)
+    s.progress("extract", 0, 1)
+    g = graphnn.lora_delta(adapter, base, trust=trust, **ex)
+    s.progress("extract", 1, 1)
+    a = graphnn.analyse(g, device=device, progress=s.progress, **dict(analyse_options or {}))
+    options = {k: v for k, v in ex.items() if v not in (None, False)}
+    options.update(device=device, base=str(base), trust=trust or None)
+    options.update({f"analyse.{k}": v for k, v in (getattr(a, "options", None) or {}).items()
+                    if k not in ("device", "progress")})
+    options = {k: v for k, v in options.items() if v is not None}
+    prov = Provenance.for_path(adapter, options=options, runtime_s=time.perf_counter() - t0,
+                               extra={"base": str(base), "base_sha256": sha256_of(base)})
+    log.info("analysed adapter %s on %s: %d blocks changed, %s edges (%.2f s)", adapter, base, len(g.blocks),
+             f"{g.num_edges:,}", prov.runtime_s)
+    _log_notes(g)
+    return Analysed(Path(adapter), g, a, prov)
+
+
+_DELTA_LAYER_COLUMNS = ("layer", "size", "strength_mean", "strength_std", "abs_strength_mean", "centrality_max",
+                        "core_max")
+
+
+def _compare_delta(s: _Session, ckpts: list[Path], names: list[str], ex: dict, device: str, fmt: str,
+                   output: Path | None, report_path: Path | None, title: str | None, overwrite: bool) -> None:
+    """``compare BASE TUNED --delta``: the ΔW graph's per-block norms and analysis."""
+    import graphnn
+
+    from .digest import sha256_of
+    from .report.provenance import Provenance
+
+    t0 = time.perf_counter()
+    s.progress("extract", 0, 2)
+    gb = graphnn.extract(ckpts[0], **ex)
+    s.progress("extract", 1, 2)
+    gt = graphnn.extract(ckpts[1], **ex)
+    s.progress("extract", 2, 2)
+    g = graphnn.delta(gb, gt, labels=(names[0], names[1]))
+    norms = graphnn.delta_norms(g)
+    a = graphnn.analyse(g, device=device, progress=s.progress)
+    _log_notes(g)
+    if g.meta.get("all_zero"):
+        log.warning("%s and %s have equal weights in every matched block: the change is zero", names[1], names[0])
+    s.finish()
+    sources = [{"label": lab, "source": str(p), "sha256": sha256_of(p)} for lab, p in zip(names, ckpts)]
+    meta = {"command": "compare", "delta": True, "base": sources[0], "tuned": sources[1],
+            "all_zero": g.meta.get("all_zero"), "only_in_base": g.meta["delta"]["only_in_base"],
+            "only_in_tuned": g.meta["delta"]["only_in_tuned"], "notes": list(g.notes),
+            "centrality_info": dict(getattr(a, "centrality_info", None) or {})}
+    heading = f"{names[1]} - {names[0]}"
+    if fmt == "json":
+        _emit_frame(norms, fmt, output, meta=meta, overwrite=overwrite,
+                    tables={"norms": norms, "layers": a.layers, "blocks": a.blocks, "neurons": a.neurons})
+    elif fmt == "csv":
+        _emit_frame(norms, fmt, output, overwrite=overwrite)
+        log.info("the csv holds the per-block norms; --format json also has the change's layer, block and neuron "
+                 "tables")
+    else:
+        layers = a.layers[[c for c in _DELTA_LAYER_COLUMNS if c in a.layers.columns]]
+        _emit(_table_text(norms, title=f"weight change {heading}: per block (Frobenius norms)")
+              + "\n" + _table_text(layers, title=f"graph of the change {heading}: per layer"), output, overwrite)
+    if report_path is not None:
+        from .report.html import render_report, write_html
+
+        prov = Provenance(source=f"{ckpts[1]} - {ckpts[0]}", sha256=sources[1]["sha256"],
+                          options={k: v for k, v in ex.items() if v not in (None, False)} | {"device": device},
+                          runtime_s=time.perf_counter() - t0, extra={"base": str(ckpts[0]),
+                                                                      "base_sha256": sources[0]["sha256"]})
+        write_html(render_report(a, prov, g, title=title or f"Weight change {heading}"), report_path,
+                   overwrite=overwrite)
+        if output is None:
+            log.info("wrote %s", report_path)
+        else:
+            typer.echo(str(report_path))
 
 
 def _log_notes(g) -> None:

@@ -249,3 +249,71 @@ def test_blocks_of_one_side_only_are_listed_never_silently_dropped():
     with pytest.warns(TopologyWarning, match=r"only in 'base': 4\.weight"):
         g2 = graphnn.delta(graphnn.extract(tuned), graphnn.extract(base), labels=("base", "tuned"))
     assert g2.coverage.set_index("name").loc["4.weight", "status"] == "skipped"
+
+
+# -- command line ----------------------------------------------------------------------------------
+def invoke(*args):
+    """In process (typer's runner): the command's code without an interpreter start per case."""
+    from typer.testing import CliRunner
+
+    from graphnn.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture()
+def files(tmp_path):
+    base = mlp()
+    tuned = perturbed(base, "2.weight")
+    other = mlp(widths=(6, 7, 4, 3))  # same layer names, other sizes
+    paths = {}
+    for name, m in (("base", base), ("tuned", tuned), ("other", other)):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, paths[name])
+    paths["sd"] = {"base": base.state_dict(), "tuned": tuned.state_dict()}
+    return paths
+
+
+def test_cli_compare_delta_json_numbers(files, tmp_path):
+    out = tmp_path / "d.json"
+    r = invoke("compare", files["base"], files["tuned"], "--delta", "-o", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["delta"] is True and doc["all_zero"] is False
+    assert doc["base"]["label"] == "base" and doc["tuned"]["label"] == "tuned"
+    norms = pd.DataFrame(doc["norms"]).set_index("block")
+    sd_b, sd_t = files["sd"]["base"], files["sd"]["tuned"]
+    d = sd_t["2.weight"].double() - sd_b["2.weight"].double()
+    assert norms.loc["2.weight", "frobenius_delta"] == pytest.approx(float(torch.linalg.matrix_norm(d)), rel=1e-12)
+    assert norms.loc["0.weight", "frobenius_delta"] == 0 and norms.loc["4.weight", "frobenius_delta"] == 0
+    # the change's analysis: in-strength of layer "2" = row sums of ΔW of 2.weight
+    neurons = pd.DataFrame(doc["neurons"])
+    got = neurons[neurons["layer"] == "2"].sort_values("neuron")["in_strength"].to_numpy()
+    np.testing.assert_allclose(got, d.sum(1).numpy(), rtol=1e-6, atol=1e-7)
+    assert {"layers", "blocks"} <= set(doc)
+
+
+def test_cli_compare_delta_table_csv_and_report(files, tmp_path):
+    r = invoke("compare", files["base"], files["tuned"], "--delta", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert "per block (Frobenius norms)" in r.stdout and "graph of the change tuned - base: per layer" in r.stdout
+    csv = tmp_path / "d.csv"
+    r = invoke("compare", files["base"], files["tuned"], "--delta", "-o", csv, "--report", tmp_path / "d.html",
+               "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(csv)
+    assert list(table.columns[:5]) == ["block", "param", "frobenius_delta", "frobenius_base", "relative"]
+    assert (tmp_path / "d.html").stat().st_size > 1000
+    r = invoke("compare", files["base"], files["base"], "--delta", "--device", "cpu")
+    assert r.exit_code == 0 and "equal weights in every matched block" in r.output, r.output
+
+
+def test_cli_compare_refusals_exit_2(files):
+    r = invoke("compare", files["base"], files["other"], "--delta")
+    assert r.exit_code == 2 and "different shapes" in r.output and "2.weight" in r.output, r.output
+    # without --delta, same names but other sizes are no longer aligned silently
+    r = invoke("compare", files["base"], files["other"])
+    assert r.exit_code == 2 and "same name but different sizes" in r.output, r.output
+    assert r.stdout.count("\n") <= 3  # no table
+    r = invoke("compare", files["base"], files["tuned"], files["other"], "--delta")
+    assert r.exit_code == 2 and "exactly two" in r.output, r.output

@@ -55,7 +55,7 @@ def delta(base: Any, tuned: Any, *, labels: tuple[str, str] | None = None, norms
     blocks = [_delta_block(t, b) for b, t in pairs]
     touched = {n for blk in blocks for n in (blk.src, blk.dst)}
     parts = [p for p in tuned_g.partitions.values() if p.name in touched]
-    notes = [f"ΔW graph: {tuned_label} − {base_label}, {len(pairs)} blocks matched by name"]
+    notes = list(tuned_g.notes) + [f"ΔW graph: {tuned_label} − {base_label}, {len(pairs)} blocks matched by name"]
     if only_base or only_tuned:
         msg = ("ΔW graph: blocks on one side only are left out: "
                + "; ".join(f"only in {lab!r}: {_some(names)}" for lab, names in

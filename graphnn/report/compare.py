@@ -44,11 +44,14 @@ def compare_layers_long(analyses: Mapping[str, object], metrics: Sequence[str] |
 def check_related(analyses: Mapping[str, object]) -> None:
     """Refuse to compare checkpoints of unrelated models: every analysis must share at least one
     layer name besides ``input`` with the first one (layers are aligned by name, so otherwise
-    nothing would be compared). Raises :class:`~graphnn.errors.InvalidParameterError`."""
+    nothing would be compared), and layers of the same name must have the same number of neurons
+    (otherwise their metrics describe different layers). Raises
+    :class:`~graphnn.errors.InvalidParameterError`."""
     labels = list(analyses)
     if not labels:
         return
     first = _layer_names(analyses[labels[0]])
+    first_sizes = _layer_sizes(analyses[labels[0]])
     for label in labels[1:]:
         names = _layer_names(analyses[label])
         if not (first & names) - {INPUT_LAYER}:
@@ -56,6 +59,22 @@ def check_related(analyses: Mapping[str, object]) -> None:
                 f"{labels[0]!r} and {label!r} share no layer name besides {INPUT_LAYER!r}: they look like "
                 "different models, and layers are compared by name. Compare checkpoints of one model "
                 f"(e.g. epochs of one run); layers of {labels[0]!r}: {_some(first)}; of {label!r}: {_some(names)}")
+        sizes = _layer_sizes(analyses[label])
+        differ = [f"{n} ({first_sizes[n]} vs {sizes[n]} neurons)" for n in first_sizes
+                  if n in sizes and first_sizes[n] != sizes[n]]
+        if differ:
+            shown = ", ".join(differ[:6]) + (f", ... ({len(differ)} in all)" if len(differ) > 6 else "")
+            raise InvalidParameterError(
+                f"{labels[0]!r} and {label!r} have layers of the same name but different sizes: {shown}. They are "
+                "different models (or differently shaped versions of one), and their per-layer metrics are not "
+                "comparable; compare checkpoints of one architecture")
+
+
+def _layer_sizes(analysis) -> dict[str, int]:
+    layers = analysis.layers
+    if "size" not in layers:
+        return {}
+    return {str(n): int(s) for n, s in zip(layers["layer"], layers["size"])}
 
 
 def _layer_names(analysis) -> set[str]:
