@@ -60,7 +60,7 @@ _OUTPUT_POLICY = ("Outputs: never an input of the command; an existing output is
                   "--overwrite; written atomically (whole or not at all).")
 _EXIT_HELP = (_OUTPUT_POLICY + "\n\nExit codes:\n\n\b\n"
               + "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items()))
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # the JSON outputs' layout (docs/json.md); 2: analyse's notes, partitions, roles, spectral
 
 log = logging.getLogger("graphnn.cli")
 
@@ -82,7 +82,8 @@ Checkpoint = Annotated[Path, typer.Argument(
     help="Checkpoint: a .pt/.pth/.bin or .safetensors file, or a folder of shards with an index.",
     metavar="CKPT", show_default=False)]
 Include = Annotated[Optional[list[str]], typer.Option(
-    "--include", metavar="GLOB", help="Only parameters whose name matches this glob (repeatable).")]
+    "--include", "--layers", metavar="GLOB",
+    help="Only parameters whose name matches this glob (repeatable; --layers is the same option).")]
 Exclude = Annotated[Optional[list[str]], typer.Option(
     "--exclude", metavar="GLOB", help="Skip parameters whose name matches this glob (repeatable).")]
 Conv = Annotated[Literal["l2", "l1", "sum"], typer.Option(
@@ -511,8 +512,7 @@ def describe(
                    f"topology: {getattr(g, 'topology', None) or 'unknown'}")
         import pandas as pd
 
-        parts = pd.DataFrame([{"layer": p.name, "size": p.size, "kind": p.kind, "members": list(p.members)}
-                              for p in g.partitions.values()])
+        parts = pd.DataFrame(_partition_records(g), columns=["layer", "size", "kind", "members"])
         blocks = pd.DataFrame([{"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
                                 "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind,
                                 "aggregation": b.aggregation, "groups": b.groups} for b in g.blocks.values()])
@@ -526,6 +526,20 @@ def describe(
         _log_notes(g)
         if fmt != "table":
             log.info("%s", summary)
+
+
+def _partition_records(g) -> list[dict]:
+    """One record per partition: ``layer`` (its name), ``size``, ``kind``, ``members`` (the
+    names merged into it), as ``describe`` and ``analyse`` write them."""
+    return [{"layer": p.name, "size": p.size, "kind": p.kind, "members": list(p.members)}
+            for p in g.partitions.values()]
+
+
+def _graph_meta(g) -> dict:
+    """What ``analyse``'s JSON says about the graph (docs/json.md): sizes, topology, the
+    extraction notes and the partitions with their members."""
+    return {"num_nodes": g.num_nodes, "num_edges": g.num_edges, "topology": getattr(g, "topology", None),
+            "notes": list(g.notes), "partitions": _partition_records(g)}
 
 
 _LAYER_TABLE_COLUMNS = ("layer", "kind", "size", "strength_mean", "strength_std", "strength_var",
@@ -576,7 +590,7 @@ def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | No
         client = connect(dask)
         try:
             res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress,
-                               analyse_options={"client": client})
+                               analyse_options={**(analyse_options or {}), "client": client})
         finally:
             close(client)
     log.info("analysed %s: %d layers, %s edges, coverage %.1f %% (%.2f s)", ckpt, len(res.analysis.layers),
@@ -616,6 +630,12 @@ def analyse(
         "--dask", metavar="local:N|tcp://HOST:PORT",
         help="Run the analyses on Dask: local:N starts N local workers, tcp://HOST:PORT uses a running "
              "scheduler (needs graphnn[dask]; see docs/distributed.md).")] = None,
+    spectral: Annotated[bool, typer.Option(
+        "--spectral/--no-spectral",
+        help="Spectral norm, stable rank and Frobenius norm of every block (blocks table).")] = True,
+    weightwatcher: Annotated[bool, typer.Option(
+        "--weightwatcher", help="Add WeightWatcher's power-law alpha per layer (ww_alpha, blocks table; needs "
+                                "graphnn[weightwatcher]).")] = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -645,7 +665,7 @@ def analyse(
     _check_device(device)
     with s.running():
         ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
-        options = dict(null_options)
+        options = {**null_options, "spectral": spectral, "weightwatcher": weightwatcher}
         res = (_run_adapter_analysis(s, ckpt, base, ex, device, options) if base is not None
                else _run_analysis(s, ckpt, ex, device, dask, options))
         a = res.analysis
@@ -658,6 +678,7 @@ def analyse(
                                         "--null K)")
         meta = {"command": "analyse", "source": str(ckpt), "sha256": res.provenance.sha256,
                 "options": res.provenance.options, "coverage_fraction": res.graph.coverage_fraction,
+                **_graph_meta(res.graph),
                 "centrality_info": dict(getattr(a, "centrality_info", None) or {}),
                 "runtime_s": res.provenance.runtime_s}
         if "null" in frames:

@@ -125,7 +125,7 @@ def test_describe_table_and_json(files):
 
     assert js.returncode == 0, js.stderr
     doc = json.loads(js.stdout)
-    assert doc["schema_version"] == 1 and doc["command"] == "describe"
+    assert doc["schema_version"] == 2 and doc["command"] == "describe"
     g = graphnn.extract(files["pt"])
     assert [p["name"] for p in doc["parameters"]] == list(g.coverage["name"])
     assert [p["layer"] for p in doc["partitions"]] == list(g.partitions)
