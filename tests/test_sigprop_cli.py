@@ -163,7 +163,7 @@ def test_hugging_face_folder_theory_or_built_with_module_hf(tmp_path):
     assert code == 2
 
 
-@pytest.mark.parametrize("method", ["pa", "variance-search"])
+@pytest.mark.parametrize("method", ["pa", "variance-search", "hcore"])
 def test_rewire_report_shows_sigma_w2_before_and_after(tmp_path, method):
     """The rewire report's signal-propagation card: sigma_w2 per layer before and after, equal to
     the mean over output units of the sum of squared incoming weights computed here by hand
@@ -180,6 +180,7 @@ def test_rewire_report_shows_sigma_w2_before_and_after(tmp_path, method):
                                  "--report", str(rep)])
     assert r.exit_code == 0, r.output
     page = rep.read_text()
+    assert "--module FACTORY --compare AFTER" in page  # checkpoints only: says how to get the measured χ̂₁, q̂
     table = page[page.index('id="fig-sigprop-table"'):]
     table = table[:table.index("</table>")]
     rows = [re.findall(r"<td[^>]*>([^<]*)</td>", row) for row in table.split("<tr>")[2:]]

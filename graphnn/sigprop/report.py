@@ -150,6 +150,9 @@ def comparison_section(before, after, labels=("before", "after")) -> dict:
     caption = ("σ̂_w² = mean over output units of the sum of squared incoming weights; χ₁ = σ_w² E φ'(h)² "
                "(< 1 ordered, = 1 critical, > 1 chaotic), from the mean-field theory and, for a module, "
                "measured (χ̂₁). PA rewiring and rank-match keep every tensor's values, so σ̂_w² is unchanged. "
-               + ("Network: " + "; ".join(verdicts) + "." if verdicts else ""))
+               + ("Network: " + "; ".join(verdicts) + ". " if verdicts else "")
+               + ("" if before.empirical or after.empirical else
+                  "Measured χ̂₁ and q̂ need the model itself, not only its checkpoints: `graphnn sigprop BEFORE "
+                  "--module FACTORY --compare AFTER`."))
     return {"id": "fig-sigprop", "title": "Signal propagation before / after", "uri": uri, "caption": caption,
             "table": {"columns": columns, "rows": rows}}
