@@ -172,6 +172,35 @@ def test_lora_strength_never_forms_the_whole_product(llama_case, monkeypatch):
     assert biggest and max(biggest) <= 64
 
 
+def test_lora_norms_equal_torch_linalg_of_the_materialised_delta(llama_case):
+    c = llama_case
+    g = graphnn.lora_delta(c["adapter"], c["base"])
+    norms = graphnn.delta_norms(g).set_index("block")
+    assert list(norms.index) == list(g.blocks)
+    base = graphnn.extract(c["base"])
+    for name, b in g.blocks.items():
+        d = c["scale"] * (c["factors"][b.param[:-len(".weight")]][1] @ c["factors"][b.param[:-len(".weight")]][0])
+        assert norms.loc[name, "frobenius_delta"] == pytest.approx(float(torch.linalg.matrix_norm(d)), rel=1e-10)
+        assert norms.loc[name, "max_abs_delta"] == pytest.approx(float(d.abs().max()), rel=1e-12)
+        w = c["sd"][b.param].double()
+        assert norms.loc[name, "frobenius_base"] == pytest.approx(float(torch.linalg.matrix_norm(w)), rel=1e-12)
+        assert torch.equal(base.blocks[name].matrix(), c["sd"][b.param])  # the base block is the stored weight
+    assert g.meta["all_zero"] is False
+
+
+def test_an_untrained_adapter_is_all_zero_and_says_so(tmp_path, mlp_base):
+    """PEFT initialises lora_B to 0: such an adapter changes nothing."""
+    a, b = good_factors()["0"]
+    ad = write_adapter(tmp_path / "ad", {"0": (a, torch.zeros_like(b))}, r=2, alpha=4, targets=["0"])
+    g = graphnn.lora_delta(ad, mlp_base[0])
+    assert g.meta["all_zero"] is True and g.meta["delta"]["all_zero"] is True
+    assert any("LoRA ΔW is zero" in n for n in g.notes)
+    assert graphnn.delta_norms(g)["frobenius_delta"].tolist() == [0.0]
+    a_ = graphnn.analyse(g, device="cpu")
+    assert (a_.neurons[["strength", "abs_strength", "core"]] == 0).all().all()
+    assert graphnn.lora_delta(ad, mlp_base[0], norms=False).meta["all_zero"] is None
+
+
 def test_gpt2_fan_in_fan_out_adapter_on_the_fused_qkv(tmp_path):
     """GPT-2's Conv1D weights are stored (in, out): PEFT's ΔW is (B·A)ᵀ there (fan_in_fan_out),
     and c_attn splits into q, k, v blocks that each take their rows of it."""
@@ -190,6 +219,10 @@ def test_gpt2_fan_in_fan_out_adapter_on_the_fused_qkv(tmp_path):
     for name, b in g.blocks.items():
         assert torch.allclose(b.matrix().double(), o.blocks[name].matrix().double(), rtol=1e-12, atol=1e-12)
     pd.testing.assert_frame_equal(neurons(g), neurons(o), check_exact=False, rtol=1e-9, atol=1e-12)
+    norms = graphnn.delta_norms(g).set_index("block")  # per q/k/v block: its rows of (B·A)ᵀ's transpose
+    for name in g.blocks:
+        m = o.blocks[name].matrix().double()
+        assert norms.loc[name, "frobenius_delta"] == pytest.approx(float(torch.linalg.matrix_norm(m)), rel=1e-10)
     np.testing.assert_allclose(graphnn.lora_strength(g)["abs_strength"].to_numpy(),
                                graphnn.strength(o, signed=False)["abs_strength"].to_numpy(), rtol=1e-9)
 

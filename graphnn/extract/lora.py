@@ -20,6 +20,7 @@ row sums are ``scale · B (A 1)`` and the column sums ``scale · (1ᵀ B) A`` (t
 products, exact up to float64 rounding); the |ΔW| sums need the entries, formed a few rows at a
 time (``CHUNK_ELEMENTS`` entries at once, never the whole product). The full analyses
 (:func:`graphnn.analyse`: centrality, cores) read each block's ΔW once, as for any graph.
+:func:`lora_norms` gives ‖ΔW‖_F per block from the r x r Gram matrices of the factors.
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def _targets(config: dict) -> Callable[[str], bool] | None:
 
 
 # -- the graph -----------------------------------------------------------------------------------
-def lora_delta(adapter: Any, base: Any, *, trust: bool = False, **extract_options: Any) -> LayeredGraph:
+def lora_delta(adapter: Any, base: Any, *, trust: bool = False, norms: bool = True,
+               **extract_options: Any) -> LayeredGraph:
     """The ΔW graph of a LoRA adapter on its base model: ``adapter`` is a :class:`LoraAdapter` or
     a path for :func:`read_adapter`; ``base`` a :class:`LayeredGraph` or anything
     :func:`graphnn.extract` reads (with ``extract_options``: include, exclude, conv,
@@ -236,6 +238,11 @@ def lora_delta(adapter: Any, base: Any, *, trust: bool = False, **extract_option
     parameter's layout; its partitions are those they touch. ``g.meta["delta"]`` holds the
     adapter's path, ``base``, ``r``/``alpha``/``scale`` per module and the base blocks left
     out; ``g.meta["lora"]`` the :class:`LoraAdapter`.
+
+    ``norms=True`` (default) fills ``g.meta["norms"]`` with :func:`lora_norms` (so
+    :func:`graphnn.delta_norms` ``(g)`` works; reads the factors and the adapted base weights
+    once) and ``g.meta["all_zero"]`` (True when every ΔW is 0, e.g. an adapter saved right after
+    PEFT's initialisation, where B = 0; a note says so). With ``norms=False`` both are ``None``.
 
     Refused (:class:`~graphnn.errors.InvalidParameterError`): a module of the adapter that the
     base has no weight for, a target module of the config that matches no base module, factors
@@ -323,7 +330,16 @@ def lora_delta(adapter: Any, base: Any, *, trust: bool = False, **extract_option
     g.meta.update(delta={"base": g0.source, "tuned": str(ad.path), "kind": "lora", "modules": per_module,
                          "use_rslora": bool(ad.config.get("use_rslora", False)), "left_out": left_out,
                          "all_zero": None},
-                  lora=ad, all_zero=None)
+                  lora=ad, all_zero=None, norms=None)
+    if norms:
+        rows = lora_norms(g).to_dict("records")
+        all_zero = all(r["frobenius_delta"] == 0 for r in rows)
+        g.meta.update(norms=rows, all_zero=all_zero)
+        g.meta["delta"]["all_zero"] = all_zero
+        if all_zero:
+            g.notes.append(f"LoRA ΔW is zero in all {len(rows)} adapted blocks (lora_B is 0, as PEFT initialises it, "
+                           "or lora_A is): the adapter does not change the model. Strengths and cores are 0 and "
+                           "centrality is uniform: there is no change to analyse")
     return g
 
 
@@ -370,7 +386,7 @@ def _lora_block(b: Block, lm: LoraModule, transposed: bool) -> Block:
 
     dt = torch.float64 if b.dtype == torch.float64 else torch.float32
     blk = dataclasses.replace(b, _load=load, _on_load=None, src_size=None, dst_size=None, dtype=dt)
-    blk._lora = (lm, transposed)  # the factors, for lora_strength
+    blk._lora = (lm, transposed, b)  # the factors and the base block, for lora_strength / lora_norms
     return blk
 
 
@@ -381,7 +397,7 @@ def matrix_factors(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
     ``rows``/``cols`` are the rows and columns of ``B · A`` the block's matrix takes (found by
     passing index probes, stride-0 views of the parameter's shape, through the block's own
     matrix function: no ``B · A`` is formed)."""
-    lm, transposed = getattr(block, "_lora", (None, None))
+    lm, transposed, _ = getattr(block, "_lora", (None, None, None))
     if lm is None:
         raise InvalidParameterError(f"block {block.name!r} is not a LoRA block of graphnn.lora_delta")
     if block.aggregation is not None or block.groups != 1:
@@ -396,6 +412,33 @@ def matrix_factors(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = probe(torch.arange(out), 0), probe(torch.arange(inn), 1)
     a, b = _factors(lm)
     return (b.double()[rows] * lm.scale), a.double()[:, cols]
+
+
+def _row_chunks(left: torch.Tensor, right: torch.Tensor):
+    """``left @ right`` a few rows at a time (:data:`CHUNK_ELEMENTS` entries): ``(start, chunk)``."""
+    step = max(1, CHUNK_ELEMENTS // max(1, right.shape[1]))
+    for i in range(0, left.shape[0], step):
+        yield i, left[i:i + step] @ right
+
+
+def lora_norms(g: LayeredGraph) -> pd.DataFrame:
+    """The rows of :func:`graphnn.delta_norms` for a LoRA ΔW graph: per block
+    ``frobenius_delta`` = ‖L R‖_F from the r x r Gram matrices, ``sqrt(trace((LᵀL)(R Rᵀ)))``
+    (no product formed; exact up to float64 rounding), ``frobenius_base`` = ‖W_base‖_F of the
+    block's base matrix, ``relative`` (NaN where the base norm is 0) and ``max_abs_delta`` (from
+    row chunks of the product). ``L``, ``R``: :func:`matrix_factors`."""
+    from .delta import NORM_COLUMNS
+
+    rows = []
+    for b in g.blocks.values():
+        left, right = matrix_factors(b)
+        fd = math.sqrt(max(0.0, float(torch.trace((left.T @ left) @ (right @ right.T)))))
+        base_block = b._lora[2]
+        fb = float(torch.linalg.vector_norm(base_block.matrix().double()))
+        mx = max((float(c.abs().max()) for _, c in _row_chunks(left, right) if c.numel()), default=0.0)
+        rows.append({"block": b.name, "param": b.param, "frobenius_delta": fd, "frobenius_base": fb,
+                     "relative": fd / fb if fb > 0 else math.nan, "max_abs_delta": mx})
+    return pd.DataFrame(rows, columns=NORM_COLUMNS)
 
 
 def lora_strength(g: LayeredGraph) -> pd.DataFrame:
@@ -417,10 +460,9 @@ def lora_strength(g: LayeredGraph) -> pd.DataFrame:
         add_block_sums(g, b, rows, cols, s_in, s_out)
         abs_rows = torch.empty(left.shape[0], dtype=torch.float64)
         abs_cols = torch.zeros(right.shape[1], dtype=torch.float64)
-        step = max(1, CHUNK_ELEMENTS // max(1, right.shape[1]))
-        for i in range(0, left.shape[0], step):
-            c = (left[i:i + step] @ right).abs_()
-            abs_rows[i:i + step] = c.sum(1)
+        for i, c in _row_chunks(left, right):
+            c = c.abs_()
+            abs_rows[i:i + c.shape[0]] = c.sum(1)
             abs_cols += c.sum(0)
         add_block_sums(g, b, abs_rows, abs_cols, a_in, a_out)
     return neuron_frame(g, {"in_strength": s_in, "out_strength": s_out, "strength": s_in + s_out,
