@@ -498,6 +498,13 @@ class LayeredGraph:
             + ")"
         )
 
+    def _repr_html_(self) -> str:
+        """A short HTML summary for Jupyter: counts, the first partitions and blocks, the notes
+        (:mod:`graphnn.html_summary`; names and notes escaped)."""
+        from .html_summary import graph_html
+
+        return graph_html(self)
+
     # -- interop ---------------------------------------------------------------------------
     def _check_size(self, tool: str, max_edges: int | None) -> None:
         limit = MAX_EDGES[tool] if max_edges is None else max_edges
