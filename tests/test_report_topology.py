@@ -303,7 +303,7 @@ def test_null_delta_and_spectral_sections_appear_when_present_and_not_otherwise(
         assert fmt(sv[n]) in html
     null_rows = re.search(r'<table id="null-table">.*?</table>', html, flags=re.S).group(0)
     assert null_rows.count("<tr") == 4 and null_rows.count('class="mark"') == 1  # only |z| = 4 >= 3
-    assert "1 of 3" in html
+    assert "1 of 3" in html and 'alt="null-model z-scores"' in html
     delta = re.search(r'<table id="delta-table">.*?</table>', html, flags=re.S).group(0)
     assert "25.00 %" in delta and delta.count("\u2013") == 1  # b: base norm ~ 0, no ratio shown
     assert "1 of 2 tensors changed" in html

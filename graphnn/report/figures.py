@@ -147,6 +147,7 @@ def _style():
         warnings.filterwarnings("ignore", category=MatplotlibDeprecationWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="seaborn")
         warnings.filterwarnings("ignore", category=FutureWarning, module="seaborn")
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="seaborn")
         yield
 
 
@@ -349,6 +350,24 @@ def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J
 
 
 # -- metrics against the transformer layer index, one line per role ------------------------------
+#: Roles in reading order (attention, MLP, experts, ends), each with one colour in every figure.
+ROLE_ORDER = ("embed", "q", "k", "v", "qkv", "kv", "o", "gate", "up", "gate_up", "down", "router", "expert",
+              "head", "pooler", "norm", "stream", "other")
+
+
+def role_palette(roles: Sequence[str]) -> tuple[list[str], dict]:
+    """``roles`` in :data:`ROLE_ORDER` (unknown ones after, as first seen) and a colour per role
+    that is the same in every figure of the report."""
+    known = [r for r in ROLE_ORDER if r in roles]
+    ordered = known + [r for r in dict.fromkeys(roles) if r not in ROLE_ORDER]
+    base = sns.color_palette("tab20", 20)
+    colours = {r: base[(2 * i) % 20 if i < 10 else (2 * (i - 10) + 1) % 20] for i, r in enumerate(ROLE_ORDER)}
+    extra = sns.color_palette("husl", max(1, len(ordered) - len(known)))
+    for k, r in enumerate(r for r in ordered if r not in ROLE_ORDER):
+        colours[r] = extra[k]
+    return ordered, colours
+
+
 def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4) -> str:
     """One panel per metric: its value against ``layer_index``, one line (and marker) per
     ``role``; rows without a layer index are left out, rows sharing a (layer index, role) pair
@@ -357,9 +376,8 @@ def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str,
     d = frame[frame["layer_index"].notna()].copy()
     d["layer_index"] = d["layer_index"].astype(int)
     d["role"] = d["role"].fillna("other").astype(str)
-    roles = list(dict.fromkeys(d["role"]))
-    palette = dict(zip(roles, sns.color_palette("tab10" if len(roles) <= 10 else "husl", len(roles))))
-    markers = dict(zip(roles, "osD^vP*Xhp<>" * 3))
+    roles, palette = role_palette(list(dict.fromkeys(d["role"])))
+    markers = dict(zip(ROLE_ORDER + tuple(roles), "osD^vP*Xhp<>" * 6))
     metrics = [m for m in metrics if m in d.columns]
     ncols = max(1, min(ncols, len(metrics)))
     nrows = -(-len(metrics) // ncols)
@@ -401,8 +419,7 @@ def role_bands(neurons: pd.DataFrame, column: str, ylabel: str, zero_line: bool 
     d["layer_index"] = d["layer_index"].astype(int)
     d["role"] = d["role"].fillna("other").astype(str)
     d = d[np.isfinite(d[column].to_numpy(dtype=float))]
-    roles = list(dict.fromkeys(d["role"]))
-    palette = dict(zip(roles, sns.color_palette("tab10" if len(roles) <= 10 else "husl", len(roles))))
+    roles, palette = role_palette(list(dict.fromkeys(d["role"])))
     q = d.groupby(["role", "layer_index"], sort=False)[column].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).unstack()
     ncols = max(1, min(4, len(roles)))
     nrows = -(-len(roles) // ncols)
@@ -425,4 +442,32 @@ def role_bands(neurons: pd.DataFrame, column: str, ylabel: str, zero_line: bool 
                 ax.set_ylabel(ylabel)
             if k >= len(roles):
                 ax.set_visible(False)
+        return to_data_uri(fig)
+
+
+def null_z_heatmap(null: pd.DataFrame, z_mark: float = 3.0) -> str:
+    """z-scores of a null-model frame (``layer, scope, metric, z``) as a heatmap: one row per
+    layer (weight tensors, partitions, network), one column per metric, diverging colours
+    centred at 0 and saturated at ``max(z_mark, max |z|)``; cells with |z| >= ``z_mark`` are
+    outlined; NaN (no spread in the null) left blank."""
+    d = null.copy()
+    d["row"] = [f"{short_label(str(l), 40)} [{s}]" for l, s in zip(d["layer"], d["scope"])]
+    rows = list(dict.fromkeys(d["row"]))
+    cols = list(dict.fromkeys(d["metric"]))
+    z = d.pivot_table(index="row", columns="metric", values="z", aggfunc="first", dropna=False)
+    z = z.reindex(index=rows, columns=cols)
+    vals = z.to_numpy(dtype=float)
+    lim = max(z_mark, float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else z_mark)
+    with _style():
+        fig, (ax,) = _new_figure(_WIDE * 0.8, min(1.2 + 0.26 * len(rows), 16.0))
+        sns.heatmap(z, ax=ax, cmap="vlag", center=0, vmin=-lim, vmax=lim, annot=len(rows) <= 40, fmt=".1f",
+                    annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": "z = (observed - null mean) / null std", "shrink": 0.6})
+        for i, j in zip(*np.nonzero(np.isfinite(vals) & (np.abs(np.nan_to_num(vals)) >= z_mark))):
+            ax.add_patch(matplotlib.patches.Rectangle((j, i), 1, 1, fill=False, edgecolor="black", lw=1.4))
+        ax.grid(False)
+        ax.set_facecolor("#f3f4f6")  # blank (undefined z) cells
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", rotation=20)
         return to_data_uri(fig)

@@ -398,8 +398,9 @@ def _null_table(null: pd.DataFrame | None) -> dict | None:
     marked."""
     if null is None or not isinstance(null, pd.DataFrame) or not len(null):
         return None
-    cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind")
+    cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note")
             if c in null.columns]
+    text_cols = ("layer", "scope", "metric", "kind", "note")
     headers = {"null_mean": "null mean", "null_std": "null std"}
     rows = []
     flagged = 0
@@ -407,13 +408,16 @@ def _null_table(null: pd.DataFrame | None) -> dict | None:
         z = r.get("z")
         mark = z is not None and isinstance(z, (int, float, np.floating)) and np.isfinite(z) and abs(z) >= Z_MARK
         flagged += bool(mark)
-        rows.append({"mark": bool(mark), "cells": [{"text": str(r[c]) if c in ("layer", "scope", "metric", "kind")
-                                                    else fmt(r[c]), "num": c not in ("layer", "scope", "metric", "kind")}
+        rows.append({"mark": bool(mark), "cells": [{"text": ("" if r[c] is None else str(r[c])) if c in text_cols
+                                                    else fmt(r[c]), "cls": "num" if c not in text_cols else ("wrap" if c == "note" else "name layer")}
                                                    for c in cols]})
     kinds = sorted({str(k) for k in null["kind"].dropna()}) if "kind" in null else []
     n = sorted({int(k) for k in null["n"].dropna()}) if "n" in null else []
-    return {"columns": [{"header": headers.get(c, c), "num": c not in ("layer", "scope", "metric", "kind")} for c in cols],
-            "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK,
+    uri = None
+    if _has(null, "layer", "scope", "metric", "z") and null["layer"].nunique() <= figures.MAX_LAYERS_DRAWN:
+        uri = figures.null_z_heatmap(null, Z_MARK)
+    return {"columns": [{"header": headers.get(c, c), "num": c not in text_cols} for c in cols],
+            "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK, "uri": uri,
             "kinds": ", ".join(kinds) or "\u2013", "n": ", ".join(map(str, n)) or "\u2013"}
 
 
