@@ -376,3 +376,21 @@ def test_cli_bad_null_options_exit_2(checkpoint, args, hint):
     r = CliRunner().invoke(app, ["analyse", str(checkpoint), *args])  # refused before the file is read
     assert r.exit_code == 2, r.output
     assert hint in r.stderr and r.stdout == ""
+
+
+def test_warnings_on_the_copies_are_given_once():
+    """Two separate pieces: every analysis of a copy warns that the graph is disconnected; the
+    baseline passes that on once, saying it comes from the null copies."""
+    torch.manual_seed(0)
+    g = LayeredGraph.from_matrices({"a": 2, "b": 2, "c": 6, "d": 5},  # the strong piece is the small one
+                                   {"w1": ("a", "b", 10 + torch.rand(2, 2)), "w2": ("c", "d", torch.rand(5, 6))})
+    with pytest.warns(graphnn.DisconnectedGraphWarning) as record:
+        graphnn.null_model(g, metrics="centrality", n=6, seed=0)
+    from_copies = [w for w in record if str(w.message).startswith("on the shuffle null copies")]
+    assert len(from_copies) == 1
+
+
+def test_progress_ticks_once_per_copy(mlp_graph):
+    seen = []
+    graphnn.analyse(mlp_graph, null=3, seed=0, progress=lambda step, done, total: seen.append((step, done, total)))
+    assert [s for s in seen if s[0] == "null"] == [("null", i, 3) for i in range(4)]

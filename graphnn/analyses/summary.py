@@ -63,13 +63,6 @@ class Analysis:
     timings: dict = field(default_factory=dict)
     null: pd.DataFrame | None = None
 
-    def _repr_html_(self) -> str:
-        """A short HTML summary for Jupyter: counts, the centrality solve, the first rows of the
-        layer and block tables, the null model's largest |z| (:mod:`graphnn.html_summary`)."""
-        from ..html_summary import analysis_html
-
-        return analysis_html(self)
-
     def __repr__(self) -> str:
         return (f"Analysis({len(self.layers)} layers, {len(self.neurons)} neurons, {len(self.blocks)} blocks, "
                 f"columns={list(self.neurons.columns[2:])}, {self.runtime_s:.2f} s)")
@@ -221,7 +214,8 @@ def analyse(
     a = Analysis(neurons=neurons, layers=layers, blocks=blocks, centrality_info=centrality_info,
                  options=options, runtime_s=time.perf_counter() - t_start, timings=timings)
     a = _with_weightwatcher(g, a) if weightwatcher else a
-    return a if null is None else _with_null(g, a, null, null_kind, seed, normalise, tol, max_iter, dtype, device)
+    return a if null is None else _with_null(g, a, null, null_kind, seed, normalise, tol, max_iter, dtype, device,
+                                                   progress)
 
 
 def block_frame(block_recs: list[dict[str, Any]], spectral: bool) -> pd.DataFrame:
@@ -245,12 +239,14 @@ def _with_weightwatcher(g: LayeredGraph, a: Analysis) -> Analysis:
     return a
 
 
-def _with_null(g: LayeredGraph, a: Analysis, n, kind, seed, normalise, tol, max_iter, dtype, device) -> Analysis:
-    """``a`` with its null-model baseline (:func:`graphnn.analyses.null_model.attach_null`)."""
+def _with_null(g: LayeredGraph, a: Analysis, n, kind, seed, normalise, tol, max_iter, dtype, device,
+               progress=None) -> Analysis:
+    """``a`` with its null-model baseline (:func:`graphnn.analyses.null_model.attach_null`;
+    ``progress`` sees the step ``null``, one tick per copy)."""
     from .null_model import attach_null
 
     return attach_null(g, a, n, kind, seed, normalise=normalise, tol=tol, max_iter=max_iter, dtype=dtype,
-                       device=device)
+                       device=device, progress=progress)
 
 
 def strength_columns(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
