@@ -306,12 +306,15 @@ class _Session:
 
             self._progress = Progress(
                 TextColumn("[bold]{task.description:<14}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=Console(stderr=True), transient=True,
             )
             self._progress.start()
+        from .eta import StepEta, format_eta
+
         if step not in self._tasks:
-            self._tasks[step] = self._progress.add_task(step, total=max(total, 1))
-        self._progress.update(self._tasks[step], completed=done, total=max(total, 1))
+            self._tasks[step] = (self._progress.add_task(step, total=max(total, 1), eta=""), StepEta())
+        task, eta = self._tasks[step]
+        self._progress.update(task, completed=done, total=max(total, 1), eta=format_eta(eta.update(done, total)))
 
     def finish(self) -> None:
         """Stop the progress bar before the command's final lines."""
@@ -413,9 +416,12 @@ def _emit_frame(df, fmt: str, output: Path | None, *, title: str | None = None, 
 
 
 def _extract_kwargs(include, exclude, conv, trust, embeddings) -> dict:
-    from .report.pipeline import extract_options
-
-    return extract_options(include, exclude, conv, trust, embeddings)
+    """The keyword arguments of :func:`graphnn.extract`, as ``report.pipeline.extract_options``
+    builds them (empty globs become ``None``), without importing the report package: its plotting
+    libraries cost ``describe`` (headers only, goal <= 5 s) about 2 s."""
+    return {"include": list(include) or None if include else None,
+            "exclude": list(exclude) or None if exclude else None,
+            "conv": conv, "trust": trust, "include_embeddings": embeddings}
 
 
 def _check_device(device: str) -> str:
@@ -913,7 +919,7 @@ def rewire(
             kwargs["exclude"] = list(exclude)
         if include_embeddings:
             kwargs["include_embeddings"] = True
-        record = rewire_checkpoint(ckpt, output, **kwargs)
+        record = rewire_checkpoint(ckpt, output, progress=s.progress, **kwargs)
         s.progress("rewire", 1, 1)
         s.finish()
         used_seed = record.get("seed", seed) if isinstance(record, dict) else seed

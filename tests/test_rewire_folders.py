@@ -200,10 +200,10 @@ def test_shards_are_processed_one_at_a_time(tmp_path, monkeypatch):
     live: weakref.WeakSet = weakref.WeakSet()
     reads, real = [], ck._read_shard
 
-    def tracked(path, trust):
+    def tracked(path, trust, *wanted):
         gc.collect(0)
         assert len(live) == 0, "the previous shard is released before the next is read"
-        sd, meta = real(path, trust)
+        sd, meta = real(path, trust, *wanted)
         sd = Shard(sd)
         live.add(sd)
         reads.append(path.name)

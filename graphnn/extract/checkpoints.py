@@ -38,6 +38,7 @@ import os
 import pickle
 import re
 import stat
+import sys
 import threading
 import warnings
 import weakref
@@ -381,6 +382,156 @@ def _safetensors_entries(path: Path) -> list[TensorEntry]:
         else:
             entries.append(TensorEntry(n, shape, dtype, load, skip_reason=empty_skip_reason(shape)))
     return entries
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The header of a safetensors file, read without its data: ``data_start`` is the file offset
+    of the data section (8 + header length), ``tensors`` maps each name to ``(dtype, shape,
+    start, end)`` (the raw dtype string, and byte offsets relative to ``data_start``), in the
+    order of the data; ``metadata`` is the ``__metadata__`` object (strings to strings)."""
+
+    data_start: int
+    tensors: dict[str, tuple[str, tuple[int, ...], int, int]]
+    metadata: dict[str, str]
+
+
+def safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Read and check a safetensors header (the first ``8 + n`` bytes only; no tensor data is
+    read or mapped): the header length lies within the file, the JSON is an object whose entries
+    have a dtype, a shape and ``data_offsets`` that tile the data section exactly and match each
+    shape's size. Anything else is a :class:`CorruptCheckpointError`."""
+    path = Path(path)
+    size = require_regular_file(path).st_size
+
+    def bad(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(_corrupt_message(path, f"its safetensors header {what}"))
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad("is missing (the file is shorter than 8 bytes; truncated?)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > MAX_INDEX_BYTES * 4:
+            raise bad(f"claims {n:,} bytes, more than the file holds (truncated?)")
+        raw = f.read(n)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise bad(f"is not JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise bad("is not a JSON object")
+    metadata = doc.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("has a __metadata__ that is not an object of strings")
+    tensors = {}
+    for name, info in doc.items():
+        try:
+            dtype, shape, (start, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            start, end = int(start), int(end)
+        except (TypeError, KeyError, ValueError) as e:
+            raise bad(f"has a malformed entry for {name!r} ({e!r})") from e
+        width = _DTYPE_BYTES.get(dtype)
+        numel = 1
+        for d in shape:
+            numel *= d
+        if min(shape, default=0) < 0 or start < 0 or end < start or (width is not None and end - start != numel * width):
+            raise bad(f"gives {name!r} dtype {dtype!r}, shape {list(shape)} and {end - start} bytes, which disagree")
+        tensors[name] = (dtype, shape, start, end)
+    ordered = dict(sorted(tensors.items(), key=lambda kv: (kv[1][2], kv[1][3])))
+    pos = 0
+    for name, (_, _, start, end) in ordered.items():
+        if start != pos:
+            raise bad(f"leaves a gap or an overlap at byte {pos} of the data (at {name!r})")
+        pos = end
+    if 8 + n + pos != size:
+        raise bad(f"covers {pos:,} data bytes but the file holds {size - 8 - n:,} (truncated or padded)")
+    return SafetensorsHeader(8 + n, ordered, dict(metadata))
+
+
+#: Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
+                "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def read_tensor(path: str | os.PathLike, header: SafetensorsHeader, name: str) -> torch.Tensor:
+    """Tensor ``name`` of a safetensors file read with plain ``pread`` calls into a fresh tensor
+    (its own memory: writable, no memory map, nothing of the file stays mapped afterwards)."""
+    raw, shape, start, end = header.tensors[name]
+    dtype = _SAFETENSORS_DTYPES.get(raw)
+    if dtype is None or sys.byteorder != "little":  # the library converts byte order and odd dtypes
+        with _safe_open(Path(path)) as f:
+            return f.get_tensor(name).clone()
+    out = torch.empty(shape, dtype=dtype)
+    view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if out.numel() else memoryview(b"")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done:]], header.data_start + start + done)
+            if got <= 0:
+                raise CorruptCheckpointError(_corrupt_message(Path(path), f"it ends inside tensor {name!r} (truncated?)"))
+            done += got
+    finally:
+        os.close(fd)
+    return out
+
+
+def write_safetensors_like(source: str | os.PathLike, dest: str | os.PathLike, replaced: Mapping[str, torch.Tensor],
+                           metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``dest`` as a copy of the safetensors file ``source`` in which the tensors in
+    ``replaced`` (same dtype and shape as stored) take new values, streamed: the other tensors'
+    bytes are copied file to file (``copy_file_range``/``sendfile`` where the kernel has them) and
+    the replaced ones written from their own memory, so no tensor is copied in memory. The layout
+    (names, order, offsets) is the source's; ``metadata`` replaces the ``__metadata__``. Not
+    atomic: write to a temporary name (see :func:`graphnn.atomic.atomic_write`)."""
+    header = safetensors_header(source)
+    for name, t in replaced.items():
+        raw, shape, _, _ = header.tensors[name]
+        if tuple(t.shape) != shape or t.dtype != _SAFETENSORS_DTYPES.get(raw):
+            raise ValueError(f"{name}: a {t.dtype} {tuple(t.shape)} tensor cannot replace the stored {raw} {list(shape)}")
+    doc: dict[str, Any] = {}
+    meta = dict(header.metadata if metadata is None else metadata)
+    if meta:
+        doc["__metadata__"] = meta
+    for name, (raw, shape, start, end) in header.tensors.items():
+        doc[name] = {"dtype": raw, "shape": list(shape), "data_offsets": [start, end]}
+    blob = json.dumps(doc, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(source, "rb") as src, open(dest, "wb") as out:
+        out.write(len(blob).to_bytes(8, "little"))
+        out.write(blob)
+        out.flush()
+        for name, (_, _, start, end) in header.tensors.items():
+            if name in replaced:
+                t = replaced[name].detach().contiguous().cpu()
+                if t.numel():
+                    out.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+                out.flush()
+            else:
+                _copy_range(src, out, header.data_start + start, end - start)
+
+
+def _copy_range(src, out, offset: int, count: int) -> None:
+    """Copy ``count`` bytes of ``src`` from ``offset`` to the current end of ``out`` (both open
+    binary files; ``out`` flushed), in the kernel where possible, else 16 MiB at a time."""
+    pos = out.tell()
+    copy_range = getattr(os, "copy_file_range", None)
+    while count > 0:
+        try:
+            if copy_range is None:
+                raise OSError
+            n = copy_range(src.fileno(), out.fileno(), min(count, 1 << 30), offset, pos)
+        except OSError:
+            copy_range = None
+            src.seek(offset)
+            out.seek(pos)
+            n = out.write(src.read(min(count, 16 << 20)))
+            out.flush()
+        if n <= 0:
+            raise CorruptCheckpointError(_corrupt_message(Path(src.name), "it ended while being copied (truncated?)"))
+        offset, pos, count = offset + n, pos + n, count - n
+    out.seek(pos)
 
 
 def _pickle_entries(path: Path, trust: bool) -> list[TensorEntry]:

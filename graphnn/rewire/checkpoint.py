@@ -197,9 +197,17 @@ class _Plan:
         mapped = {b.param for b in self.graph.blocks.values()}
         return [g for g in self.groups if any(n in mapped for n in g.names)]
 
-    def apply(self, sd: dict[str, torch.Tensor]) -> set[str]:
-        """Rewire the groups stored in ``sd`` (in place: rewired tensors are new objects, every
-        stored name of a group gets the same one); returns the names changed in ``sd``."""
+    def pending(self, names: Iterable[str]) -> set[str]:
+        """The names among ``names`` whose values :meth:`apply` reads: tensors of groups it will
+        rewire that no earlier shard has rewired already."""
+        names = set(names)
+        return {n for g in self.changed_groups() if g.names[0] not in self.done for n in g.stored if n in names}
+
+    def apply(self, sd: dict[str, torch.Tensor], owned: bool = False) -> set[str]:
+        """Rewire the groups stored in ``sd`` (rewired tensors are new objects, every stored name
+        of a group gets the same one); returns the names changed in ``sd``. ``owned``: the
+        tensors of ``sd`` belong to the caller alone (read into fresh memory), so they are
+        rewired in place instead of being copied first."""
         changed: set[str] = set()
         todo: list[tuple[TieGroup, WeightTarget]] = []
         for g in self.changed_groups():
@@ -216,7 +224,10 @@ class _Plan:
                 raise InvalidParameterError(f"{here[0]} has dtype {src.dtype}; only floating-point weights can be rewired")
             # fp8 is a storage format torch cannot compute in: work in float32, store back as fp8
             # (exact for PA, a permutation of representable values; a redraw is rounded to fp8)
-            t = src.detach().to(torch.float32) if src.dtype in _STORAGE_ONLY else src.detach().clone()
+            if src.dtype in _STORAGE_ONLY:
+                t = src.detach().to(torch.float32)
+            else:
+                t = src.detach() if owned else src.detach().clone()
             for n in here:
                 sd[n] = t
             changed.update(here)
@@ -358,6 +369,7 @@ def rewire_checkpoint(
     device: str = "auto",
     trust: bool = False,
     overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Write a re-initialised copy of a checkpoint file (plus ``<out_path>.provenance.json``) or
     of a model folder (a folder, with ``graphnn.provenance.json`` inside); returns the provenance
@@ -379,6 +391,8 @@ def rewire_checkpoint(
     gamma, scope, conv : hypercore re-initialisation options (``hcore``).
     trust : allow a full unpickle of a ``.pt`` file that safe loading refuses (trusted files only).
     overwrite : replace an existing output (never the input).
+    progress : ``progress(step, done, total)``, called for a folder as the step ``"rewire"``
+        after each shard (``done`` shards of ``total``).
 
     The record holds: schema, graphnn/torch/numpy versions, UTC time, method, options, seed (and
     whether it was drawn), the input's SHA-256 (per file for a folder), the output's SHA-256 (per
@@ -436,7 +450,7 @@ def rewire_checkpoint(
         "output": {"path": str(out_path)},
     }
     if folder:
-        _rewire_folder(in_path, out_path, method, seed, selection, work, record, trust, overwrite)
+        _rewire_folder(in_path, out_path, method, seed, selection, work, record, trust, overwrite, progress)
     else:
         _rewire_file(in_path, out_path, method, seed, selection, work, record, trust, overwrite)
     return record
@@ -518,31 +532,56 @@ def _folder_layout(folder: Path) -> tuple[list[str], str | None]:
         "or a Hugging Face model folder")
 
 
-def _read_shard(path: Path, trust: bool) -> tuple[dict, dict | None]:
-    from graphnn.extract.checkpoints import require_regular_file, torch_load
+def _read_shard(path: Path, trust: bool, wanted: Callable[[Iterable[str]], set[str]] | None = None
+                ) -> tuple[dict, dict | None]:
+    """A shard's tensors and (safetensors) metadata. For safetensors with ``wanted`` (names ->
+    the names to read), only those are read, each into its own memory (``pread``, no memory
+    map); the others are shape-and-dtype placeholders on the ``meta`` device, which
+    :func:`_write_shard` copies from the file byte for byte. Pickle shards are read whole."""
+    from graphnn.extract.checkpoints import _safe_open, read_tensor, require_regular_file, safetensors_header, torch_load
 
     require_regular_file(path, "shard")
     if path.suffix in _SAFETENSORS:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        with _safe_open(path) as f:  # the library validates the header first
+            names = list(f.keys())
+        header = safetensors_header(path)
+        read = set(names) if wanted is None else wanted(names)
+        sd = {}
+        for n in names:
+            raw, shape, _, _ = header.tensors[n]
+            if n in read or _dtype_of(raw) is None:
+                sd[n] = read_tensor(path, header, n)
+            else:
+                sd[n] = torch.empty(shape, dtype=_dtype_of(raw), device="meta")
+        return sd, dict(header.metadata)
     obj = torch_load(path, trust=trust)
     if not isinstance(obj, dict):
         raise InvalidParameterError(f"{path} holds a {type(obj).__name__}, not a state_dict shard")
     return obj, None
 
 
-def _write_shard(sd: dict, metadata: dict | None, path: Path) -> None:
-    from graphnn.extract.checkpoints import write_safetensors
+def _write_shard(sd: dict, metadata: dict | None, path: Path, source: Path | None = None,
+                 changed: Iterable[str] = ()) -> None:
+    """Write one output shard. Safetensors with ``source``: streamed as a copy of ``source`` with
+    the ``changed`` tensors of ``sd`` replaced (:func:`~graphnn.extract.checkpoints.write_safetensors_like`:
+    the other tensors are copied file to file, never held in memory)."""
+    from graphnn.extract.checkpoints import write_safetensors, write_safetensors_like
 
-    if path.suffix in _SAFETENSORS:
+    if path.suffix in _SAFETENSORS and source is not None:
+        write_safetensors_like(source, path, {n: sd[n] for n in changed}, metadata)
+    elif path.suffix in _SAFETENSORS:
         write_safetensors(sd, path, metadata)
     else:
         torch.save(sd, path)
 
 
-def _rewire_folder(in_dir, out_dir, method, seed, selection, work, record, trust, overwrite) -> None:
+def _dtype_of(raw: str) -> torch.dtype | None:
+    from graphnn.extract.checkpoints import _SAFETENSORS_DTYPES
+
+    return _SAFETENSORS_DTYPES.get(raw)
+
+
+def _rewire_folder(in_dir, out_dir, method, seed, selection, work, record, trust, overwrite, progress=None) -> None:
     from graphnn.extract.checkpoints import open_checkpoint
 
     shards, index_name = _folder_layout(in_dir)
@@ -559,18 +598,25 @@ def _rewire_folder(in_dir, out_dir, method, seed, selection, work, record, trust
     def write(tmp: str) -> None:
         tmp_dir = Path(tmp)
         tensors: list[dict] = []
-        for shard in shards:  # one shard in memory at a time
-            sd, meta = _read_shard(in_dir / shard, trust)
+        for i, shard in enumerate(shards):  # one shard at a time; of a safetensors shard only the tensors to rewire
+            if progress:
+                progress("rewire", i, len(shards))
+            src = in_dir / shard
+            safetensors = src.suffix in _SAFETENSORS
+            sd, meta = _read_shard(src, trust, plan.pending) if safetensors else _read_shard(src, trust)
             names = list(sd)
-            changed = plan.apply(sd)
+            changed = plan.apply(sd, owned=safetensors)
             tensors += _tensor_records(((n, sd[n]) for n in names), plan, changed)
             dest = tmp_dir / shard
             dest.parent.mkdir(parents=True, exist_ok=True)
             if changed:
-                _write_shard(sd, {**(meta or {}), **_metadata(record)} if meta is not None else None, dest)
+                _write_shard(sd, {**(meta or {}), **_metadata(record)} if meta is not None else None, dest,
+                             source=src if safetensors else None, changed=changed)
             else:
                 shutil.copyfile(in_dir / shard, dest)
             del sd
+        if progress:
+            progress("rewire", len(shards), len(shards))
         for p in sorted(in_dir.rglob("*")):  # every other file, byte for byte
             rel = p.relative_to(in_dir).as_posix()
             if rel in shard_set or rel == FOLDER_PROVENANCE or not p.is_file():
