@@ -63,6 +63,13 @@ class Analysis:
     timings: dict = field(default_factory=dict)
     null: pd.DataFrame | None = None
 
+    def _repr_html_(self) -> str:
+        """A short HTML summary for Jupyter: counts, the centrality solve, the first rows of the
+        layer and block tables, the null model's largest |z| (:mod:`graphnn.html_summary`)."""
+        from ..html_summary import analysis_html
+
+        return analysis_html(self)
+
     def __repr__(self) -> str:
         return (f"Analysis({len(self.layers)} layers, {len(self.neurons)} neurons, {len(self.blocks)} blocks, "
                 f"columns={list(self.neurons.columns[2:])}, {self.runtime_s:.2f} s)")
