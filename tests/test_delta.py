@@ -318,3 +318,13 @@ def test_cli_compare_refusals_exit_2(files):
     assert r.stdout.count("\n") <= 3  # no table
     r = invoke("compare", files["base"], files["tuned"], files["other"], "--delta")
     assert r.exit_code == 2 and "exactly two" in r.output, r.output
+
+
+def test_bad_options_are_usage_errors():
+    g = graphnn.extract(mlp())
+    with pytest.raises(InvalidParameterError, match="labels must be two strings"):
+        graphnn.delta(g, g, labels=("only one",))
+    with pytest.raises(InvalidParameterError, match="norms must be True or False"):
+        graphnn.delta(g, g, norms="yes")
+    with pytest.raises(InvalidParameterError, match="needs a ΔW graph"):
+        graphnn.delta_norms(g)

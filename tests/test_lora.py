@@ -401,3 +401,23 @@ def test_cli_adapter_analysis_takes_the_analyse_options(tmp_path, mlp_base):
     want = torch.linalg.matrix_norm((2.0 * b @ a).double(), ord=2)
     if "spectral_norm" in blocks:
         assert blocks.loc["0.weight", "spectral_norm"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_orientation_follows_the_base_layer_and_biases_are_listed(tmp_path):
+    """PEFT turns fan_in_fan_out off for nn.Linear: on a square Linear weight a config that says
+    fan_in_fan_out=True must still give B·A, not its transpose. A lora_B.bias (PEFT's lora_bias)
+    is no factor: listed as not analysed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "base.safetensors")
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 5, generator=gen, dtype=torch.float64), torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    ad = write_adapter(tmp_path / "ad", {"0": (a, b)}, r=2, alpha=2, targets=["0"], fan_in_fan_out=True)
+    sd = {"base_model.model.0.lora_A.weight": a, "base_model.model.0.lora_B.weight": b,
+          "base_model.model.0.lora_B.bias": torch.ones(5, dtype=torch.float64)}
+    save_file(sd, ad / "adapter_model.safetensors")
+    g = graphnn.lora_delta(ad, tmp_path / "base.safetensors")
+    assert not torch.allclose(b @ a, (b @ a).T)
+    assert torch.allclose(g.blocks["0.weight"].matrix(), b @ a, rtol=1e-14, atol=0)
+    assert g.meta["lora"].other == ["base_model.model.0.lora_B.bias"]
+    assert any("not LoRA factors" in n and "lora_B.bias" in n for n in g.notes)

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import InvalidParameterError, TopologyWarning
 from ..graph import Block, LayeredGraph
+from ..validation import check_bool
 
 #: Columns of :func:`delta_norms`, in order.
 NORM_COLUMNS = ["block", "param", "frobenius_delta", "frobenius_base", "relative", "max_abs_delta"]
@@ -49,6 +50,10 @@ def delta(base: Any, tuned: Any, *, labels: tuple[str, str] | None = None, norms
     block name in common, a matched block whose shape, kind or aggregation differs, or one whose
     source/destination partitions (names, sizes, members, index maps) differ.
     """
+    check_bool("norms", norms)
+    if labels is not None and (not isinstance(labels, (tuple, list)) or len(labels) != 2
+                               or not all(isinstance(x, str) for x in labels)):
+        raise InvalidParameterError(f"labels must be two strings (base, tuned), not {labels!r}")
     base_g, tuned_g = _as_graph(base, "base"), _as_graph(tuned, "tuned")
     base_label, tuned_label = labels or (base_g.source or "base", tuned_g.source or "tuned")
     pairs, only_base, only_tuned = match_blocks(base_g, tuned_g, (base_label, tuned_label))
@@ -179,6 +184,9 @@ def _delta_block(t: Block, b: Block) -> Block:
 def _norm_row(t: Block, b: Block) -> dict:
     """One row of :func:`delta_norms` for a matched pair."""
     wt, wb = t.tensor(), b.tensor()
+    if "meta" in (wt.device.type, wb.device.type):
+        raise InvalidParameterError(f"{t.name}: a weight is on the meta device (no values), so ΔW has no values; "
+                                    "extract both models with their weights (or pass norms=False)")
     if t.aggregation is None and t.groups == 1:
         mt, mb = t.matrix(tensor=wt).double(), b.matrix(tensor=wb).double()
     else:  # the stored entries of the block (whole kernels), not their aggregation

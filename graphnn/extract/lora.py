@@ -46,8 +46,10 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 #: Entries of ``B · A`` formed at once by :func:`lora_strength` for the |ΔW| sums (32 MB in float64).
 CHUNK_ELEMENTS = 1 << 22
 
-_KEY = re.compile(r"^(?P<module>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-                  r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+#: ``<module>.lora_A[.<adapter name>].weight``, ``<module>.lora_embedding_A[.<adapter name>]``
+#: (PEFT drops the adapter name when it saves; a ``lora_B.bias`` is no factor).
+_KEY = re.compile(r"^(?P<module>.+?)\.(?:(?P<which>lora_A|lora_B)(?:\.[^.]+)?\.weight"
+                  r"|(?P<emb>lora_embedding_A|lora_embedding_B)(?:\.[^.]+)?)$")
 _PREFIX = "base_model.model."
 _UNSUPPORTED_TYPES = {
     "IA3": "IA3 scales activations (no low-rank weight change)",
@@ -153,9 +155,9 @@ def read_adapter(path: Any, trust: bool = False) -> LoraAdapter:
         if m is None or not e.is_tensor:
             other.append(e.name)
             continue
-        which = m.group("which")
+        which = m.group("which") or m.group("emb")
         factors.setdefault(m.group("module"), {})[which.replace("embedding_", "")] = e
-        if "embedding" in which:
+        if m.group("emb"):
             factors[m.group("module")]["embedding"] = True
     if not factors:
         raise InvalidParameterError(f"{weights} holds no LoRA factors (keys ending in lora_A.weight / lora_B.weight); "
@@ -271,7 +273,11 @@ def lora_delta(adapter: Any, base: Any, *, trust: bool = False, norms: bool = Tr
         if param != module + ".weight":
             notes.append(f"LoRA module {module} is applied to the base weight {param}")
         rec = params[param]
-        transposed = lm.embedding or ad.fan_in_fan_out or any(b.kind == "hf_conv1d" for b in blocks_of.get(param, []))
+        # stored in x out (GPT-2's Conv1D, an embedding's vocab x dim): ΔW is (B·A)ᵀ there. The base layer's
+        # kind decides, as in PEFT (which turns fan_in_fan_out off for nn.Linear and on for Conv1D); the
+        # config's flag only where the base weight is no block
+        kinds = {b.kind for b in blocks_of.get(param, [])}
+        transposed = lm.embedding or (bool(kinds & {"hf_conv1d", "embedding"}) if kinds else ad.fan_in_fan_out)
         want = _delta_shape(lm, transposed)
         have = _shape_of(rec)
         if have is not None and tuple(have) != want:
