@@ -342,7 +342,11 @@ def test_comparison_report_before_after(tmp_path):
         v1 = a1.layers.set_index("layer").at[name, "strength_var"]
         v2 = a2.layers.set_index("layer").at[name, "strength_var"]
         assert r[j] == fmt(v1) and r[j + 1] == fmt(v2)
-        assert r[j + 2] == f"{100 * (v2 - v1) / abs(v1):+.1f} %"
+        scale = max(a1.layers["strength_var"].abs().max(), a2.layers["strength_var"].abs().max())
+        if abs(v1) > 1e-2 * scale:  # a percentage only away from zero (html.NEAR_ZERO_REL)
+            assert r[j + 2] == f"{100 * (v2 - v1) / abs(v1):+.1f} %"
+        else:
+            assert r[j + 2] == "\u0394 " + ("+" if v2 >= v1 else "") + fmt(v2 - v1)
     jt = {r[0]: r[1:] for r in page.tables["block-table"]}
     cb = compare_blocks({"before": a1, "after": a2}).set_index("block")
     for name, cells in jt.items():

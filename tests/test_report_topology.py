@@ -260,14 +260,15 @@ def test_topology_section_in_the_report():
 @pytest.mark.parametrize("first, last, scale, expected", [
     (2.0, 3.0, 4.0, "+50.0 %"),
     (-2.0, -1.0, 4.0, "+50.0 %"),
-    (1e-9, 3e-9, 1.0, "\u0394 +2.000e-09"),   # |first| <= 0.1 % of the scale: absolute change
+    (1e-9, 3e-9, 1.0, "\u0394 +2.000e-09"),   # |first| <= 1 % of the scale: absolute change
+    (-0.1, -1.05, 25.6, "\u0394 -0.95"),       # a signed mean near 0 next to means of ~25
     (0.0, 0.5, 1.0, "\u0394 +0.5"),
-    (0.004, 0.002, 1.0, "-50.0 %"),           # 0.4 % of the scale: a percentage again
+    (0.02, 0.01, 1.0, "-50.0 %"),             # 2 % of the scale: a percentage again
     (float("nan"), 1.0, 1.0, "\u2013"),
 ])
 def test_near_zero_changes_are_not_percentages(first, last, scale, expected):
     rel = (last - first) / abs(first) if first else float("nan")
-    assert NEAR_ZERO_REL == 1e-3
+    assert NEAR_ZERO_REL == 1e-2
     assert _change_text(first, last, rel, scale) == expected
 
 

@@ -603,7 +603,7 @@ def render_comparison(
 #: A relative change is shown as a percentage only where |first| exceeds this fraction of the
 #: largest |value| of the metric in the table (and is not 0); nearer zero a percentage says
 #: nothing (a mean of 1e-6 becoming 3e-6 is "+200 %"), so the absolute change is shown, marked Δ.
-NEAR_ZERO_REL = 1e-3
+NEAR_ZERO_REL = 1e-2
 
 
 def _scale(values) -> float:
