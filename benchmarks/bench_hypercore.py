@@ -16,7 +16,9 @@ Printed for each graph:
    (structural edges / time; goal >= 20 M/s) and the numbers' largest relative difference to the
    old implementation and to the naive peeling (the same numbers are required).
 2. The 0/1 core of the strongest 10 % of the edges (``top=0.1``): ``graphnn.hypercore(g,
-   top=0.1)`` (whole call), its bucket peeling alone on loaded 0/1 blocks, and NetworKit's
+   top=0.1)`` (whole call), the CSR of the kept edges it builds from loaded 0/1 blocks (timed
+   apart, as NetworKit's graph build is), its bucket peeling on that CSR (the compute), the
+   dense-lines path used above ``kcore.CSR_MAX_ENTRIES`` (everything included), and NetworKit's
    ``CoreDecomposition`` compute only (graph built beforehand, one thread), igraph ``coreness``
    and networkx ``core_number`` (up to ``--nx-max-edges``) on the same edge list; the numbers
    must be equal; goal: graphnn's peeling at least as fast as NetworKit's compute.
@@ -155,15 +157,30 @@ def edge_list(g, tau: float):
 
 def bench_01(name, g, repeats: int, nx_max_edges: int) -> dict:
     import graphnn
-    from graphnn.analyses.kcore import core_numbers
+    from graphnn.analyses import kcore
+    from graphnn.analyses._lines import line_ends
 
     r = {}
     r["call_s"], r["call_cpu"], df = _timed(lambda: graphnn.hypercore(g, top=0.1), repeats)
     ours = df["core"].to_numpy()
     tau = df.attrs["threshold"]
     n, placed = loaded(g, tau)
-    r["peel_s"], r["peel_cpu"], got = _timed(lambda: core_numbers(n, placed), repeats)
+
+    def prepare():
+        ends = line_ends(placed, binary=True)
+        kcore._small_ints(ends)
+        return kcore.csr(n, ends)
+
+    r["prep_s"], r["prep_cpu"], (indptr, indices) = _timed(prepare, repeats)
+    r["peel_s"], r["peel_cpu"], got = _timed(lambda: kcore.peel_csr(n, indptr, indices), repeats)
     r["peel_equal_call"] = bool(np.array_equal(got, ours))
+    saved = kcore.CSR_MAX_ENTRIES
+    kcore.CSR_MAX_ENTRIES = -1  # the dense-lines path, for graphs with too many kept edges for a CSR
+    try:
+        r["dense_s"], r["dense_cpu"], got = _timed(lambda: kcore.core_numbers(n, placed), repeats)
+    finally:
+        kcore.CSR_MAX_ENTRIES = saved
+    r["dense_equal_call"] = bool(np.array_equal(got, ours))
     u, v = edge_list(g, tau)
     r["edges"], r["levels"] = int(u.size), int(len(np.unique(ours)))
     try:
@@ -218,7 +235,9 @@ def report(name, w: dict, z: dict) -> None:
               f"ratio {w['naive_cpu'] / w['peel_cpu']:.1f}x; max rel diff {w['naive_maxrel']:.1e}")
     print(f"  2. 0/1 core of the top 10 % edges ({z['edges']:,} edges, {z['levels']} levels)")
     print(f"     graphnn.hypercore(g, top=0.1)   {z['call_s']:8.3f} s  (CPU {z['call_cpu']:.3f} s)")
-    print(f"     its bucket peeling alone         {z['peel_s']:8.4f} s  (CPU {z['peel_cpu']:.4f} s)")
+    print(f"     its CSR of the kept edges        {z['prep_s']:8.4f} s  (CPU {z['prep_cpu']:.4f} s)  (like a graph build)")
+    print(f"     its bucket peeling on the CSR    {z['peel_s']:8.4f} s  (CPU {z['peel_cpu']:.4f} s)  equal: {z['peel_equal_call']}")
+    print(f"     dense-lines path (no CSR)        {z['dense_s']:8.4f} s  (CPU {z['dense_cpu']:.4f} s)  equal: {z['dense_equal_call']}")
     if z.get("nk_s") is not None:
         print(f"     NetworKit CoreDecomposition      {z['nk_s']:8.4f} s  (CPU {z['nk_cpu']:.4f} s)  "
               f"graphnn/NetworKit CPU ratio {z['peel_cpu'] / z['nk_cpu']:.2f} "

@@ -194,3 +194,120 @@ def test_extracted_models_equal_sequential_peeling(model_name):
     g = graphnn.extract(getattr(models, model_name)())
     got = graphnn.hypercore(g)["core"].to_numpy()
     np.testing.assert_allclose(got, sequential_peeling(dense_abs_adjacency(g)), rtol=1e-9)
+
+
+# -- the peeling's storage paths (issue 11 §2) ---------------------------------------------------
+def thresholded_adjacency(g, tau: float) -> np.ndarray:
+    """Integer adjacency of the 0/1 multigraph written from the block matrices: every structural
+    edge with |w| >= tau counts once (parallel edges add, a self-loop counts twice)."""
+    n = g.num_nodes
+    a = np.zeros((n, n))
+    for b in g.blocks.values():
+        keep = (b.matrix().abs() >= tau).numpy()
+        mask = b.structure_mask()
+        if mask is not None:
+            keep &= mask.numpy()
+        r, c = np.nonzero(keep)
+        rows = g.offset(b.dst) + b.dst_neurons().numpy()[r]
+        cols = g.offset(b.src) + b.src_neurons().numpy()[c]
+        np.add.at(a, (rows, cols), 1)
+        np.add.at(a, (cols, rows), 1)
+    return a
+
+
+def _paths(monkeypatch):
+    """The storage choices the peeling makes by size, forced on small graphs: a transposed |W|
+    copy per block (small graphs), the signed matrix streamed with |.| taken per line (large
+    graphs), and strided columns when the transposed copies would exceed their budget."""
+    from graphnn.analyses import _blocks, _lines
+
+    yield "copy"
+    monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", -1)
+    yield "stream"
+    monkeypatch.setattr(_lines, "TRANSPOSE_BUDGET_BYTES", 0)
+    yield "strided"
+
+
+@settings(max_examples=25, deadline=None)
+@given(layered_graphs(max_nodes=12))
+def test_every_storage_path_gives_the_brute_force_cores(g):
+    ref = brute_force_cores(dense_abs_adjacency(g))
+    with pytest.MonkeyPatch.context() as mp:
+        for path in _paths(mp):
+            got = graphnn.hypercore(g)["core"].to_numpy()
+            np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+@settings(max_examples=25, deadline=None)
+@given(layered_graphs(max_nodes=14), st.sampled_from([0.0, 0.5, 1.0, 1.5]))
+def test_thresholded_cores_count_multi_edges_on_the_csr_and_on_the_dense_lines(g, tau):
+    """Self-loops, parallel and grouped blocks: both 0/1 peelings equal the one-at-a-time
+    peeling of the integer adjacency written from the matrices."""
+    from graphnn.analyses import kcore
+
+    ref = sequential_peeling(thresholded_adjacency(g, tau))
+    got = graphnn.hypercore(g, threshold=tau)["core"].to_numpy()
+    np.testing.assert_array_equal(got, ref)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kcore, "CSR_MAX_ENTRIES", -1)
+        for path in _paths(mp):
+            np.testing.assert_array_equal(graphnn.hypercore(g, threshold=tau)["core"].to_numpy(), ref, err_msg=path)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_thresholded_block_scope_equals_networkx_per_block_group(dense, monkeypatch):
+    from graphnn.analyses import kcore
+
+    if dense:
+        monkeypatch.setattr(kcore, "CSR_MAX_ENTRIES", -1)
+    g = random_mlp([30, 25, 20, 5], seed=5)
+    tau = 0.5
+    got = graphnn.hypercore(g, scope="block", threshold=tau)
+    assert str(got["core_in"].dtype) == "Int64"
+    for name in ("l1", "l2"):
+        (b_in,), (b_out,) = g.blocks_into(name), g.blocks_out_of(name)
+        for side, b in (("in", b_in), ("out", b_out)):
+            w = b.matrix().abs().numpy()
+            G = nx.Graph()
+            G.add_nodes_from([("s", j) for j in range(b.n_src)] + [("d", i) for i in range(b.n_dst)])
+            G.add_edges_from((("d", i), ("s", j)) for i, j in zip(*np.nonzero(w >= tau)))
+            ref = nx.core_number(G)
+            tag = "d" if side == "in" else "s"
+            col = got[got["layer"] == name][f"core_{side}"].to_numpy(dtype=np.int64)
+            assert col.tolist() == [ref[(tag, i)] for i in range(g.partitions[name].size)]
+
+
+def test_depthwise_blocks_are_peeled_from_their_in_group_entries():
+    """A depthwise block (one edge per channel) between dense ones: the numbers equal the
+    sequential peeling, and its lines hold one entry each, not a dense row."""
+    from graphnn.analyses._blocks import NodeSpace, Weighting, load_abs_blocks, place
+    from graphnn.analyses._lines import line_ends
+
+    gen = torch.Generator().manual_seed(4)
+    sizes = [6, 12, 12, 5]
+    dw = torch.randn(12, 12, generator=gen, dtype=torch.float64) * 7  # garbage off the diagonal
+    g = make_graph(sizes, [("a", 0, 1, torch.randn(12, 6, generator=gen, dtype=torch.float64), 1),
+                           ("dw", 1, 2, dw, 12),
+                           ("b", 2, 3, torch.randn(5, 12, generator=gen, dtype=torch.float64), 1)])
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_allclose(got, sequential_peeling(dense_abs_adjacency(g)), rtol=1e-12)
+    space = NodeSpace.of_graph(g)
+    blocks = load_abs_blocks(g, weighting=Weighting(), dtype=torch.float64, device=torch.device("cpu"))
+    ends = [e for e in line_ends(place(space, blocks)) if e.name == "dw"]
+    assert [e.lines.shape for e in ends] == [(12, 1), (12, 1)]
+    np.testing.assert_array_equal(ends[0].lines[:, 0], dw.diagonal().abs().numpy())
+
+
+def test_peeling_is_the_definition_on_a_long_star_and_a_chain():
+    """Many levels with one removal each (a star's leaves) and a cascade through a chain of
+    partitions: exact numbers from the definition, written by hand."""
+    leaves = torch.arange(1, 2001, dtype=torch.float64)[None, :] / 1000  # one centre, 2000 leaves
+    g = make_graph([2000, 1], [("star", 0, 1, leaves, 1)])
+    core = graphnn.hypercore(g)["core"].to_numpy()
+    # leaf j (|w| = (j+1)/1000) goes at its own strength; the centre last, at the last leaf's
+    np.testing.assert_allclose(core[:2000], leaves.numpy()[0], rtol=1e-15)
+    assert core[2000] == pytest.approx(2.0)
+    chain = make_graph([1] * 6, [(f"c{i}", i, i + 1, torch.tensor([[1.0 + i]], dtype=torch.float64), 1)
+                                 for i in range(5)])
+    # strengths 1, 3, 5, 7, 9, 5: the ends go first and the cascade climbs the chain
+    np.testing.assert_allclose(graphnn.hypercore(chain)["core"].to_numpy(), [1, 2, 3, 4, 5, 5])

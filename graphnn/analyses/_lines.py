@@ -78,10 +78,13 @@ class LineEnd:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU float32/float64 tensor; other dtypes (bf16, fp16) become float32."""
+    """A numpy view of a CPU float32/float64 tensor (a bool tensor: its bytes as uint8); other
+    dtypes (bf16, fp16) become float32."""
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
+    if t.dtype == torch.bool:
+        return t.numpy().view(np.uint8)
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float32)
     return t.numpy()
@@ -104,9 +107,17 @@ def _compact_groups(mask: torch.Tensor | None) -> int:
     return groups if int(np.count_nonzero(mask)) == groups * r * c and bool(inside.all()) else 1
 
 
-def _weighted_matrix(b: AbsBlock) -> tuple[torch.Tensor, bool]:
+def _weighted_matrix(b: AbsBlock, binary: bool = False) -> tuple[torch.Tensor, bool]:
     """``(matrix, signed)``: the block's ``(m_dst, m_src)`` weights, masked: ``A`` itself, or the
-    signed matrix when ``A = |W|`` can be taken on use (a view, no copy)."""
+    signed matrix when ``A = |W|`` can be taken on use (a view, no copy). ``binary``: a 0/1
+    weighting as a bool matrix (1 byte per entry)."""
+    if binary:
+        if b.t is not None:
+            return b.t.t() != 0, False
+        a = b.w.abs() >= b.weighting.tau
+        if b.mask is not None:
+            a &= b.mask.to(a.device)
+        return a, False
     if b.t is not None:
         return b.t.t(), False
     w = b.w
@@ -132,7 +143,8 @@ def _fold(a: np.ndarray, index: np.ndarray | None, size: int, axis: int) -> tupl
         return a, index, offset_only
     shape = list(a.shape)
     shape[axis] = uniq.size
-    out = np.zeros(shape, dtype=np.float64 if a.dtype == np.float64 else np.float32)
+    kind = np.float64 if a.dtype == np.float64 else (np.int64 if a.dtype.kind in "ui" else np.float32)
+    out = np.zeros(shape, dtype=kind)
     if axis == 0:
         np.add.at(out, inverse, a)
     else:
@@ -178,9 +190,11 @@ def _end(name: str, a: np.ndarray, absolute: bool, start: int, size: int, t_star
                    t_part=(t_start, t_start + t_size))
 
 
-def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES) -> list[LineEnd]:
+def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, binary: bool = False) -> list[LineEnd]:
     """Both ends of every placed block (the destination end's lines are rows, the source end's
-    columns). The column side is a transposed contiguous copy while ``budget_bytes`` allows."""
+    columns). The column side is a transposed contiguous copy while ``budget_bytes`` allows.
+    ``binary``: the blocks are weighted 0/1 (a threshold); lines are then unsigned integers
+    (uint8 0/1, or int64 counts where an index map adds parallel edges)."""
     budget = _Budget(budget_bytes)
     ends = []
     for p in placed:
@@ -188,6 +202,8 @@ def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES) 
         compact = getattr(b, "_g", None)
         if compact is not None:  # held as (groups, rows, cols) in-group entries already
             g, r, c = b.group_shape
+            if binary:
+                compact = compact != 0
             rows = _numpy(compact).reshape(g * r, c)
             cols = np.ascontiguousarray(_numpy(compact).transpose(0, 2, 1)).reshape(g * c, r)
             ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, rows, group_lines=r,
@@ -195,7 +211,7 @@ def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES) 
             ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, cols, group_lines=c,
                                 group_width=r, t_part=(p.dst_off, p.dst_off + b.n_dst)))
             continue
-        mat, signed = _weighted_matrix(b)
+        mat, signed = _weighted_matrix(b, binary)
         a = _numpy(mat)
         groups = 1
         if b.mask is not None and b._src_map is None and b._dst_map is None:

@@ -24,11 +24,116 @@ from ._chunkmin import SegmentMin, segment_cuts
 from ._lines import LineEnd, line_ends
 
 
+#: Up to this many adjacency entries (twice the kept edges) the 0/1 graph is peeled on a CSR
+#: copy (4 bytes per entry: only the kept edges are read); above, on the dense 0/1 lines.
+CSR_MAX_ENTRIES = 1 << 25
+
+
 def _small_ints(ends: list[LineEnd]) -> None:
-    """0/1 (or small multi-edge count) lines as the narrowest exact unsigned integers."""
+    """Lines as the narrowest exact unsigned integers (0/1, or multi-edge counts)."""
     for e in ends:
-        top = float(e.lines.max()) if e.lines.size else 0.0
-        e.lines = e.lines.astype(np.uint8 if top <= 255 else np.int64)
+        top = int(e.lines.max()) if e.lines.size else 0
+        want = np.uint8 if top <= 255 else np.int64
+        if e.lines.dtype != want:
+            e.lines = e.lines.astype(want)
+
+
+def _entries(e: LineEnd) -> tuple[np.ndarray, np.ndarray]:
+    """``(v, u)``: local neuron (sorted) and node-space neighbour of every edge of end ``e``
+    (a multi-edge repeated by its count)."""
+    r, c = np.nonzero(e.lines)
+    counts = e.lines[r, c]
+    if e.group_lines:
+        u = e.t_start + (r // e.group_lines) * e.group_width + c
+    elif e.targets is not None:
+        u = e.targets[c]
+    else:
+        u = e.t_start + c
+    if e.line_of is None:
+        v = r
+    else:
+        has = np.flatnonzero(e.line_of >= 0)
+        neuron_of = np.empty(e.lines.shape[0], dtype=np.int64)
+        neuron_of[e.line_of[has]] = has
+        v = neuron_of[r]
+        if v.size > 1 and np.any(v[1:] < v[:-1]):
+            order = np.argsort(v, kind="stable")
+            v, u, counts = v[order], u[order], counts[order]
+    if counts.size and int(counts.max()) > 1:
+        v, u = np.repeat(v, counts), np.repeat(u, counts)
+    return v, u
+
+
+def csr(n: int, ends: list[LineEnd]) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, indices)`` of the 0/1 multigraph of ``ends``: the neighbours of node ``v`` are
+    ``indices[indptr[v]:indptr[v + 1]]`` (int32), a parallel edge once per copy, a self-loop
+    twice. Placed end by end by counting (no sort)."""
+    parts = [(e, *_entries(e)) for e in ends]
+    counts = np.zeros(n, dtype=np.int64)
+    for e, v, _ in parts:
+        counts[e.start:e.start + e.size] += np.bincount(v, minlength=e.size)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    free = indptr[:-1].copy()
+    for e, v, u in parts:
+        per = np.bincount(v, minlength=e.size)
+        first = np.cumsum(per) - per
+        indices[free[e.start + v] + (np.arange(v.size) - first[v])] = u
+        free[e.start:e.start + e.size] += per
+    return indptr, indices
+
+
+def peel_csr(n: int, indptr: np.ndarray, indices: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    """k-core numbers (int64) of the CSR multigraph, a wave at a time (see the module docstring):
+    a wave's neighbour lists are gathered in one go and counted (``bincount`` for a large wave,
+    ``subtract.at`` for a small one); the next wave is looked for among those neighbours."""
+    big = np.int64(1) << 62
+    d = np.diff(indptr)
+    core = np.zeros(n, dtype=np.int64)
+    left, k = n, 0
+    while left:
+        k = max(k, int(d.min()))
+        wave = np.flatnonzero(d <= k)
+        while wave.size:
+            core[wave] = k
+            d[wave] = big
+            left -= wave.size
+            lo, hi = indptr[wave], indptr[wave + 1]
+            if wave.size == 1:
+                nb = indices[int(lo[0]):int(hi[0])]
+            else:
+                length = hi - lo
+                pos = np.repeat(lo - (np.cumsum(length) - length), length)
+                pos += np.arange(pos.size)
+                nb = indices[pos]
+            if not nb.size:
+                break
+            if 4 * nb.size > n:
+                dec = np.bincount(nb, minlength=n)
+                d -= dec
+                wave = np.flatnonzero((d <= k) & (dec > 0))
+            else:
+                np.subtract.at(d, nb, 1)
+                hit = nb[d[nb] <= k]
+                wave = np.unique(hit) if hit.size > 1 else hit.astype(np.int64)
+        if progress:
+            progress("hypercore", n - left, n)
+    return core
+
+
+def core_numbers(n: int, placed: Sequence[Placed], progress: Progress | None = None) -> np.ndarray:
+    """k-core number of every node of a node space of ``n`` nodes joined by ``placed`` (blocks
+    weighted 0/1), as float64 integers: on a CSR copy of the kept edges up to
+    :data:`CSR_MAX_ENTRIES` adjacency entries, else on the dense 0/1 lines."""
+    if n == 0:
+        return np.zeros(0)
+    ends = line_ends(list(placed), binary=True)
+    _small_ints(ends)
+    entries = sum(int(e.lines.sum(dtype=np.int64)) for e in ends)
+    if entries <= CSR_MAX_ENTRIES:
+        return peel_csr(n, *csr(n, ends), progress=progress).astype(np.float64)
+    return _peel_lines(n, placed, ends, progress)
 
 
 def _degrees(n: int, placed: Sequence[Placed]) -> np.ndarray:
@@ -40,14 +145,9 @@ def _degrees(n: int, placed: Sequence[Placed]) -> np.ndarray:
     return np.round(deg)
 
 
-def core_numbers(n: int, placed: Sequence[Placed], progress: Progress | None = None) -> np.ndarray:
-    """k-core number of every node of a node space of ``n`` nodes joined by ``placed`` (blocks
-    weighted 0/1), as float64 integers."""
+def _peel_lines(n: int, placed: Sequence[Placed], ends: list[LineEnd], progress: Progress | None) -> np.ndarray:
+    """The same waves on the dense 0/1 lines (no CSR copy: for graphs with many kept edges)."""
     core = np.zeros(n)
-    if n == 0:
-        return core
-    ends = line_ends(list(placed))
-    _small_ints(ends)
     starts = sorted({(e.start, e.size) for e in ends})
     heap = SegmentMin(_degrees(n, placed), segment_cuts(n, [(a, a + size) for a, size in starts]
                                                        + [e.t_part for e in ends]))
