@@ -57,13 +57,17 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 
 def __getattr__(name: str):
-    """Import a public name of :data:`_LAZY` on first use and keep it (PEP 562)."""
-    try:
-        module_name, attr = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    """Import a public name of :data:`_LAZY` on first use and keep it (PEP 562); a subpackage
+    (``graphnn.sigprop``, ``graphnn.analyses``, ...) is imported on first use too."""
     import importlib
+    import importlib.util
 
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        module_name, attr = f".{name}", None
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(module_name, __name__)
     value = module if attr is None else getattr(module, attr)
     globals()[name] = value

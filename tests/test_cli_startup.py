@@ -99,13 +99,14 @@ def test_import_graphnn_is_lazy_until_a_name_is_used():
             "print(type(g).__name__)\n"
             "print('layers', len(graphnn.analyse(g).layers))\n"
             "from graphnn import strength, signal_propagation\n"
-            "print('ok', 'pandas' in sys.modules)\n")
+            "print('ok', 'pandas' in sys.modules)\n"
+            "print(graphnn.sigprop.mean_field.mean_field('relu', 2.0).chi1)  # a subpackage on first use\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert lines[0] == "before []"
-    assert lines[1:] == ["LayeredGraph", "layers 3", "ok True"]
+    assert lines[1:] == ["LayeredGraph", "layers 3", "ok True", "1.0"]
 
 
 def test_every_public_name_resolves_to_its_module_object():
