@@ -394,3 +394,11 @@ def test_progress_ticks_once_per_copy(mlp_graph):
     seen = []
     graphnn.analyse(mlp_graph, null=3, seed=0, progress=lambda step, done, total: seen.append((step, done, total)))
     assert [s for s in seen if s[0] == "null"] == [("null", i, 3) for i in range(4)]
+
+
+def test_null_copy_keeps_meta_and_says_what_it_is():
+    g = LayeredGraph.from_matrices({"a": 3, "b": 2}, {"w": ("a", "b", torch.randn(2, 3))})
+    g.meta["origin"] = "test"
+    copy = null_copy(g, "rewire", seed=7)
+    assert copy.meta["origin"] == "test" and copy.meta["null"]["kind"] == "rewire"
+    assert copy.meta["null"]["seed_entropy"] == 7 and "null" not in g.meta

@@ -329,7 +329,8 @@ def null_copy(g: LayeredGraph, kind: str = "shuffle", seed: int | np.random.Seed
     """A lazy null copy of ``g``: the same partitions and blocks, each block's loader returning
     its tensor with the block's edges permuted by the ``kind`` null (module docstring). ``seed``
     (an integer or a ``numpy.random.SeedSequence``) fixes every block's permutation; the copy
-    regenerates it on each read, so it costs one block's tensor at a time."""
+    regenerates it on each read, so it costs one block's tensor at a time. ``copy.meta`` is
+    ``g``'s with ``meta["null"]`` (kind, seed entropy and spawn key) added."""
     check_choice("kind", kind, KINDS)
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(check_seed("seed", seed))
     blocks = []
@@ -337,8 +338,10 @@ def null_copy(g: LayeredGraph, kind: str = "shuffle", seed: int | np.random.Seed
         ss = np.random.SeedSequence(root.entropy, spawn_key=tuple(root.spawn_key) + (i,))
         blocks.append(replace(b, _load=(lambda b=b, ss=ss: permuted_tensor(b, kind, ss)), _on_load=None))
     coverage = [dict(r) for r in getattr(g, "_coverage", [])]
+    meta = {**getattr(g, "meta", {}), "null": {"kind": kind, "seed_entropy": root.entropy,
+                                               "spawn_key": tuple(root.spawn_key)}}
     return LayeredGraph(list(g.partitions.values()), blocks, coverage=coverage,
-                        source=f"{kind} null of {g.source or 'a graph'}", notes=list(g.notes))
+                        source=f"{kind} null of {g.source or 'a graph'}", notes=list(g.notes), meta=meta)
 
 
 # -- metrics -------------------------------------------------------------------------------------
