@@ -227,6 +227,7 @@ class AbsBlock:
         #: transposed copy ``t`` (if ``copy``) is only made when something asks for it.
         self.group_shape = _uniform_groups(block) if block.src_index is None and block.dst_index is None else None
         self._g = self._g_sums = None
+        self._full = self._pre_sums = None
         if self.group_shape is not None:
             g, r, c = self.group_shape
             inside = w.reshape(g, r, g, c).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (g, r, c) view
@@ -236,7 +237,7 @@ class AbsBlock:
             self._g_sums = (a64.sum(2).reshape(-1).to(device), a64.sum(1).reshape(-1).to(device))
         if not copy:
             self.w = w if w.device == device else w.to(device)
-        elif self.group_shape is None:
+        elif self.group_shape is None and (self.has_mask or device.type != "cpu"):
             t = torch.empty((self.m_src, self.m_dst), dtype=dtype, device=device)
             if weighting.tau is None:
                 t.copy_(w.t())
@@ -246,8 +247,38 @@ class AbsBlock:
             if self.has_mask:
                 t.mul_(self.mask.t())
             self._t = t
+        elif self.group_shape is None:
+            self._copy_with_sums(w)
         self._copy = copy
         self._sums = None
+
+    def _copy_with_sums(self, w: torch.Tensor) -> None:
+        """Make the transposed copy ``t`` a cache-sized chunk at a time and, while each chunk is
+        in cache, its exact float64 sums (when the compute dtype holds ``A`` exactly) and its
+        zero-free lines (:meth:`full_lines`): one pass instead of three."""
+        f64, tau = torch.float64, self.weighting.tau
+        t = torch.empty((self.m_src, self.m_dst), dtype=self.dtype, device=self.device)
+        exact = tau is not None or w.element_size() <= t.element_size()
+        src_sums = torch.empty(self.m_src, dtype=f64, device=self.device)
+        dst_sums = torch.zeros(self.m_dst, dtype=f64, device=self.device)
+        full = torch.empty(self.m_src, dtype=torch.bool, device=self.device)
+        step = max(1, _STREAM_ELEMENTS // max(self.m_dst, 1))
+        for j in range(0, self.m_src, step):
+            chunk = t[j:j + step]
+            k = chunk.shape[0]
+            if tau is None:
+                chunk.copy_(w[:, j:j + k].t())
+                chunk.abs_()
+            else:
+                chunk.copy_(self.weighting(w[:, j:j + k]).t())
+            torch.gt(chunk.amin(1), 0, out=full[j:j + k])
+            if exact:
+                torch.sum(chunk, 1, dtype=f64, out=src_sums[j:j + k])
+                dst_sums += chunk.sum(0, dtype=f64)
+        self._t = t
+        self._full = ("src", full)
+        if exact:
+            self._pre_sums = (dst_sums, src_sums)
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -308,6 +339,8 @@ class AbsBlock:
     def _matrix_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._g_sums is not None:
             return self._g_sums
+        if self._pre_sums is not None:
+            return self._pre_sums
         if self.t is not None:
             src_sums, dst_sums = exact_sums(self.t)
         else:
@@ -456,6 +489,8 @@ class AbsBlock:
         an index map (callers then look at the entries)."""
         if self.has_mask or self._src_map is not None or self._dst_map is not None:
             return None
+        if self._full is not None:
+            return self._full
         m, side, tau = (self.t, "src", None) if self.t is not None else (self.w, "dst", self.weighting.tau)
         full = torch.empty(m.shape[0], dtype=torch.bool, device=m.device)
         step = max(1, _STREAM_ELEMENTS // max(m.shape[1], 1))

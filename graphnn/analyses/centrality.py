@@ -108,22 +108,32 @@ def _arpack(op: BlockOperator, tol: float, max_iter: int, v0: np.ndarray | None 
         return None, None, False
 
 
+#: Lanczos keeps the operator's outputs ``A v_j`` of a cycle (to give ``A x`` of its Ritz vector
+#: without one more product) while they take at most this many bytes.
+KEEP_PRODUCTS_BYTES = 1 << 28
+
+
 def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0: torch.Tensor | None = None):
     """Largest algebraic eigenpair of a symmetric operator by Lanczos with full
     reorthogonalisation, restarted from the Ritz vector every ``ncv`` steps and stopped as soon as
     the Ritz residual ``|beta_j y_j| / theta`` is below ``tol``; starts from ``x0`` (unit norm;
-    default the all-ones vector). Returns ``(eigenvalue, unit vector, converged, relative
-    residual)``. Device-generic."""
+    default the all-ones vector). Returns ``(eigenvalue, unit vector x, converged, relative
+    residual, A x)``: ``A x`` is the same combination of the operator's own outputs as ``x`` of
+    the basis (no extra product), or ``None`` when keeping them would take more than
+    ``KEEP_PRODUCTS_BYTES``. Device-generic."""
     x = _ones(n, device) if x0 is None else x0.to(device, torch.float64)
-    theta, resid, used = 0.0, math.inf, 0
+    theta, resid, used, ax = 0.0, math.inf, 0, None
     while used < max_iter:
         m = max(1, min(ncv, n, max_iter - used))
         basis = torch.zeros(m + 1, n, dtype=torch.float64, device=device)
+        prods = torch.empty(m, n, dtype=torch.float64, device=device) if m * n * 8 <= KEEP_PRODUCTS_BYTES else None
         basis[0] = x
         alpha, beta = [], []
         for j in range(m):
             w = op(basis[j])
             used += 1
+            if prods is not None:
+                prods[j] = w
             a = torch.dot(w, basis[j]).item()
             w = w - a * basis[j]
             if j > 0:
@@ -142,11 +152,14 @@ def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0
             if resid <= tol or invariant or k == m:
                 break
             basis[j + 1] = w / b
-        x = torch.from_numpy(y).to(device) @ basis[:k]
-        x = x / x.norm()
+        yt = torch.from_numpy(y).to(device)
+        x = yt @ basis[:k]
+        norm = x.norm()
+        x = x / norm
+        ax = None if prods is None else (yt @ prods[:k]) / norm
         if resid <= tol or invariant:
-            return theta, x, True, resid
-    return theta, x, False, resid
+            return theta, x, True, resid, ax
+    return theta, x, False, resid, ax
 
 
 def _finish(x: torch.Tensor, normalise: str) -> np.ndarray:
@@ -217,36 +230,42 @@ def _dense_perron(a: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: float, max_iter: int,
-                      device: torch.device):
-    """Top eigenpair of one component by Lanczos and/or ARPACK, started from the component's
-    all-ones vector; returns ``(eigenvalue, vector, converged, solver used)``."""
+                      device: torch.device, start: np.ndarray):
+    """Top eigenpair of one component by Lanczos and/or ARPACK, started from ``start`` on the
+    component (its |w| strength: ``A`` times its all-ones vector, known without a product);
+    returns ``(eigenvalue, unit vector on nodes, converged, solver used, A x on nodes or None)``."""
+    idx = torch.as_tensor(nodes, device=device)
     mask = torch.zeros(op.n, dtype=torch.float64, device=device)
-    mask[torch.as_tensor(nodes, device=device)] = 1.0
-    x0 = mask / math.sqrt(len(nodes))
+    mask[idx] = 1.0
+    x0 = torch.zeros(op.n, dtype=torch.float64, device=device)
+    x0[idx] = torch.as_tensor(start, dtype=torch.float64, device=device)
+    x0 = x0 / x0.norm()
     sub = _Restricted(op, mask)
     budget = max(1, max_iter)
+    ax = None
     if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
-        start = op.calls
-        theta, x, ok, _ = lanczos_top(sub, op.n, tol, min(budget, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE, x0=x0)
+        start_calls = op.calls
+        theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, min(budget, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE,
+                                          x0=x0)
         used = "lanczos"
-        spent = op.calls - start
+        spent = op.calls - start_calls
         if not ok and spent < budget:
             t2, x2, ok = _arpack(sub, tol, budget - spent, v0=x.cpu().numpy())
             used = "lanczos+arpack"
             if x2 is not None:
-                theta, x = t2, x2
+                theta, x, ax = t2, x2, None
     elif solver == "arpack":
         theta, x, ok = _arpack(sub, tol, budget, v0=x0.cpu().numpy())
         used = "arpack"
         if x is None:  # ARPACK gave nothing back: take the Lanczos estimate with the same budget
-            theta, x, ok, _ = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+            theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
     else:
-        theta, x, ok, _ = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+        theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
         used = "lanczos"
-    x = x.to(device, torch.float64)[torch.as_tensor(nodes, device=device)]
-    if x.sum() < 0:
-        x = -x
-    return float(theta), x / x.norm(), ok, used
+    x = x.to(device, torch.float64)[idx]
+    ax = None if ax is None else ax.to(device, torch.float64)[idx]
+    scale = x.norm() * (-1 if x.sum() < 0 else 1)
+    return float(theta), x / scale, ok, used, (None if ax is None else ax / scale)
 
 
 def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", tol: float | None = None,
@@ -308,18 +327,19 @@ def component_eigenvectors(op, labels: np.ndarray, strength: np.ndarray, *, tota
     small_max = {"auto": DENSE_COMPONENT_MAX, "dense": n}.get(solver, DENSE_MAX_NODES)
     iterative = "lanczos+arpack" if solver == "auto" and device.type == "cpu" else (
         "lanczos" if solver == "auto" else solver)
-    solved: dict[int, tuple[float, torch.Tensor | np.ndarray, bool]] = {}
+    # component -> (eigenvalue, unit vector on its nodes, converged, A times that vector or None)
+    solved: dict[int, tuple[float, torch.Tensor, bool, torch.Tensor | None]] = {}
     used: set[str] = set()
     small = [c for c in candidates if sizes[c] <= small_max] if small_matrices is not None else []
     for c, a in zip(small, small_matrices([members[c] for c in small]) if small else []):
         theta, x = _dense_perron(a)
-        solved[c] = (theta, x, True)
+        solved[c] = (theta, torch.from_numpy(x), True, torch.from_numpy(a @ x))
         used.add("dense")
     for c in candidates:
         if c not in solved:
-            theta, x, ok, how = _iterative_perron(op, members[c], iterative, tol, max(1, max_iter - op.calls),
-                                                  device)
-            solved[c] = (theta, x, ok)
+            theta, x, ok, how, ax = _iterative_perron(op, members[c], iterative, tol, max(1, max_iter - op.calls),
+                                                      device, strength[members[c]])
+            solved[c] = (theta, x.cpu(), ok, None if ax is None else ax.cpu())
             used.add(how)
     best = max(v[0] for v in solved.values())
 
@@ -328,20 +348,21 @@ def component_eigenvectors(op, labels: np.ndarray, strength: np.ndarray, *, tota
     tied = [c for c, v in solved.items() if v[0] >= best - tie * abs(best)]
     if per_component:
         comp_values = np.zeros(len(sizes))
-        for c, (theta, u, _) in solved.items():
-            u = torch.as_tensor(u, dtype=torch.float64).cpu()
+        for c, (theta, u, _, _) in solved.items():
             x[torch.from_numpy(members[c])] = torch.as_tensor(_finish(u, normalise))
             comp_values[c] = theta
         info["component_eigenvalues"] = comp_values.tolist()
+        resid = max(_residual(op, [(members[c], 1.0, u, au)], th, n, device) for c, (th, u, _, au) in solved.items())
     else:
+        parts = []
         for c in tied:  # projection of the all-ones vector on the shared top eigenspace
-            u = torch.as_tensor(solved[c][1], dtype=torch.float64).cpu().clamp_min(0.0)
-            u = u / u.norm()
-            x[torch.from_numpy(members[c])] += u.sum() * u
-    if per_component:
-        resid = max(_residual(op, x, members[c], th, device) for c, (th, _, _) in solved.items())
-    else:
-        resid = _residual(op, x, np.concatenate([members[c] for c in tied]), best, device)
+            u, au = solved[c][1], solved[c][3]
+            norm = u.clamp_min(0.0).norm()
+            u, au = u / norm, (None if au is None else au / norm)
+            coef = float(u.clamp_min(0.0).sum())
+            x[torch.from_numpy(members[c])] += coef * u.clamp_min(0.0)
+            parts.append((members[c], coef, u, au))
+        resid = _residual(op, parts, best, n, device)
     info.update(eigenvalue=float(best), iterations=int(op.calls), converged=bool(ok), residual=resid,
                 solver="+".join(sorted(used)) if solver == "auto" else solver,
                 tied_components=len(tied))
@@ -365,16 +386,30 @@ def component_eigenvectors(op, labels: np.ndarray, strength: np.ndarray, *, tota
     return (x.numpy() if per_component else _finish(x, normalise)), info
 
 
-def _residual(op: BlockOperator, x: torch.Tensor, nodes: np.ndarray, theta: float, device) -> float:
-    """``|A x_c - theta x_c| / theta`` of the part of ``x`` on ``nodes``."""
-    xc = torch.zeros_like(x)
-    idx = torch.from_numpy(nodes)
-    xc[idx] = x[idx]
+def _residual(op, parts: list, theta: float, n: int, device) -> float:
+    """Relative residual ``|A x - theta x| / (theta |x|)`` of the returned vector ``x = sum of
+    coef * max(u, 0)`` over ``parts`` (``(nodes, coef, u, A u or None)``, one per component).
+
+    ``A u`` is combined from the solvers' own products when every part has them (no product
+    here); rounding noise below 0 that the result clips is then accounted for by the bound
+    ``|A d| <= theta |d|`` for the clipped part ``d`` (the top eigenvalue of a non-negative
+    symmetric matrix is its norm), so the figure is exact or a slight over-estimate. Otherwise
+    it costs one product."""
+    xc = torch.zeros(n, dtype=torch.float64)
+    for nodes, coef, u, _ in parts:
+        xc[torch.from_numpy(nodes)] += coef * u.clamp_min(0.0)
     norm = xc.norm()
     if norm == 0:
         return 0.0
-    xc = (xc / norm).to(device)
-    return ((op(xc) - theta * xc).norm() / max(abs(theta), 1e-300)).item()
+    scale = max(abs(theta), 1e-300)
+    if any(au is None for *_, au in parts):
+        return ((op((xc / norm).to(device)).cpu() - theta * xc / norm).norm() / scale).item()
+    r = torch.zeros(n, dtype=torch.float64)
+    clipped = 0.0
+    for nodes, coef, u, au in parts:
+        r[torch.from_numpy(nodes)] += coef * (au - theta * u)
+        clipped += float((coef * (u - u.clamp_min(0.0))).norm()) ** 2
+    return (float(r.norm()) + 2 * scale * math.sqrt(clipped)) / (float(norm) * scale)
 
 
 def eigenvector_centrality(
