@@ -104,7 +104,7 @@ def _check(a, expected, rtol):
         assert row["spectral_norm"] == pytest.approx(sigma, rel=tol), name
         assert row["frobenius_norm"] == pytest.approx(fro, rel=max(1e-12, tol)), name
         assert row["stable_rank"] == pytest.approx(fro ** 2 / sigma ** 2, rel=2 * tol), name
-        assert 1 - 1e-9 <= row["stable_rank"] <= min(m.shape) + 1e-9
+        assert 1 - 3 * tol <= row["stable_rank"] <= min(m.shape) * (1 + 3 * tol)
 
 
 def test_every_block_equals_torch_linalg(cases):
@@ -122,7 +122,8 @@ def test_the_lanczos_path_equals_torch_linalg_on_every_block(cases, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for model, expected in cases:
-            _check(graphnn.analyse(graphnn.extract(model), centrality=False, core=False), expected, rtol=1e-9)
+            # float32 weights: the Lanczos products run in float32 (spectral.py: sigma to ~1e-7 relative)
+            _check(graphnn.analyse(graphnn.extract(model), centrality=False, core=False), expected, rtol=1e-6)
 
 
 def _hard_matrices():

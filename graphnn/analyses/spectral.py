@@ -22,9 +22,13 @@ all-zero matrix). All in the weights' own units (float64 results).
 ``torch.linalg.matrix_norm(ord=2)`` (a full SVD, float64). Larger blocks use Lanczos on the
 Gram matrix of the shorter side (``WᵀW`` or ``WWᵀ``) with full reorthogonalisation, from a
 fixed pseudo-random start (``torch.Generator`` seeded with 0, so the same on every run), until
-the Ritz residual ``‖G y − θ y‖ ≤ tol · θ`` (``tol`` = 1e-10 in float64; matrices above
-:data:`FLOAT64_MAX_ENTRIES` entries are multiplied in float32, ``tol`` = 1e-6); then
-σ₁ = sqrt(θ). Each step costs one product with ``W`` and one with ``Wᵀ``.
+the Ritz residual ``‖G y − θ y‖ ≤ tol · θ``; then σ₁ = sqrt(θ). float64 weights (up to
+:data:`FLOAT64_MAX_ENTRIES` entries) are multiplied in float64 with ``tol`` = 1e-10 (σ₁ to
+~1e-12 relative); float32 and lower-precision weights in float32 (no copy of a float32
+block), ``tol`` = 1e-6, which gives σ₁ to about 1e-7 relative (measured ~1e-8 on Gaussian
+blocks), the precision of the stored weights. The basis is float64 and fully reorthogonalised.
+Each step costs one product with ``W`` and one with ``Wᵀ``; a Gaussian 2000 × 2000 block (the
+hardest case: clustered top singular values) takes ~55 steps.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from ..errors import ConvergenceWarning, InvalidParameterError, MissingDependenc
 
 #: Blocks with at most this many entries get a full SVD.
 DENSE_MAX_ENTRIES = 1 << 18
-#: Above this many entries the Lanczos products run in float32 (a float64 copy would be large).
-FLOAT64_MAX_ENTRIES = 1 << 24
+#: float64 weights above this many entries are multiplied in float32 too (a float64 copy would be large).
+FLOAT64_MAX_ENTRIES = 1 << 22
 #: Lanczos steps before giving up (a :class:`ConvergenceWarning`; the estimate is then a lower bound).
 MAX_STEPS = 400
 SPECTRAL_COLUMNS = ("spectral_norm", "stable_rank", "frobenius_norm")
@@ -64,15 +68,25 @@ def spectral_norm(w: torch.Tensor, *, method: str = "auto", tol: float | None = 
         raise InvalidParameterError(f"{name}: expected a 2-D matrix, got shape {tuple(w.shape)}")
     if w.numel() == 0:
         return 0.0
-    if not bool(torch.isfinite(w).all()):
+    if not _all_finite(w):
         return float("nan")
+    if min(w.shape) == 1:  # a single row or column: its Euclidean norm, exactly
+        return float(torch.linalg.vector_norm(w, dtype=torch.float64))
     if method == "dense" or (method == "auto" and w.numel() <= DENSE_MAX_ENTRIES):
         return float(torch.linalg.matrix_norm(w.to(torch.float64), ord=2))
     return _lanczos_norm(w, tol=tol, max_steps=max_steps, name=name)
 
 
+def _all_finite(w: torch.Tensor) -> bool:
+    """Whether ``w`` has no NaN/Inf: one float64 sum decides (NaN and Inf propagate), an exact
+    check only when that sum is not finite (a float64 overflow of finite values)."""
+    if math.isfinite(float(w.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(w).all())
+
+
 def _lanczos_norm(w: torch.Tensor, *, tol: float | None, max_steps: int, name: str) -> float:
-    dt = torch.float64 if w.numel() <= FLOAT64_MAX_ENTRIES else torch.float32
+    dt = torch.float64 if w.dtype == torch.float64 and w.numel() <= FLOAT64_MAX_ENTRIES else torch.float32
     tol = (1e-10 if dt == torch.float64 else 1e-6) if tol is None else float(tol)
     a = w if w.dtype == dt else w.to(dt)
     tall = a.shape[0] >= a.shape[1]  # iterate on the shorter side: WᵀW (n_src) or WWᵀ (n_dst)
