@@ -402,3 +402,13 @@ def test_null_copy_keeps_meta_and_says_what_it_is():
     copy = null_copy(g, "rewire", seed=7)
     assert copy.meta["origin"] == "test" and copy.meta["null"]["kind"] == "rewire"
     assert copy.meta["null"]["seed_entropy"] == 7 and "null" not in g.meta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["shuffle", "rewire"])
+def test_cuda_model_gives_the_cpu_baseline(kind):
+    model = seeded(MLP, 3, sizes=(12, 10, 8, 4))
+    cpu = graphnn.null_model(graphnn.extract(model), n=4, seed=2, kind=kind, device="cpu")
+    gpu = graphnn.null_model(graphnn.extract(model.cuda()), n=4, seed=2, kind=kind, device="cuda")
+    for c in ("observed", "null_mean", "z", "p"):
+        assert np.allclose(gpu[c], cpu[c], rtol=1e-6, atol=1e-9, equal_nan=True), c

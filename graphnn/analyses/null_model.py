@@ -315,13 +315,14 @@ def permuted_tensor(b: Block, kind: str, seed: np.random.SeedSequence) -> torch.
         units = units.reshape(-1, 1)
         perm = shuffle_permutation(units.shape[0], rng)
     else:
-        m = b.matrix(torch.float64, tensor=raw)
+        m = b.matrix(torch.float64, tensor=raw).cpu()
         rg, cg = _groups(b)
         perm = rewire_permutation(m[er, ec].numpy(), er.numpy(), ec.numpy(), rg, cg, rng)
-    flat = torch.clone(raw, memory_format=torch.contiguous_format).view(-1)
     if tuple(raw.shape) != tuple(b.param_shape) and b._entry_index is not None:  # a bug, never a user error
         raise AssertionError(f"block {b.name}: tensor {tuple(raw.shape)} != {b.param_shape}")
-    flat[units] = flat[units[torch.from_numpy(perm)]]
+    flat = torch.clone(raw, memory_format=torch.contiguous_format).view(-1)
+    units = units.to(flat.device)
+    flat[units] = flat[units[torch.from_numpy(perm).to(flat.device)]]
     return flat.view(raw.shape)
 
 
