@@ -1,7 +1,9 @@
 """Ctrl-C while the ``graphnn`` command starts up: one line on stderr and exit 130, no traceback.
 
-Importing graphnn (torch, pandas) takes seconds, before the command line's own handling is in
-place. ``graphnn/__init__.py`` imports this module first; :func:`guard` acts only when this
+The package import is lazy (torch and pandas come with the first command body that needs them,
+after :func:`graphnn.cli.main` has installed its handlers), but the interpreter, typer and the
+command line still load before that handling is in place. ``graphnn/__init__.py`` imports this
+module first; :func:`guard` acts only when this
 process *is* the command (the ``graphnn`` console script or ``python -m graphnn``), so the signal
 handling of programs that import graphnn as a library is never touched. ``graphnn.cli.main``
 replaces the handler as soon as it runs.
