@@ -108,15 +108,23 @@ def check_metrics(metrics: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 # -- null copies ---------------------------------------------------------------------------------
+def own_entries(b: Block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat indices (into the contiguous parameter tensor) of the entries that belong to block
+    ``b``, and the matrix row and column of each (entries of other blocks of the same parameter
+    are left out)."""
+    rows, cols = b.entry_index("matrix")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)
+    pos = (rows >= 0).nonzero().squeeze(1)
+    return pos, rows[pos], cols[pos]
+
+
 def edge_units(b: Block) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The block's structural edges in row-major matrix order: ``units`` (``(E, c)`` int64, the
     flat indices into the contiguous parameter tensor of the ``c`` entries that make each edge:
     1 for a plain matrix, the kernel size for a conv), and each edge's matrix ``row`` and ``col``.
     Entries of other blocks of the same parameter are not in it."""
-    rows, cols = b.entry_index("matrix")
-    rows, cols = rows.reshape(-1), cols.reshape(-1)
-    pos = (rows >= 0).nonzero().squeeze(1)
-    eid = rows[pos] * b.n_src + cols[pos]
+    pos, rows, cols = own_entries(b)
+    eid = rows * b.n_src + cols
     if eid.numel() > 1 and not bool((eid[1:] >= eid[:-1]).all()):  # e.g. HF Conv1D (stored in x out)
         order = torch.argsort(eid, stable=True)
         eid, pos = eid[order], pos[order]
@@ -306,15 +314,16 @@ def _groups(b: Block) -> tuple[np.ndarray, np.ndarray]:
 
 
 def permuted_tensor(b: Block, kind: str, seed: np.random.SeedSequence) -> torch.Tensor:
-    """``b``'s parameter tensor with the block's edges permuted by the ``kind`` null drawn from
-    ``seed`` (the same tensor on every call with the same seed)."""
+    """``b``'s parameter tensor with the block's own entries (``shuffle``) or edges (``rewire``)
+    permuted by the ``kind`` null drawn from ``seed`` (the same tensor on every call with the
+    same seed)."""
     raw = b.tensor()
-    units, er, ec = edge_units(b)
     rng = np.random.default_rng(seed)
     if kind == "shuffle":  # every entry on its own (a conv's kernel slices are broken up too)
-        units = units.reshape(-1, 1)
+        units = own_entries(b)[0]
         perm = shuffle_permutation(units.shape[0], rng)
     else:
+        units, er, ec = edge_units(b)
         m = b.matrix(torch.float64, tensor=raw).cpu()
         rg, cg = _groups(b)
         perm = rewire_permutation(m[er, ec].numpy(), er.numpy(), ec.numpy(), rg, cg, rng)
