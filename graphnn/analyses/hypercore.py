@@ -61,24 +61,48 @@ def initial_strengths(n: int, placed: Sequence[Placed]) -> np.ndarray:
 
 
 class _Partition:
-    """The block ends of one partition of the node space, as the peeling loops read them: a tuple
-    per end, and the segment spans (:meth:`SegmentMin.span`) of the target partitions that a
-    removal here always changes (grouped ends change one group: a span per group)."""
+    """The block ends of one partition of the node space, as the peeling loop reads them.
 
-    __slots__ = ("ends", "spans")
+    ``ends``: a tuple per end whose lines are vectors; ``scalar``: ends with one edge per line
+    (a depthwise conv), as Python lists of weight, target node and target segment per line, so
+    that such a removal is a few scalar operations and keeps the segment minimum exact without a
+    pass; ``spans``: the segment spans (:meth:`SegmentMin.span`) of the target partitions that a
+    removal here always changes, contiguous ones merged (grouped vector ends change one group: a
+    span per group)."""
+
+    __slots__ = ("ends", "scalar", "spans")
 
     def __init__(self, ends: list[LineEnd], heap: SegmentMin):
-        self.ends = []
+        self.ends, self.scalar = [], []
         for e in ends:
-            gspans = None
-            if e.group_lines:
+            if e.group_lines and e.group_width == 1:
+                lines = np.abs(e.lines[:, 0]) if e.absolute else e.lines[:, 0]
+                where = e.t_start + np.arange(e.lines.shape[0]) // e.group_lines
+                self.scalar.append((e.start, lines.astype(np.float64).tolist(), where.tolist(),
+                                    [heap.seg_of[t] for t in where.tolist()]))
+                continue
+            sv = heap.v
+            if e.targets is not None:
+                self.ends.append((e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None))
+            elif e.group_lines:
                 groups = e.lines.shape[0] // e.group_lines
-                gspans = [heap.span(e.t_start + q * e.group_width, e.t_start + (q + 1) * e.group_width)
-                          for q in range(groups)] if e.group_width else None
-            self.ends.append((e.start, e.lines, e.line_of, e.targets, e.t_start, e.group_lines, e.group_width,
-                              e.absolute, e.lines.shape[1], gspans))
-        parts = sorted({e.t_part for e in ends if not e.group_lines and e.t_part[1] > e.t_part[0]})
-        self.spans = [heap.span(lo, hi) for lo, hi in parts]
+                w = e.group_width
+                views = [sv[e.t_start + q * w:e.t_start + (q + 1) * w] for q in range(groups)]
+                gspans = [heap.span(e.t_start + q * w, e.t_start + (q + 1) * w) for q in range(groups)] if w else None
+                self.ends.append((e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans))
+            else:
+                view = sv[e.t_start:e.t_start + e.lines.shape[1]]
+                self.ends.append((e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None))
+        merged: list[list[int]] = []
+        for lo, hi in sorted({e.t_part for e in ends if not e.group_lines and e.t_part[1] > e.t_part[0]}):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.spans = []
+        for lo, hi in merged:
+            j0, j1, a, b, rel = heap.span(lo, hi)
+            self.spans.append((j0, j1, heap.v[a:b], rel))
 
 
 def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]) -> tuple[list[int], list[_Partition], SegmentMin]:
@@ -114,47 +138,57 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     s0 = initial_strengths(n, placed)
     tol = (s0 * tie_rtol).tolist()
     pid, parts, heap = node_partitions(n, s0, line_ends(list(placed)))
-    s, m, seg_lo, seg_hi = heap.v, heap.m, heap.lo, heap.hi
+    s, m = heap.v, heap.m
+    seg_lo = heap.lo
+    seg_view = [s[lo:hi] for lo, hi in zip(heap.lo, heap.hi)]
     rmin, rmin_at = np.minimum.reduce, np.minimum.reduceat
     inf = np.inf
     core = [0.0] * n
     level = 0.0
     for step in range(n):
         j = int(m.argmin())
-        lo = seg_lo[j]
-        v = lo + int(s[lo:seg_hi[j]].argmin())
+        seg = seg_view[j]
+        v = seg_lo[j] + int(seg.argmin())
         a = s.item(v)
         if a > level + tol[v]:
             level = a
         core[v] = level
         s[v] = inf
-        m[j] = rmin(s[lo:seg_hi[j]])
+        m[j] = rmin(seg)
         k = pid[v]
         if k < 0:
             continue
         part = parts[k]
-        for start, lines, line_of, targets, t_start, group_lines, group_width, absolute, width, gspans in part.ends:
+        for start, weights, where, segs in part.scalar:
+            i = v - start
+            w = weights[i]
+            if w:
+                t = where[i]
+                x = s.item(t) - w
+                s[t] = x
+                if x < m.item(segs[i]):
+                    m[segs[i]] = x
+        for start, lines, line_of, kind, target, absolute, group_lines, views, gspans in part.ends:
             i = v - start if line_of is None else line_of[v - start]
             if i < 0:
                 continue
             vals = lines[i]
             if absolute:
                 vals = np.abs(vals)
-            if targets is not None:
-                s[targets] -= vals
-            elif group_lines:
+            if kind == 0:
+                target -= vals
+            elif kind == 1:
+                s[target] -= vals
+            else:
                 q = i // group_lines
-                t0 = t_start + q * group_width
-                s[t0:t0 + group_width] -= vals
+                views[q] -= vals
                 if gspans is not None:
                     heap.refresh_span(gspans[q])
-            else:
-                s[t_start:t_start + width] -= vals
-        for j0, j1, a0, b0, rel in part.spans:
+        for j0, j1, view, rel in part.spans:
             if rel is None:
-                m[j0] = rmin(s[a0:b0])
+                m[j0] = rmin(view)
             else:
-                m[j0:j1] = rmin_at(s[a0:b0], rel)
+                m[j0:j1] = rmin_at(view, rel)
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
