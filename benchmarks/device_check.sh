@@ -2,7 +2,7 @@
 # The GPU check (docs/device-check.md): on a machine with CUDA, the GPU-relevant tests and the
 # benchmarks' CUDA parts in at most 8 minutes, results under $OUT (default ./device-check-out).
 #
-#   bash benchmarks/device_check.sh [--budget 480] [--workers N] [--skip-tests] [--skip-bench]
+#   bash benchmarks/device_check.sh [--budget 450] [--workers N] [--skip-tests] [--skip-bench]
 #
 # Works from a fresh copy of the tree (no .venv needed). The Python is the first of $PYTHON,
 # .venv/bin/python, python3, /opt/torch/.venv/bin/python3, python whose torch sees CUDA. If none
