@@ -412,3 +412,16 @@ def test_cuda_model_gives_the_cpu_baseline(kind):
     gpu = graphnn.null_model(graphnn.extract(model.cuda()), n=4, seed=2, kind=kind, device="cuda")
     for c in ("observed", "null_mean", "z", "p"):
         assert np.allclose(gpu[c], cpu[c], rtol=1e-6, atol=1e-9, equal_nan=True), c
+
+
+def test_rewire_copy_of_a_linear_block_keeps_signs_and_strengths(graphs):
+    g = graphs["lenet"]
+    b = g.blocks["fc2.weight"]  # (84, 120), no aggregation
+    m = b.matrix(torch.float64).numpy()
+    nm = null_copy(g, "rewire", seed=9).blocks["fc2.weight"].matrix(torch.float64).numpy()
+    sh = null_copy(g, "shuffle", seed=9).blocks["fc2.weight"].matrix(torch.float64).numpy()
+    for axis in (0, 1):
+        assert np.array_equal((nm > 0).sum(axis), (m > 0).sum(axis))
+        err, err_shuffle = np.abs(nm.sum(axis) - m.sum(axis)), np.abs(sh.sum(axis) - m.sum(axis))
+        assert err.max() < 0.05 * m.sum(axis).std() and err.mean() < 0.02 * err_shuffle.mean()
+    assert (nm != m).mean() > 0.9
