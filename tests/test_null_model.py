@@ -276,6 +276,8 @@ def test_analyse_null_option(mlp_graph):
         graphnn.analyse(g, null=0)
     with pytest.raises(InvalidParameterError):
         graphnn.analyse(g, null=3, null_kind="other")
+    with pytest.raises(InvalidParameterError, match="one process"):
+        graphnn.analyse(g, null=3, client=object())  # refused before the client is used
 
 
 def test_shuffle_null_is_calibrated_on_random_init_mlps():
