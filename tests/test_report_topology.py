@@ -331,3 +331,25 @@ def test_roles_group_the_figures_and_are_absent_for_plain_names():
     html = render_report(a, Provenance(source="x"), g)
     assert 'id="fig-roles-layers"' in html and 'id="fig-variance"' not in html
     assert "0 \u00b7 q" in html  # the layer table shows layer index and role
+
+
+def test_neuron_view_follows_the_role_grid():
+    torch.manual_seed(0)
+    names = {"model.stream": 6}
+    ws = {}
+    for i in range(2):
+        for r in ("q", "v"):
+            names[f"model.layers.{i}.{r}_proj"] = 4
+            ws[f"model.layers.{i}.{r}_proj.weight"] = ("model.stream", f"model.layers.{i}.{r}_proj", torch.randn(4, 6))
+    g = LayeredGraph.from_matrices(names, ws)
+    roles = {n: (None, "stream") if n == "model.stream" else (int(n.split(".")[2]), n.split(".")[3][0]) for n in names}
+    s = Svg(topology.neuron_svg(g, None, roles=roles)[0])
+    assert len(s.circles) == g.num_nodes and s.lines == g.num_edges
+    cx = [float(c["cx"]) for c in s.circles]
+    cy = [float(c["cy"]) for c in s.circles]
+    off = dict(zip(names, np.cumsum([0] + list(names.values()))))
+    part = lambda n: slice(off[n], off[n] + names[n])
+    # layer 0 left of layer 1, q above v, the stream below both
+    assert max(cx[part("model.layers.0.q_proj")]) < min(cx[part("model.layers.1.q_proj")])
+    assert max(cy[part("model.layers.0.q_proj")]) < min(cy[part("model.layers.0.v_proj")])
+    assert min(cy[part("model.stream")]) > max(cy[part("model.layers.1.v_proj")])

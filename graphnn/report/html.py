@@ -383,7 +383,7 @@ def _graph_views(analysis, graph, layers_r: pd.DataFrame | None, metric: str) ->
     neurons = getattr(analysis, "neurons", None)
     column = "centrality" if neurons is not None and "centrality" in neurons else "core"
     if graph.num_nodes <= topology.MAX_NEURON_VIEW:
-        nsvg, ncap = topology.neuron_svg(graph, neurons, column=column, svg_id="neuron-svg")
+        nsvg, ncap = topology.neuron_svg(graph, neurons, column=column, svg_id="neuron-svg", roles=roles)
         views.append({"id": "topology-neurons", "title": "Neuron-level graph", "svg": Markup(nsvg) if nsvg else None,
                       "caption": ncap})
     return views

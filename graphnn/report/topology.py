@@ -154,12 +154,26 @@ def _role_layout(G, names, r):
     n_rows = len(role_rank)
     if shared:
         span = max(len(layer_ids) - 1, 1)
-        for k, n in enumerate(shared):
-            x = span * (k + 1) / (len(shared) + 1) if len(shared) > 1 else span / 2
-            pos[n] = (x, n_rows + 0.6)
+        streams = [n for n in shared if G.nodes[n]["kind"] == "residual"]
+        others = [n for n in shared if n not in streams]
+        for k, n in enumerate(streams):  # the residual stream(s) in the middle, between two columns
+            pos[n] = (_between_columns(span * (k + 1) / (len(streams) + 1), span), n_rows + 0.6)
+        for k, n in enumerate(others):   # embeddings, heads, ...: spread over the row, off the middle
+            x = span * (k + 0.5) / len(others) if len(others) > 1 else span * 0.85
+            if streams and abs(x - span / 2) < 0.15 * span:
+                x = x + 0.2 * span if x >= span / 2 else x - 0.2 * span
+            pos[n] = (_between_columns(min(max(x, 0.0), span), span), n_rows + 0.6)
     rows = [(float(v), k) for k, v in role_rank.items()] + ([(n_rows + 0.6, "shared")] if shared else [])
     return pos, {"mode": "roles", "columns": [(float(col[li]), str(li)) for li in layer_ids], "rows": rows,
                  "n_cols": len(layer_ids), "n_rows": n_rows + (1.2 if shared else 0)}
+
+
+def _between_columns(x: float, span: float) -> float:
+    """``x`` moved half a column when it falls on a column, so that the edges of a shared
+    partition do not run along that column's own nodes."""
+    if abs(x - round(x)) < 0.2:
+        x = x + 0.5 if x + 0.5 <= span else x - 0.5
+    return x
 
 
 def _depth_layout(G):
@@ -386,41 +400,77 @@ def _legend(legend, label: str, height: int, svg_id: str) -> str:
 
 
 # -- neuron-level view -----------------------------------------------------------------------
-def neuron_svg(g, neurons: pd.DataFrame | None, column: str = "centrality",
-               svg_id: str = "neurons") -> tuple[str | None, str]:
-    """``(svg, caption)``: every neuron as a dot, columns by partition depth
-    (:func:`partition_depths`), partitions of one depth stacked; the :data:`NEURON_VIEW_EDGES`
-    strongest edges by |w| (each block contributes in proportion to its edges) as lines; dots
-    coloured by ``column`` of ``neurons``. ``svg`` is ``None`` (with the reason) for graphs above
-    :data:`MAX_NEURON_VIEW` neurons or :data:`MAX_NEURON_VIEW_EDGES` edges, or when the weights
-    cannot be read."""
+def neuron_svg(g, neurons: pd.DataFrame | None, column: str = "centrality", svg_id: str = "neurons",
+               roles: Mapping[str, tuple[Any, Any]] | None = None) -> tuple[str | None, str]:
+    """``(svg, caption)``: every neuron as a dot and the :data:`NEURON_VIEW_EDGES` strongest
+    edges by |w| (each block contributing in proportion to its edges) as lines; dots coloured
+    by ``column`` of ``neurons``. Neurons sit where :func:`layout` puts their partition: by
+    depth (partitions of one depth stacked, one column per depth), or, for transformer roles,
+    as a small patch in the partition's (layer, role) cell. ``svg`` is ``None`` (with the
+    reason) above :data:`MAX_NEURON_VIEW` neurons or :data:`MAX_NEURON_VIEW_EDGES` edges, or
+    when the weights cannot be read."""
     n_nodes, n_edges = int(g.num_nodes), int(g.num_edges)
     if n_nodes > MAX_NEURON_VIEW or n_edges > MAX_NEURON_VIEW_EDGES or n_nodes == 0:
         return None, (f"{n_nodes:,} neurons and {n_edges:,} edges: the neuron-level drawing is made for at most "
                       f"{MAX_NEURON_VIEW:,} neurons and {MAX_NEURON_VIEW_EDGES:,} edges.")
     G = partition_graph(g)
-    depth = partition_depths(G)
     names = list(g.partitions)
-    offsets = np.cumsum([0] + [g.partitions[n].size for n in names])
-    n_cols = max(depth.values()) + 1
-    col_total = {d: sum(g.partitions[n].size for n in names if depth[n] == d) for d in range(n_cols)}
-    gap = 6.0
-    tallest = max(col_total[d] + gap * sum(1 for n in names if depth[n] == d) for d in range(n_cols))
-    left, right, top, bottom = 30, 30, 28, 40
-    height = 520
-    unit = (height - top - bottom) / max(tallest, 1)
-    col_step = (_WIDTH - left - right) / max(n_cols - 1, 1)
-    xs = np.zeros(n_nodes)
-    ys = np.zeros(n_nodes)
-    fill = {d: 0.0 for d in range(n_cols)}
-    for k, n in enumerate(names):
-        d = depth[n]
-        size = g.partitions[n].size
-        span_total = col_total[d] + gap * sum(1 for m in names if depth[m] == d)
-        start = top + (tallest - span_total) / 2 * unit + fill[d] * unit
-        xs[offsets[k]:offsets[k + 1]] = left + (d * col_step if n_cols > 1 else (_WIDTH - left - right) / 2)
-        ys[offsets[k]:offsets[k + 1]] = start + (np.arange(size) + 0.5) * unit
-        fill[d] += size + gap
+    sizes = [g.partitions[n].size for n in names]
+    offsets = np.cumsum([0] + sizes)
+    pos, grid = layout(G, roles)
+    xs, ys = np.zeros(n_nodes), np.zeros(n_nodes)
+    headers: list[str] = []
+    labels: list[tuple[float, float, str, str]] = []
+    if grid["mode"] == "roles":
+        n_cols, n_rows = max(grid["n_cols"], 1), max(grid["n_rows"], 1)
+        left, right, top, bottom = 110, 30, 34, 40
+        col_step = (_WIDTH - left - right) / max(n_cols - 1, 1)
+        row_step = 58.0
+        height = int(top + bottom + row_step * n_rows + 20)
+        cell_w, cell_h = min(0.7 * col_step, 60.0), 0.7 * row_step
+        clean = _roles_of(names, roles)
+        for k, n in enumerate(names):
+            x, y = pos[n]
+            cx, cy = left + x * col_step, top + 20 + y * row_step
+            side = max(1, math.ceil(math.sqrt(sizes[k] * cell_w / cell_h)))
+            i = np.arange(sizes[k])
+            rows_used = math.ceil(sizes[k] / side)
+            xs[offsets[k]:offsets[k + 1]] = cx - cell_w / 2 + (i % side + 0.5) * cell_w / side
+            ys[offsets[k]:offsets[k + 1]] = cy - cell_h / 2 + (i // side + 0.5) * cell_h / max(rows_used, 1)
+            if clean[n][0] is None:  # the shared row: no grid header names it
+                labels.append((cx, cy + cell_h / 2 + 11, short_label(n, 30), "middle"))
+        unit = min(cell_w, cell_h) / max(math.sqrt(max(sizes)), 1)
+        for x, lab in grid["columns"]:
+            headers.append(f'<text x="{left + x * col_step:.1f}" y="16" font-size="11" text-anchor="middle" '
+                           f'fill="#5b6578">{escape(lab)}</text>')
+        headers.append(f'<text x="{left - 10}" y="16" font-size="11" text-anchor="end" fill="#5b6578">layer</text>')
+        for y, lab in grid["rows"]:
+            headers.append(f'<text x="{left - 46}" y="{top + 24 + y * row_step:.1f}" font-size="11" text-anchor="end" '
+                           f'fill="#1d2433">{escape(short_label(lab, 12))}</text>')
+        where = "each partition a patch in its (layer index, role) cell, the shared row below"
+    else:
+        depth = partition_depths(G)
+        n_cols = max(depth.values()) + 1
+        gap = 6.0
+        col_total = {d: sum(sizes[k] + gap for k, n in enumerate(names) if depth[n] == d) for d in range(n_cols)}
+        tallest = max(col_total.values())
+        left, right, top, bottom = 40, 150 if n_cols > 1 else 40, 28, 40
+        height = 520
+        unit = (height - top - bottom) / max(tallest, 1)
+        col_step = (_WIDTH - left - right) / max(n_cols - 1, 1)
+        fill = {d: 0.0 for d in range(n_cols)}
+        for k, n in enumerate(names):
+            d = depth[n]
+            start = top + (tallest - col_total[d]) / 2 * unit + fill[d] * unit
+            cx = left + (d * col_step if n_cols > 1 else (_WIDTH - left - right) / 2)
+            xs[offsets[k]:offsets[k + 1]] = cx
+            ys[offsets[k]:offsets[k + 1]] = start + (np.arange(sizes[k]) + 0.5) * unit
+            fill[d] += sizes[k] + gap
+            labels.append((cx + 6, start + 0.5 * unit + 3, short_label(n, 24), "start"))
+        for d in range(n_cols):
+            cx = left + (d * col_step if n_cols > 1 else (_WIDTH - left - right) / 2)
+            headers.append(f'<text x="{cx:.1f}" y="14" font-size="11" text-anchor="middle" fill="#5b6578">depth {d}</text>')
+        where = "one column per depth, partitions of one depth stacked and labelled at their first neuron"
     try:
         edges = _strongest_edges(g, NEURON_VIEW_EDGES)
     except Exception as exc:  # noqa: BLE001 - a meta-device graph or an unreadable file: no drawing, say why
@@ -433,26 +483,23 @@ def neuron_svg(g, neurons: pd.DataFrame | None, column: str = "centrality",
                 idx = pos_of[str(layer)] + grp["neuron"].to_numpy(dtype=int)
                 values[idx] = grp[column].to_numpy(dtype=float)
     colour, legend = _colormap(values, "magma")
-    r = max(1.2, min(3.5, unit * 0.45))
+    r = max(1.0, min(3.5, unit * 0.45))
     out = [f'<svg class="topology neurons" id="{svg_id}" viewBox="0 0 {_WIDTH} {height}" width="{_WIDTH}" '
            f'height="{height}" role="img" aria-label="neuron graph" font-family="{_FONT}">']
-    for d in range(n_cols):
-        cx = left + (d * col_step if n_cols > 1 else (_WIDTH - left - right) / 2)
-        out.append(f'<text x="{cx:.1f}" y="14" font-size="11" text-anchor="middle" fill="#5b6578">depth {d}</text>')
+    out += headers
     out.append('<g class="edges" stroke="#4c5a78" stroke-width="0.5">')
     if len(edges[0]):
         wmax = float(edges[2].max()) or 1.0
         for a, b, w in zip(*edges):
             out.append(f'<line x1="{xs[b]:.1f}" y1="{ys[b]:.1f}" x2="{xs[a]:.1f}" y2="{ys[a]:.1f}" '
-                       f'stroke-opacity="{0.08 + 0.5 * w / wmax:.2f}"/>')
-    out.append("</g><g class=\"nodes\">")
+                       f'stroke-opacity="{0.06 + 0.4 * w / wmax:.2f}"/>')
+    out.append('</g><g class="nodes">')
     for i in range(n_nodes):
         out.append(f'<circle cx="{xs[i]:.1f}" cy="{ys[i]:.1f}" r="{r:.1f}" fill="{colour(values[i])}"/>')
     out.append("</g>")
-    for k, n in enumerate(names):
-        if g.partitions[n].size * unit >= 12 or g.partitions[n].size == max(g.partitions[m].size for m in names):
-            out.append(f'<text x="{xs[offsets[k]] + 6:.1f}" y="{ys[offsets[k]] + 3:.1f}" font-size="10" '
-                       f'fill="#1d2433">{escape(short_label(n, 28))}</text>')
+    for x, y, text, anchor in labels:
+        out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="10" text-anchor="{anchor}" fill="#1d2433">'
+                   f'{escape(text)}</text>')
     if legend is not None:
         lo, hi, log, stops = legend
         gx, y = _WIDTH - 330, height - 16
@@ -464,10 +511,9 @@ def neuron_svg(g, neurons: pd.DataFrame | None, column: str = "centrality",
                    f'fill="url(#{svg_id}-grad)"/><text x="{gx + 166}" y="{y + 3.5}" font-size="10">'
                    f'{_fmt(lo)} \u2013 {_fmt(hi)}</text>')
     out.append("</svg>")
-    shown = len(edges[0])
-    caption = (f"All {n_nodes:,} neurons, one column per depth (partitions of one depth stacked, labelled at their "
-               f"first neuron), coloured by {column}; the {shown:,} strongest of {n_edges:,} edges by |w| "
-               "(each weight tensor contributing in proportion to its edges; darker = stronger).")
+    caption = (f"All {n_nodes:,} neurons ({where}), coloured by {column}; the {len(edges[0]):,} strongest of "
+               f"{n_edges:,} edges by |w| (each weight tensor contributing in proportion to its edges; darker = "
+               "stronger).")
     return "".join(out), caption
 
 
