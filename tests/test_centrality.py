@@ -468,3 +468,16 @@ def test_reported_residual_is_the_residual_of_the_returned_vector(per_component)
     true = max(np.linalg.norm(a @ v - lam * v) / (lam * np.linalg.norm(v)) for v, lam in parts)
     assert c.attrs["residual"] <= 1e-10
     assert abs(c.attrs["residual"] - true) <= 1e-12
+
+
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
+@pytest.mark.parametrize("scale", [1e-200, 1e200])
+def test_the_vector_does_not_depend_on_the_scale_of_the_weights(solver, scale):
+    """Weights near the ends of float64 (their squares under- or overflow): the same vector as
+    at scale 1, and the eigenvalue scaled."""
+    g = random_mlp([6, 4, 3], seed=8)
+    big = random_mlp([6, 4, 3], seed=8, scale=scale)
+    ref = graphnn.eigenvector_centrality(g, solver=solver)
+    got = graphnn.eigenvector_centrality(big, solver=solver)
+    np.testing.assert_allclose(got["centrality"], ref["centrality"], atol=1e-9)
+    assert got.attrs["eigenvalue"] == pytest.approx(ref.attrs["eigenvalue"] * scale, rel=1e-9)

@@ -64,10 +64,11 @@ def resolve_dtype(num_edges: int, dtype: torch.dtype | str | None) -> torch.dtyp
 
 
 def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               absolute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               absolute: bool = False, row_min: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Row sums and column sums of a 2-D tensor (of ``fn(m)`` when given; of ``|m|`` with
     ``absolute``), accumulated in float64. Works a few rows at a time through one reused
-    float64 buffer, so the extra memory is one small chunk."""
+    float64 buffer, so the extra memory is one small chunk. ``row_min`` (float64, one per row),
+    when given, receives each row's minimum in the same pass."""
     if m.dim() != 2:
         raise ValueError(f"expected a 2-D matrix, got shape {tuple(m.shape)}")
     n_rows, n_cols = m.shape
@@ -85,6 +86,8 @@ def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | Non
             c.abs_()
         torch.mv(c, ones, out=rows[i:i + k])
         cols += c.sum(0)
+        if row_min is not None:
+            torch.amin(c, 1, out=row_min[i:i + k])
     return rows, cols
 
 
@@ -343,6 +346,10 @@ class AbsBlock:
             return self._pre_sums
         if self.t is not None:
             src_sums, dst_sums = exact_sums(self.t)
+        elif not self.has_mask and self._src_map is None and self._dst_map is None:
+            low = torch.empty(self.m_dst, dtype=torch.float64, device=self.device)
+            dst_sums, src_sums = exact_sums(self.w, fn=self.weighting, row_min=low)
+            self._full = ("dst", low > 0)  # what full_lines() would read again
         else:
             dst_sums, src_sums = exact_sums(self.w, fn=self.weighting)
             if self.has_mask:  # rare (irregular groups): redo on the masked matrix

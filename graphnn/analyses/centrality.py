@@ -14,12 +14,19 @@ stops as soon as its residual is below ``tol`` (CUDA default; runs anywhere), AR
 ``eigsh(which="LA")`` on a ``LinearOperator``, or a dense eigendecomposition built from the
 same operator for tiny graphs. The CPU default runs one Lanczos cycle (32 products: enough when
 the leading eigenvalue is well separated, the usual case) and hands over to ARPACK, started
-from the Lanczos estimate, when it is not enough. All start from the all-ones
-vector, so when the leading eigenvalue is shared (e.g. two identical disconnected components)
-the answer is the normalised projection of the all-ones vector on its eigenspace — the vector
-that ``networkx``'s power iteration from its uniform start converges to. On a disconnected graph
-the result lives on the component(s) with the largest eigenvalue and is 0 elsewhere (to within
-the tolerance).
+from the Lanczos estimate, when it is not enough. Each connected component is solved on its own
+(its top eigenvector is unique, Perron–Frobenius), started from its |w| strength (``A`` times
+its all-ones vector, known from the exact sums without a product), so the answer does not
+depend on the solver or the start; when the leading eigenvalue is shared by several components
+(e.g. two identical disconnected parts) the answer is the normalised projection of the all-ones
+vector on their eigenspace — the vector that ``networkx``'s power iteration from its uniform
+start converges to. On a disconnected graph the result lives on the component(s) with the
+largest eigenvalue and is 0 elsewhere.
+
+Cost (CPU): each product reads every block once from memory (both ``|W| x`` and ``|W|^T y``
+from one cache-sized chunk, see :meth:`AbsBlock.accumulate`); besides the products there is one
+pass for the exact sums and the zero-free lines (components), fused with making the |W| copy
+on small graphs.
 """
 
 from __future__ import annotations
@@ -184,13 +191,16 @@ def check_options(normalise: str, solver: str, max_iter: int, tol: float | None 
 
 
 class _Restricted:
-    """The operator restricted to the neurons of one component: ``x -> m * A (m * x)``."""
+    """The operator restricted to the neurons of one component and divided by ``scale``:
+    ``x -> m * A (m * x) / scale`` (eigenvalues of order 1 whatever the weights' scale, so that
+    no norm of a solver under- or overflows)."""
 
-    def __init__(self, op: BlockOperator, mask: torch.Tensor):
-        self.op, self.mask, self.n = op, mask, op.n
+    def __init__(self, op: BlockOperator, mask: torch.Tensor, scale: float = 1.0):
+        self.op, self.n = op, op.n
+        self.mask, self.out_mask = mask, mask / scale
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x.to(self.mask.device, torch.float64) * self.mask) * self.mask
+        return self.op(x.to(self.mask.device, torch.float64) * self.mask) * self.out_mask
 
 
 def _small_matrices(placed: list[Placed], n: int, comps: list[np.ndarray]) -> list[np.ndarray]:
@@ -239,8 +249,10 @@ def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: fl
     mask[idx] = 1.0
     x0 = torch.zeros(op.n, dtype=torch.float64, device=device)
     x0[idx] = torch.as_tensor(start, dtype=torch.float64, device=device)
+    scale = float(x0.max())  # the largest strength: an upper bound on the eigenvalue
+    x0 = x0 / scale  # first to the scale of 1: the squares of tiny weights would underflow
     x0 = x0 / x0.norm()
-    sub = _Restricted(op, mask)
+    sub = _Restricted(op, mask, scale)
     budget = max(1, max_iter)
     ax = None
     if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
@@ -263,9 +275,9 @@ def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: fl
         theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
         used = "lanczos"
     x = x.to(device, torch.float64)[idx]
-    ax = None if ax is None else ax.to(device, torch.float64)[idx]
-    scale = x.norm() * (-1 if x.sum() < 0 else 1)
-    return float(theta), x / scale, ok, used, (None if ax is None else ax / scale)
+    ax = None if ax is None else ax.to(device, torch.float64)[idx] * scale
+    unit = x.norm() * (-1 if x.sum() < 0 else 1)
+    return float(theta) * scale, x / unit, ok, used, (None if ax is None else ax / unit)
 
 
 def leading_eigenvector(n: int, placed: list[Placed], *, normalise: str = "l2", tol: float | None = None,
