@@ -10,18 +10,24 @@ the parallel edges of an index-mapped block (graph-model.md §2b: columns or row
 neuron), which the peeling sees through :class:`~graphnn.analyses._blocks.AbsBlock`'s neuron
 space.
 
-Computed exactly by peeling: repeatedly remove a neuron of minimum current strength; its number
-is ``max(level so far, its strength at removal)``. Neurons are taken in batches of the k
-smallest; the exact sequential order inside a batch is replayed on the batch's own k x k
-adjacency, and a batch is cut where a neuron outside it could have become the minimum first, so
-the result is that of the one-at-a-time peeling. Strengths are accumulated in float64; a
-strength within ``1e-12`` times the neuron's initial strength of the current level counts as
-equal to it (a tie within rounding), so such neurons share the level's number.
+Computed exactly by peeling, one neuron at a time as the definition says: repeatedly remove a
+neuron of minimum current strength (the lowest index among exact ties); its number is the level
+so far, raised to its strength at removal when that exceeds the level by more than ``1e-12``
+times the neuron's initial strength (a tie within rounding shares the level's number). A removal
+costs its own edges: its adjacency lines (a row or a column of each block it is on, held
+contiguous by :mod:`._lines`; one entry per line for a depthwise conv) are subtracted from its
+neighbours' strengths, and the minimum is kept per segment of the node space
+(:mod:`._chunkmin`), so no step passes over all neurons, whatever the number of blocks or levels.
+Strengths are float64 (the initial ones from float64 block sums) and every update is one float64
+subtraction per edge, in removal order, whatever the batching or the machine: the peeling itself
+adds no dependence on the BLAS, the CPU or the thread count (rounding in the initial sums is what
+the tie tolerance absorbs).
 
 With all weights 1, or after thresholding to a 0/1 graph (``threshold=``, ``top=``), this is the
 classic k-core and equals ``networkx.core_number`` (on graphs with no self-loops and no parallel
 edges, which networkx does not accept or merges; here those count as multi-edges: each weight is
-thresholded on its own, then parallel edges add up, and ``top=`` counts them one by one).
+thresholded on its own, then parallel edges add up, and ``top=`` counts them one by one). Those
+integer cores are computed by the bucket peeling of :mod:`.kcore`, a whole level's wave at a time.
 """
 
 from __future__ import annotations
