@@ -353,3 +353,33 @@ def test_neuron_view_follows_the_role_grid():
     assert max(cx[part("model.layers.0.q_proj")]) < min(cx[part("model.layers.1.q_proj")])
     assert max(cy[part("model.layers.0.q_proj")]) < min(cy[part("model.layers.0.v_proj")])
     assert min(cy[part("model.stream")]) > max(cy[part("model.layers.1.v_proj")])
+
+
+def test_grid_layout_draws_more_partitions_than_the_depth_limit():
+    n_layers = topology.MAX_TOPOLOGY_PARTITIONS // 2 + 1  # 2 partitions per layer + the stream: > the depth limit
+    names = {"m.stream": 2}
+    ws = {}
+    for i in range(n_layers):
+        names[f"m.layers.{i}.up"] = 2
+        names[f"m.layers.{i}.q"] = 1
+        ws[f"m.layers.{i}.up.weight"] = ("m.stream", f"m.layers.{i}.up", torch.ones(2, 2))
+        ws[f"m.layers.{i}.q.weight"] = ("m.stream", f"m.layers.{i}.q", torch.ones(1, 2))
+    g = LayeredGraph.from_matrices(names, ws)
+    roles = {n: (None, "stream") if n == "m.stream" else (int(n.split(".")[2]), n.split(".")[3]) for n in names}
+    svg, _ = topology.topology_svg(g, roles=roles)
+    assert svg is not None and len(Svg(svg).nodes) == len(names) > topology.MAX_TOPOLOGY_PARTITIONS
+    assert topology.topology_svg(g)[0] is None  # without roles: by depth, over its limit
+
+
+def test_report_file_passes_analysis_options(tmp_path):
+    from graphnn.report import report_file
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    path = tmp_path / "m.safetensors"
+    graphnn.extract.save_state_dict(net.state_dict(), path)
+    res = report_file(path, tmp_path / "r.html", analyse_options={"null": 9, "seed": 0})
+    html = (tmp_path / "r.html").read_text()
+    assert res.analysis.null is not None and 'id="null-table"' in html
+    rows = re.search(r'<table id="null-table">.*?</table>', html, flags=re.S).group(0).count("<tr") - 1
+    assert rows == len(res.analysis.null)

@@ -76,13 +76,18 @@ def report_file(
     device: str = "auto",
     progress: Progress | None = None,
     overwrite: bool = True,
+    analyse_options: Mapping[str, Any] | None = None,
+    delta_norms: Any = None,
 ) -> Analysed:
     """Write the HTML report of one checkpoint to ``out`` (atomically; ``overwrite=False``
-    refuses an existing ``out``, see :func:`write_html`)."""
-    res = analyse_file(path, extract=extract, device=device, progress=progress)
+    refuses an existing ``out``, see :func:`write_html`). ``analyse_options`` go to
+    :func:`graphnn.analyse` (e.g. ``{"null": 99, "seed": 0}`` adds the null-model section);
+    ``delta_norms`` (a :func:`graphnn.delta_norms` frame) adds the ΔW section."""
+    res = analyse_file(path, extract=extract, device=device, progress=progress, analyse_options=analyse_options)
     if progress:
         progress("report", 0, 1)
-    write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out, overwrite=overwrite)
+    write_html(render_report(res.analysis, res.provenance, res.graph, title=title, delta_norms=delta_norms),
+               out, overwrite=overwrite)
     if progress:
         progress("report", 1, 1)
     return res

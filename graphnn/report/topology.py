@@ -32,8 +32,10 @@ import pandas as pd
 
 from .labels import short_label
 
-#: Partition graphs above this many nodes are not drawn (the caption says so).
+#: Partition graphs above this many nodes are not drawn by depth (the caption says so) ...
 MAX_TOPOLOGY_PARTITIONS = 300
+#: ... nor above this many in the (layer index, role) grid, which stays readable for longer.
+MAX_TOPOLOGY_PARTITIONS_GRID = 1200
 #: Graphs with at most this many neurons also get the neuron-level drawing.
 MAX_NEURON_VIEW = 2000
 #: ... and at most this many structural edges (they are all read to find the strongest).
@@ -246,11 +248,13 @@ def topology_svg(g, blocks: pd.DataFrame | None = None, roles: Mapping[str, tupl
     colours the edges."""
     G = partition_graph(g, blocks, metric)
     n = G.number_of_nodes()
-    if n > MAX_TOPOLOGY_PARTITIONS:
-        return None, (f"The graph has {n:,} partitions, more than the {MAX_TOPOLOGY_PARTITIONS} drawn here; "
-                      "the layer and weight-tensor tables list them all (graphnn.report.topology.partition_graph "
+    pos, grid = layout(G, roles) if n <= MAX_TOPOLOGY_PARTITIONS_GRID else ({}, {"mode": "depth"})
+    limit = MAX_TOPOLOGY_PARTITIONS_GRID if grid["mode"] == "roles" else MAX_TOPOLOGY_PARTITIONS
+    if n > limit:
+        return None, (f"The graph has {n:,} partitions, more than the {limit:,} drawn here"
+                      + (" by depth (names without transformer layer indices)" if limit == MAX_TOPOLOGY_PARTITIONS else "")
+                      + "; the layer and weight-tensor tables list them all (graphnn.report.topology.partition_graph "
                       "gives the networkx graph to draw a part of it).")
-    pos, grid = layout(G, roles)
     label = metric_label or metric
     svg = _draw(G, pos, grid, label, svg_id)
     mode = ("Columns are transformer layers (layer index) and rows roles; partitions without a layer index "
