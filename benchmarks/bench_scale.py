@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -168,20 +169,44 @@ def read_rate(files: list[Path], block: int = 16 << 20) -> tuple[int, float]:
     return total, time.perf_counter() - t0
 
 
+def _rss_parts(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of one process, from ``/proc/PID/status``
+    (``RssAnon + RssShmem``, ``RssFile``); ``(0, 0)`` where that file does not exist."""
+    anon = file = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("RssAnon:", "RssShmem:")):
+                    anon += int(line.split()[1]) * 1024
+                elif line.startswith("RssFile:"):
+                    file += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return anon, file
+
+
 def measure(cmd: list[str], env: dict, timeout: float | None) -> dict:
-    """Wall time, peak RSS of the process tree (bytes) and exit code of ``cmd``."""
+    """Wall time, CPU time (user + system of the command and its children), peak RSS of the
+    process tree (bytes; polled every 20 ms) and, where ``/proc`` tells, the peak of its
+    anonymous part (private memory: what the command really holds) and of its file-backed part
+    (pages of memory-mapped shards: page cache the kernel may drop at any time), exit code."""
     import psutil
+    import resource
 
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = tempfile.TemporaryFile()
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_anon = peak_file = 0
     while proc.poll() is None:
         try:
-            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            peak = max(peak, rss)
+            procs = [ps] + ps.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
+            parts = [_rss_parts(p.pid) for p in procs]
+            peak_anon = max(peak_anon, sum(a for a, _ in parts))
+            peak_file = max(peak_file, sum(f for _, f in parts))
         except psutil.Error:
             pass
         if timeout and time.perf_counter() - t0 > timeout:
@@ -190,11 +215,66 @@ def measure(cmd: list[str], env: dict, timeout: float | None) -> dict:
         time.sleep(0.02)
     rc = proc.wait()
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     out.seek(0)
     err.seek(0)
+    head = out.read(65536).decode(errors="replace")
+    out.seek(0)
     stdout = out.read()[-4000:].decode(errors="replace")
-    stderr = err.read()[-2000:].decode(errors="replace")
-    return {"wall_s": wall, "rss": peak, "rc": rc, "stdout": stdout, "stderr": stderr}
+    stderr = err.read().decode(errors="replace")
+    return {"wall_s": wall, "cpu_s": cpu, "stdout_head": head, "rss": peak, "anon": peak_anon or None, "file": peak_file or None,
+            "rc": rc, "stdout": stdout, "stderr": stderr}
+
+
+_STEP_LINE = re.compile(r"graphnn: (\w[\w-]*): (\d+)/(\d+) \(([\d.]+) s\)")
+
+
+def step_times(stderr: str) -> list[tuple[str, float]]:
+    """``(step, seconds)`` of each step a ``-v`` run logged as finished (``graphnn: load: 9/9
+    (12.3 s)`` gives the time since the command started), as durations in order."""
+    ends: dict[str, float] = {}
+    for m in _STEP_LINE.finditer(stderr):
+        ends[m.group(1)] = float(m.group(4))  # a step reported twice (a 0/1 step) keeps its last end
+    out, prev = [], 0.0
+    for name, end in sorted(ends.items(), key=lambda kv: kv[1]):
+        out.append((name, end - prev))
+        prev = end
+    return out
+
+
+#: What each logged step is: (label, whether it streams every weight once per pass).
+_STEP_KIND = {"extract": ("start-up (imports) + headers", False), "load": ("1 pass: read, |w| sums, strength", True),
+              "centrality": ("eigenvector centrality", True), "hypercore": ("weighted hypercore, all levels", True),
+              "null": ("null models", True), "report": ("HTML rendering", False),
+              "rewire": ("1 pass: read the weights, PA, write", True)}
+
+
+def passes_report(name: str, r: dict, nbytes: int, cold: float, warm: float) -> list[str]:
+    """Lines with each step of a ``-v`` run: its time and, for the steps that stream the weights,
+    the time per pass over the ratio to a plain read of the checkpoint's bytes, cold (from disk)
+    and warm (from the page cache). Centrality passes are its matrix-vector products (counted in
+    analyse's JSON); the hypercore's passes are not counted (its total is given)."""
+    lines = []
+    m = re.search(r'"centrality_info":\s*\{[^}]*"iterations":\s*(\d+)', r.get("stdout_head", ""))
+    iters = int(m.group(1)) if m else None
+    accounted = 0.0
+    for step, secs in step_times(r["stderr"]):
+        accounted += secs
+        label, streams = _STEP_KIND.get(step, (step, False))
+        if not streams:
+            lines.append(f"    {name}/{step:<11} {secs:8.1f} s  ({label}; not a pass over the weights)")
+            continue
+        k = iters if step == "centrality" and iters else 1
+        if step == "centrality":
+            label = f"{k} matvecs, {secs / k:.2f} s each" if iters else "matvec count not printed by this command"
+        lines.append(f"    {name}/{step:<11} {secs:8.1f} s  ({label}; per pass {secs / k / cold:6.2f}x cold read, "
+                     f"{secs / k / warm:6.2f}x warm read)")
+    rest = r["wall_s"] - accounted
+    if accounted and rest > 0:
+        lines.append(f"    {name}/{'rest':<11} {rest:8.1f} s  (after the last step: tables, SHA-256 of the input (1 read pass), output, exit: "
+                     f"{rest / cold:6.2f}x cold read)")
+    return lines
 
 
 _DASK_SCRIPT = r"""
@@ -286,6 +366,12 @@ def main(argv: list[str]) -> int:
         cache_note = "cold (page cache dropped)" if cold else ("warm (--warm)" if args.warm else
                                                                 "page cache could NOT be dropped: warm figures")
         print(f"sequential read: {nbytes / GB:.2f} GB in {secs:.1f} s = {rate / GB:.2f} GB/s, {cache_note}", flush=True)
+        _, warm_secs = read_rate(files)  # again, now from the page cache where it fits
+        print(f"second read: {nbytes / GB / warm_secs:.2f} GB/s ({warm_secs:.1f} s; page cache where the shards fit)",
+              flush=True)
+        load_start = os.getloadavg()
+        print(f"load average (1, 5, 15 min): {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+        pass_lines: list[str] = []
 
         # time goals pro-rated by bytes (the passes stream the weights): full model = 32 layers, same widths
         full = sum(2 * _numel(sh) for _, sh in llama_shapes(FULL_LAYERS, args.hidden, args.intermediate, args.heads,
@@ -293,13 +379,14 @@ def main(argv: list[str]) -> int:
         scale = need / full
         rows = []
         r = measure(graphnn_cmd + ["--version"], env, args.timeout)  # interpreter + import cost in every pass
-        rows.append(("start-up", r["wall_s"], r["rss"], "python -m graphnn --version (part of every pass)", "-"))
+        rows.append(("start-up", r, "python -m graphnn --version (part of every pass)", "-"))
+        # -v: each step logs its end time (per-pass figures); analyse prints the layer table as JSON
         cmds = {
             "describe": graphnn_cmd + ["describe", str(folder), "-f", "json", "-q"],
-            "analyse": graphnn_cmd + ["analyse", str(folder), "-f", "json", "-q"],
-            "report": graphnn_cmd + ["report", str(folder), "-o", str(root / "report.html"), "-q"],
+            "analyse": graphnn_cmd + ["analyse", str(folder), "-f", "json", "--table", "layers", "-v"],
+            "report": graphnn_cmd + ["report", str(folder), "-o", str(root / "report.html"), "-v"],
             "rewire": graphnn_cmd + ["rewire", str(folder), "-o", str(out), "--method", "pa", "--mode", "fast",
-                                     "--seed", "0", "-q"],
+                                     "--seed", "0", "-v"],
         }
         goals = {"describe": (f"<= {GOAL_DESCRIBE_S:.0f} s", GOAL_DESCRIBE_S, None),
                  "analyse": (f"<= {GOAL_ANALYSE_S * scale:.0f} s ({GOAL_ANALYSE_S / 60:.0f} min x {scale:.3f} of the bytes), "
@@ -313,7 +400,7 @@ def main(argv: list[str]) -> int:
                 return 2
             if name == "rewire":
                 if shutil.disk_usage(root).free < need * 1.05:
-                    rows.append((name, None, None, "not run: not enough disk for the output", goals[name][0]))
+                    rows.append((name, None, "not run: not enough disk for the output", goals[name][0]))
                     continue
                 shutil.rmtree(out, ignore_errors=True)
             if not args.warm:
@@ -321,7 +408,8 @@ def main(argv: list[str]) -> int:
             r = measure(cmds[name], env, args.timeout)
             extra = ""
             if r["rc"] != 0:
-                extra = f"exit {r['rc']}: {r['stderr'].strip().splitlines()[-1] if r['stderr'].strip() else ''}"
+                errors = [ln for ln in r["stderr"].strip().splitlines() if "error" in ln.lower()]
+                extra = f"exit {r['rc']}: {(errors or r['stderr'].strip().splitlines() or [''])[-1]}"
             elif name == "rewire":
                 extra = check_rewired(out, files)
                 shutil.rmtree(out, ignore_errors=True)
@@ -331,11 +419,18 @@ def main(argv: list[str]) -> int:
                 met.append("time ok" if r["wall_s"] <= t_goal else f"time {r['wall_s'] / t_goal:.1f}x goal")
             if rss_goal is not None:
                 met.append("RSS ok" if r["rss"] <= rss_goal else f"RSS {r['rss'] / rss_goal:.1f}x goal")
+                if r["anon"] is not None and r["rss"] > rss_goal:
+                    met.append("private part ok" if r["anon"] <= rss_goal else
+                               f"private part {r['anon'] / rss_goal:.1f}x goal")
             if name != "describe":
                 ratio = r["wall_s"] / secs
                 met.append(f"read ratio {'ok' if ratio <= GOAL_READ_RATIO else 'over 2x'}")
-            rows.append((name, r["wall_s"], r["rss"], "; ".join(filter(None, [extra] + met)), text))
-            print(f"  {name}: {r['wall_s']:.1f} s, peak RSS {r['rss'] / GB:.2f} GB {extra}", file=sys.stderr, flush=True)
+            rows.append((name, r, "; ".join(filter(None, [extra] + met)), text))
+            if r["rc"] == 0 and name != "describe":
+                pass_lines += passes_report(name, r, nbytes, secs, warm_secs)
+            la = os.getloadavg()
+            print(f"  {name}: {r['wall_s']:.1f} s (CPU {r['cpu_s']:.1f} s), peak RSS {r['rss'] / GB:.2f} GB "
+                  f"{extra} [load {la[0]:.1f}]", file=sys.stderr, flush=True)
 
         if args.dask:
             limit = int(need / args.dask * 1.5) if need / args.dask * 1.5 < need else int(need * 0.9)
@@ -351,21 +446,33 @@ def main(argv: list[str]) -> int:
                         + (f", {d['rounds']} peeling rounds" if args.dask_core else ", hypercore off (--dask-core)"))
             else:
                 note = f"exit {r['rc']}: {r['stderr'].strip().splitlines()[-1] if r['stderr'].strip() else ''}"
-            rows.append((f"dask x{args.dask}", r["wall_s"], r["rss"],
+            rows.append((f"dask x{args.dask}", r,
                          f"{note}; memory_limit {limit / GB:.2f} GB/worker "
                          + (f"< checkpoint {need / GB:.2f} GB" if limit < need else
                             f"(1.5 GB floor; NOT below the {need / GB:.2f} GB checkpoint at this size)"),
                          "completes with workers smaller than the checkpoint"))
 
         print()
-        print(f"{'pass':<10} {'wall s':>9} {'peak RSS GB':>12} {'x read':>7}  goal (issue 11)  |  result")
-        for name, wall, rss, note, goal in rows:
-            w = f"{wall:9.1f}" if wall is not None else f"{'-':>9}"
-            m = f"{rss / GB:12.2f}" if rss is not None else f"{'-':>12}"
-            x = f"{wall / secs:7.2f}" if wall is not None and name not in ("describe", "start-up") else f"{'':>7}"
-            print(f"{name:<10} {w} {m} {x}  {goal}  |  {note}")
-        print(f"read rate {rate / GB:.2f} GB/s ({nbytes / GB:.2f} GB in {secs:.1f} s, {cache_note}); "
-              "'x read' = wall time / that read time (goal <= 2)")
+        print(f"{'pass':<10} {'wall s':>9} {'CPU s':>8} {'peak RSS GB':>12} {'private':>8} {'mapped':>7} "
+              f"{'x read':>7}  goal (issue 11)  |  result")
+        for name, r, note, goal in rows:
+            if r is None:
+                print(f"{name:<10} {'-':>9} {'-':>8} {'-':>12} {'-':>8} {'-':>7} {'':>7}  {goal}  |  {note}")
+                continue
+            gb = (lambda v: f"{v / GB:.2f}" if v is not None else "-")
+            x = f"{r['wall_s'] / secs:7.2f}" if name not in ("describe", "start-up") else f"{'':>7}"
+            print(f"{name:<10} {r['wall_s']:9.1f} {r['cpu_s']:8.1f} {gb(r['rss']):>12} {gb(r['anon']):>8} "
+                  f"{gb(r['file']):>7} {x}  {goal}  |  {note}")
+        print(f"read rate {rate / GB:.2f} GB/s cold ({nbytes / GB:.2f} GB in {secs:.1f} s, {cache_note}), "
+              f"{nbytes / GB / warm_secs:.2f} GB/s warm; 'x read' = wall time / the cold read time (goal <= 2 per "
+              "streaming pass); 'private' = anonymous memory, 'mapped' = file pages of memory-mapped shards "
+              "(page cache, dropped by the kernel under pressure), peaks of each")
+        la = os.getloadavg()
+        print(f"load average (1, 5, 15 min) at the start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}, "
+              f"at the end {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} on {os.cpu_count()} cores")
+        if pass_lines:
+            print("streaming passes (from each command's -v step log; a pass reads every weight once):")
+            print("\n".join(pass_lines))
         return 0
     finally:
         if args.keep:
