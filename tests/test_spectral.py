@@ -122,8 +122,8 @@ def test_the_lanczos_path_equals_torch_linalg_on_every_block(cases, monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for model, expected in cases:
-            # float32 weights: the Lanczos products run in float32 (spectral.py: sigma to ~1e-7 relative)
-            _check(graphnn.analyse(graphnn.extract(model), centrality=False, core=False), expected, rtol=1e-6)
+            # float32 weights: the Lanczos products run in float32 (spectral.py: sigma within 5e-6 relative)
+            _check(graphnn.analyse(graphnn.extract(model), centrality=False, core=False), expected, rtol=5e-6)
 
 
 def _hard_matrices():
@@ -153,6 +153,17 @@ def test_lanczos_on_hard_spectra(label):
     assert sp.spectral_norm(m, method="lanczos") == pytest.approx(_sigma(m), rel=1e-9)
     assert sp.spectral_norm(m.T.contiguous(), method="lanczos") == pytest.approx(_sigma(m), rel=1e-9)
     assert sp.spectral_norm(m, method="dense") == pytest.approx(_sigma(m), rel=1e-13)
+
+
+@pytest.mark.parametrize("chunk_bytes, wide_fused_max", [(8 * 700, 0), (1, 10**9)])
+def test_lanczos_gram_products_chunked_or_plain(monkeypatch, chunk_bytes, wide_fused_max):
+    """Row chunks of any size (one row each, or a few) and the plain WWᵀ product of a very wide
+    block give the same norm."""
+    monkeypatch.setattr(sp, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(sp, "WIDE_FUSED_MAX", wide_fused_max)
+    for label in ("gaussian tall", "gaussian wide", "nearly tied top"):
+        m = _hard_matrices()[label]
+        assert sp.spectral_norm(m, method="lanczos") == pytest.approx(_sigma(m), rel=1e-9), label
 
 
 def test_lanczos_in_float32_above_the_float64_limit(monkeypatch):
