@@ -383,3 +383,22 @@ def test_report_file_passes_analysis_options(tmp_path):
     assert res.analysis.null is not None and 'id="null-table"' in html
     rows = re.search(r'<table id="null-table">.*?</table>', html, flags=re.S).group(0).count("<tr") - 1
     assert rows == len(res.analysis.null)
+
+
+def test_gpt2_shaped_report_without_a_browser():
+    """The 12-layer GPT-2 report's structure (the browser test looks at it in Chromium too):
+    one banner, one topology node per partition and one edge per (src, dst) pair, per-role
+    line plots instead of per-partition bars, and the roles in the layer table."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=12, n_head=2, n_positions=16, vocab_size=64,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    g = graphnn.extract(transformers.GPT2LMHeadModel(cfg).eval())
+    html = render_report(graphnn.analyse(g, centrality=False), Provenance(source="gpt2"), g)
+    assert html.count('<details class="notes"') == 1
+    s = Svg(re.search(r'<svg class="topology" id="topology-svg".*?</svg>', html, flags=re.S).group(0))
+    assert sorted(s.nodes) == sorted(g.partitions)
+    assert sorted((u, v) for u, v, _ in s.edges) == sorted({(b.src, b.dst) for b in g.blocks.values()})
+    assert 'id="fig-roles-layers"' in html and 'id="fig-roles-blocks"' in html and 'id="fig-variance"' not in html
+    for i in (0, 11):
+        assert f"{i} \u00b7 q" in html and f"{i} \u00b7 up" in html
