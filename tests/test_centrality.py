@@ -481,3 +481,18 @@ def test_the_vector_does_not_depend_on_the_scale_of_the_weights(solver, scale):
     got = graphnn.eigenvector_centrality(big, solver=solver)
     np.testing.assert_allclose(got["centrality"], ref["centrality"], atol=1e-9)
     assert got.attrs["eigenvalue"] == pytest.approx(ref.attrs["eigenvalue"] * scale, rel=1e-9)
+
+
+@pytest.mark.parametrize("where", LAYOUTS)
+def test_an_empty_index_mapped_block_changes_nothing(where):
+    """A block with no rows (an empty destination map) beside a real one, in both layouts."""
+    w = torch.rand(2, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    empty = ("b", "c", torch.zeros(0, 2, dtype=torch.float64), None, torch.zeros(0, dtype=torch.long))
+    parts = {"a": 3, "b": 2, "c": 2}
+    with layout(where), warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
+        got = graphnn.eigenvector_centrality(graphnn.LayeredGraph.from_matrices(parts, {"w": ("a", "b", w), "e": empty}))
+        ref = graphnn.eigenvector_centrality(graphnn.LayeredGraph.from_matrices(parts, {"w": ("a", "b", w)}))
+        labels = graphnn.connected_components(graphnn.LayeredGraph.from_matrices(parts, {"w": ("a", "b", w), "e": empty}))
+    np.testing.assert_allclose(got["centrality"], ref["centrality"], atol=1e-12)
+    assert labels["component"].tolist() == [0, 0, 0, 0, 0, 1, 2]

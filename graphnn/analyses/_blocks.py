@@ -86,7 +86,7 @@ def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | Non
             c.abs_()
         torch.mv(c, ones, out=rows[i:i + k])
         cols += c.sum(0)
-        if row_min is not None:
+        if row_min is not None and n_cols:
             torch.amin(c, 1, out=row_min[i:i + k])
     return rows, cols
 
@@ -274,7 +274,8 @@ class AbsBlock:
                 chunk.abs_()
             else:
                 chunk.copy_(self.weighting(w[:, j:j + k]).t())
-            torch.gt(chunk.amin(1), 0, out=full[j:j + k])
+            if self.m_dst:
+                torch.gt(chunk.amin(1), 0, out=full[j:j + k])
             if exact:
                 torch.sum(chunk, 1, dtype=f64, out=src_sums[j:j + k])
                 dst_sums += chunk.sum(0, dtype=f64)
@@ -347,9 +348,10 @@ class AbsBlock:
         if self.t is not None:
             src_sums, dst_sums = exact_sums(self.t)
         elif not self.has_mask and self._src_map is None and self._dst_map is None:
-            low = torch.empty(self.m_dst, dtype=torch.float64, device=self.device)
+            low = torch.zeros(self.m_dst, dtype=torch.float64, device=self.device)
             dst_sums, src_sums = exact_sums(self.w, fn=self.weighting, row_min=low)
-            self._full = ("dst", low > 0)  # what full_lines() would read again
+            if self.m_src:
+                self._full = ("dst", low > 0)  # what full_lines() would read again
         else:
             dst_sums, src_sums = exact_sums(self.w, fn=self.weighting)
             if self.has_mask:  # rare (irregular groups): redo on the masked matrix
@@ -498,6 +500,8 @@ class AbsBlock:
             return None
         if self._full is not None:
             return self._full
+        if self.m_dst == 0 or self.m_src == 0:
+            return None
         m, side, tau = (self.t, "src", None) if self.t is not None else (self.w, "dst", self.weighting.tau)
         full = torch.empty(m.shape[0], dtype=torch.bool, device=m.device)
         step = max(1, _STREAM_ELEMENTS // max(m.shape[1], 1))
