@@ -349,7 +349,10 @@ class AbsBlock:
             src_sums, dst_sums = exact_sums(self.t)
         elif not self.has_mask and self._src_map is None and self._dst_map is None:
             low = torch.zeros(self.m_dst, dtype=torch.float64, device=self.device)
-            dst_sums, src_sums = exact_sums(self.w, fn=self.weighting, row_min=low)
+            if self.weighting.tau is None:  # |w| in place in the float64 buffer (the same values)
+                dst_sums, src_sums = exact_sums(self.w, absolute=True, row_min=low)
+            else:
+                dst_sums, src_sums = exact_sums(self.w, fn=self.weighting, row_min=low)
             if self.m_src:
                 self._full = ("dst", low > 0)  # what full_lines() would read again
         else:
