@@ -331,6 +331,12 @@ def test_roles_group_the_figures_and_are_absent_for_plain_names():
     html = render_report(a, Provenance(source="x"), g)
     assert 'id="fig-roles-layers"' in html and 'id="fig-variance"' not in html
     assert "0 \u00b7 q" in html  # the layer table shows layer index and role
+    # null-model z against layer index per role, instead of the heatmap
+    a.null = pd.DataFrame({"layer": ["mid", "side", "out"], "scope": "layer", "metric": "strength_variance",
+                           "observed": 1.0, "null_mean": 0.0, "null_std": 1.0, "z": [1.0, 2.0, 4.0], "p": 0.1,
+                           "n": 9, "kind": "shuffle"})
+    html = render_report(a, Provenance(source="x"), g)
+    assert 'alt="null-model z-scores by layer and role"' in html and 'alt="null-model z-scores"' not in html
 
 
 def test_neuron_view_follows_the_role_grid():

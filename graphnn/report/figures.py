@@ -361,18 +361,22 @@ def role_palette(roles: Sequence[str]) -> tuple[list[str], dict]:
     known = [r for r in ROLE_ORDER if r in roles]
     ordered = known + [r for r in dict.fromkeys(roles) if r not in ROLE_ORDER]
     base = sns.color_palette("tab20", 20)
-    colours = {r: base[(2 * i) % 20 if i < 10 else (2 * (i - 10) + 1) % 20] for i, r in enumerate(ROLE_ORDER)}
+    # the common roles get tab20's strong colours, the rarer ones its light ones
+    by_use = ("q", "k", "v", "o", "up", "down", "gate", "gate_up", "qkv", "embed",
+              "kv", "router", "expert", "head", "pooler", "norm", "stream", "other")
+    colours = {r: base[2 * i if i < 10 else 2 * (i - 10) + 1] for i, r in enumerate(by_use)}
     extra = sns.color_palette("husl", max(1, len(ordered) - len(known)))
     for k, r in enumerate(r for r in ordered if r not in ROLE_ORDER):
         colours[r] = extra[k]
     return ordered, colours
 
 
-def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4) -> str:
+def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4,
+               hlines: Sequence[float] = (), log: bool = True) -> str:
     """One panel per metric: its value against ``layer_index``, one line (and marker) per
     ``role``; rows without a layer index are left out, rows sharing a (layer index, role) pair
-    (experts) are averaged. A panel uses a log axis when its values are positive and span more
-    than two decades."""
+    (experts) are averaged. A panel uses a log axis when ``log`` and its values are positive and
+    span more than two decades; ``hlines`` are drawn as dashed reference lines."""
     d = frame[frame["layer_index"].notna()].copy()
     d["layer_index"] = d["layer_index"].astype(int)
     d["role"] = d["role"].fillna("other").astype(str)
@@ -393,7 +397,10 @@ def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str,
                     continue
                 ax.plot(s["layer_index"], vals, marker=markers[role], markersize=3.5, lw=1.3,
                         label=role, color=palette[role])
-            _symmetric_log_if_wide(ax, pd.to_numeric(d[m], errors="coerce").to_numpy(dtype=float), axis="y")
+            if log:
+                _symmetric_log_if_wide(ax, pd.to_numeric(d[m], errors="coerce").to_numpy(dtype=float), axis="y")
+            for h in hlines:
+                ax.axhline(h, color="0.35", lw=0.8, ls="--")
             ax.set_title(titles.get(m, m))
             ax.set_xlabel("layer index")
             ax.xaxis.get_major_locator().set_params(integer=True)

@@ -393,9 +393,39 @@ def _graph_views(analysis, graph, layers_r: pd.DataFrame | None, metric: str) ->
 Z_MARK = 3.0
 
 
-def _null_table(null: pd.DataFrame | None) -> dict | None:
+def _null_by_role(null: pd.DataFrame, layers_r: pd.DataFrame | None) -> str | None:
+    """z against layer index, one line per role, one panel per (metric, scope): the
+    transformer reading of the null-model frame; ``None`` without roles."""
+    if layers_r is None or not _has(null, "layer", "scope", "metric", "z"):
+        return None
+    part = {str(n): (li, r) for n, li, r in zip(layers_r["layer"], layers_r["layer_index"], layers_r["role"])}
+    fn = grouping.role_function()
+    rows = []
+    for r in null.to_dict("records"):
+        if r["scope"] == "layer":
+            li, role = part.get(str(r["layer"]), (None, None))
+        elif r["scope"] == "block" and fn is not None:
+            li, role = fn(str(r["layer"]))
+        else:
+            continue
+        li, role = grouping._clean(li, role)
+        if li is not None:
+            rows.append({"layer_index": li, "role": role, "panel": f"{r['metric']} [{r['scope']}]", "z": r["z"]})
+    if not rows:
+        return None
+    long = pd.DataFrame(rows)
+    if long["layer_index"].nunique() < 2:
+        return None
+    panels = list(dict.fromkeys(long["panel"]))
+    wide = long.pivot_table(index=["layer_index", "role"], columns="panel", values="z", aggfunc="mean").reset_index()
+    wide["layer_index"] = pd.array(wide["layer_index"], dtype="Int64")
+    return figures.role_lines(wide, panels, {p: f"z of {p}" for p in panels}, hlines=(-Z_MARK, 0.0, Z_MARK), log=False)
+
+
+def _null_table(null: pd.DataFrame | None, layers_r: pd.DataFrame | None = None) -> dict | None:
     """The null-model frame (``a.null``): one row per (layer, metric), |z| >= :data:`Z_MARK`
-    marked."""
+    marked; a heatmap of z (at most ``figures.MAX_LAYERS_DRAWN`` rows), and for transformer
+    names z against layer index per role."""
     if null is None or not isinstance(null, pd.DataFrame) or not len(null):
         return None
     cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note")
@@ -414,10 +444,11 @@ def _null_table(null: pd.DataFrame | None) -> dict | None:
     kinds = sorted({str(k) for k in null["kind"].dropna()}) if "kind" in null else []
     n = sorted({int(k) for k in null["n"].dropna()}) if "n" in null else []
     uri = None
-    if _has(null, "layer", "scope", "metric", "z") and null["layer"].nunique() <= figures.MAX_LAYERS_DRAWN:
+    role_uri = _null_by_role(null, layers_r)
+    if role_uri is None and _has(null, "layer", "scope", "metric", "z") and null["layer"].nunique() <= figures.MAX_LAYERS_DRAWN:
         uri = figures.null_z_heatmap(null, Z_MARK)
     return {"columns": [{"header": headers.get(c, c), "num": c not in text_cols} for c in cols],
-            "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK, "uri": uri,
+            "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK, "uri": uri, "role_uri": role_uri,
             "kinds": ", ".join(kinds) or "\u2013", "n": ", ".join(map(str, n)) or "\u2013"}
 
 
@@ -475,7 +506,7 @@ def render_report(analysis, provenance: Provenance, graph=None, *, title: str | 
         "cards": _summary_cards(analysis, graph),
         "notes": _notes_banner(notes),
         "graph_views": _graph_views(analysis, graph, layers_r, topology_metric),
-        "null": _null_table(getattr(analysis, "null", None)),
+        "null": _null_table(getattr(analysis, "null", None), layers_r),
         "delta": _delta_section(graph, delta_norms),
         "definitions": _definitions(analysis),
         "layer_table": _layer_table(analysis, graph),
