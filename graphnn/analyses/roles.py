@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 #: Segments whose next segment is the transformer block number.
@@ -160,8 +161,11 @@ def add_role_columns(g, neurons: pd.DataFrame, layers: pd.DataFrame, blocks: pd.
     their partition (:func:`partition_role`), blocks by their name (:func:`name_role`)."""
     by_part = {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
     none = (None, None)
-    for frame, pairs in ((layers, [by_part.get(n, none) for n in layers["layer"]]),
-                         (blocks, [name_role(n) for n in blocks["block"]]),
-                         (neurons, [by_part.get(n, none) for n in neurons["layer"]])):
-        frame["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
-        frame["role"] = pd.Series([r for _, r in pairs], index=frame.index, dtype=object)
+    for frame, names, lookup in ((layers, layers["layer"], by_part.get), (blocks, blocks["block"], None),
+                                 (neurons, neurons["layer"], by_part.get)):
+        codes, uniques = pd.factorize(names)  # one lookup per distinct name (neurons: per partition)
+        pairs = [lookup(n, none) if lookup else name_role(n) for n in uniques]
+        index = pd.array([i for i, _ in pairs] + [None], dtype="Int64")  # the last entry: code -1 (none)
+        roles = np.array([r for _, r in pairs] + [None], dtype=object)
+        frame["layer_index"] = index[codes]
+        frame["role"] = pd.Series(roles[codes], index=frame.index, dtype=object)
