@@ -158,7 +158,6 @@ def edge_list(g, tau: float):
 def bench_01(name, g, repeats: int, nx_max_edges: int) -> dict:
     import graphnn
     from graphnn.analyses import kcore
-    from graphnn.analyses._lines import line_ends
 
     r = {}
     r["call_s"], r["call_cpu"], df = _timed(lambda: graphnn.hypercore(g, top=0.1), repeats)
@@ -167,9 +166,7 @@ def bench_01(name, g, repeats: int, nx_max_edges: int) -> dict:
     n, placed = loaded(g, tau)
 
     def prepare():
-        ends = line_ends(placed, binary=True)
-        kcore._small_ints(ends)
-        return kcore.csr(n, ends)
+        return kcore.csr_of_blocks(n, placed)
 
     r["prep_s"], r["prep_cpu"], (indptr, indices) = _timed(prepare, repeats)
     r["peel_s"], r["peel_cpu"], got = _timed(lambda: kcore.peel_csr(n, indptr, indices), repeats)

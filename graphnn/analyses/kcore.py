@@ -6,11 +6,15 @@ one level can go together. This is Batagelj & Zaveršnik's O(m) bucket algorithm
 bucket at a time: at level ``k``, every alive neuron of degree ``<= k`` is removed with number
 ``k``; removing them lowers the degrees of their neighbours only, and the neighbours that fall
 to ``<= k`` are the next wave of the same level; when a level has no wave left, ``k`` rises to
-the smallest degree left. A wave reads the 0/1 lines (:mod:`._lines`) of the neurons it
-removes, block end by block end, as one summed gather (its edges, once), and looks for the next
-wave only in the partitions it reached; the smallest degree left comes from segment minima
-(:class:`._chunkmin.SegmentMin`). Every edge is read once from each end, and integer sums are
-exact: the numbers equal ``networkx.core_number`` on simple graphs, on every machine.
+the smallest degree left. Integer counts are exact: the numbers equal ``networkx.core_number``
+on simple graphs, on every machine.
+
+Two layouts. Up to :data:`CSR_MAX_ENTRIES` adjacency entries, a CSR of the kept edges
+(:func:`csr_of_blocks`; built like a graph, once) and :func:`peel_csr`: a wave gathers its
+neighbour lists in one go and counts them (its kept edges only). Above, the dense 0/1 lines of
+:mod:`._lines` (no build): a wave's lines are summed block end by block end, the next wave is
+looked for only in the partitions it reached, and the smallest degree left comes from segment
+minima (:class:`._chunkmin.SegmentMin`).
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import numpy as np
 
 from ._blocks import Placed, Progress
 from ._chunkmin import SegmentMin, segment_cuts
-from ._lines import LineEnd, line_ends
+from ._lines import LineEnd, _numpy, _weighted_matrix, line_ends
 
 
 #: Up to this many adjacency entries (twice the kept edges) the 0/1 graph is peeled on a CSR
-#: copy (4 bytes per entry: only the kept edges are read); above, on the dense 0/1 lines.
-CSR_MAX_ENTRIES = 1 << 25
+#: copy (4 bytes per entry, about 24 while it is built: only the kept edges are read); above,
+#: on the dense 0/1 lines (1 byte per structural entry and end, no build).
+CSR_MAX_ENTRIES = 1 << 24
 
 
 def _small_ints(ends: list[LineEnd]) -> None:
@@ -38,50 +43,60 @@ def _small_ints(ends: list[LineEnd]) -> None:
             e.lines = e.lines.astype(want)
 
 
-def _entries(e: LineEnd) -> tuple[np.ndarray, np.ndarray]:
-    """``(v, u)``: local neuron (sorted) and node-space neighbour of every edge of end ``e``
-    (a multi-edge repeated by its count)."""
-    r, c = np.nonzero(e.lines)
-    counts = e.lines[r, c]
-    if e.group_lines:
-        u = e.t_start + (r // e.group_lines) * e.group_width + c
-    elif e.targets is not None:
-        u = e.targets[c]
-    else:
-        u = e.t_start + c
-    if e.line_of is None:
-        v = r
-    else:
-        has = np.flatnonzero(e.line_of >= 0)
-        neuron_of = np.empty(e.lines.shape[0], dtype=np.int64)
-        neuron_of[e.line_of[has]] = has
-        v = neuron_of[r]
-        if v.size > 1 and np.any(v[1:] < v[:-1]):
-            order = np.argsort(v, kind="stable")
-            v, u, counts = v[order], u[order], counts[order]
-    if counts.size and int(counts.max()) > 1:
-        v, u = np.repeat(v, counts), np.repeat(u, counts)
-    return v, u
+def _kept(p: Placed) -> tuple[str, np.ndarray]:
+    """A placed 0/1 block's kept entries as a uint8 matrix: ``("groups", (groups, rows, cols))``
+    for a compactly held grouped block, else ``("matrix", (m_dst, m_src))`` (masked)."""
+    b = p.block
+    compact = getattr(b, "_g", None)
+    if compact is not None:
+        return "groups", _numpy(compact != 0)
+    return "matrix", _numpy(_weighted_matrix(b, binary=True)[0])
 
 
-def csr(n: int, ends: list[LineEnd]) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr, indices)`` of the 0/1 multigraph of ``ends``: the neighbours of node ``v`` are
-    ``indices[indptr[v]:indptr[v + 1]]`` (int32), a parallel edge once per copy, a self-loop
-    twice. Placed end by end by counting (no sort)."""
-    parts = [(e, *_entries(e)) for e in ends]
-    counts = np.zeros(n, dtype=np.int64)
-    for e, v, _ in parts:
-        counts[e.start:e.start + e.size] += np.bincount(v, minlength=e.size)
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    free = indptr[:-1].copy()
-    for e, v, u in parts:
-        per = np.bincount(v, minlength=e.size)
-        first = np.cumsum(per) - per
-        indices[free[e.start + v] + (np.arange(v.size) - first[v])] = u
-        free[e.start:e.start + e.size] += per
-    return indptr, indices
+def _pairs(p: Placed, kind: str, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Node-space ``(dst, src)`` (int32) of every kept edge (parallel edges of an index map
+    repeat a pair)."""
+    b = p.block
+    if kind == "groups":
+        g, r, c = b.group_shape
+        k, i, j = np.nonzero(kept)
+        rows, cols = k * r + i, k * c + j
+    else:
+        rows, cols = np.nonzero(kept)
+        if b._dst_map is not None:
+            rows = b._dst_map.cpu().numpy()[rows]
+        if b._src_map is not None:
+            cols = b._src_map.cpu().numpy()[cols]
+    return (p.dst_off + rows).astype(np.int32), (p.src_off + cols).astype(np.int32)
+
+
+def csr_of_blocks(n: int, placed: Sequence[Placed]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(indptr, indices)`` of the 0/1 multigraph of the placed blocks: the neighbours of node
+    ``v`` are ``indices[indptr[v]:indptr[v + 1]]`` (int32), a parallel edge once per copy, a
+    self-loop twice. Read from each block's 0/1 matrix with one ``nonzero`` and ordered by
+    scipy's counting conversion; ``None`` (nothing built) when the graph keeps more than
+    :data:`CSR_MAX_ENTRIES` adjacency entries or has ``2**31`` nodes or more."""
+    import scipy.sparse as sp
+
+    kept = [_kept(p) for p in placed]
+    entries = 2 * sum(int(np.count_nonzero(m)) for _, m in kept)
+    if entries > CSR_MAX_ENTRIES or n >= 2**31:
+        return None
+    if not entries:
+        return np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    pairs = [_pairs(p, kind, m) for p, (kind, m) in zip(placed, kept)]
+    del kept
+    rows = np.concatenate([d for d, _ in pairs] + [s for _, s in pairs])
+    cols = np.concatenate([s for _, s in pairs] + [d for d, _ in pairs])
+    del pairs
+    a = sp.coo_array((np.ones(rows.size, dtype=np.int32), (rows, cols)), shape=(n, n)).tocsr()
+    del rows, cols
+    a.sum_duplicates()  # a multi-edge (parallel edges, a self-loop's two ends) is one entry with its count
+    indices, counts = a.indices.astype(np.int32, copy=False), a.data
+    if counts.size and int(counts.max()) > 1:  # back to one entry per edge copy
+        indices = np.repeat(indices, counts)
+        return np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))[a.indptr].astype(np.int64), indices
+    return a.indptr.astype(np.int64), indices
 
 
 def peel_csr(n: int, indptr: np.ndarray, indices: np.ndarray, progress: Progress | None = None) -> np.ndarray:
@@ -128,11 +143,11 @@ def core_numbers(n: int, placed: Sequence[Placed], progress: Progress | None = N
     :data:`CSR_MAX_ENTRIES` adjacency entries, else on the dense 0/1 lines."""
     if n == 0:
         return np.zeros(0)
+    built = csr_of_blocks(n, placed)
+    if built is not None:
+        return peel_csr(n, *built, progress=progress).astype(np.float64)
     ends = line_ends(list(placed), binary=True)
     _small_ints(ends)
-    entries = sum(int(e.lines.sum(dtype=np.int64)) for e in ends)
-    if entries <= CSR_MAX_ENTRIES:
-        return peel_csr(n, *csr(n, ends), progress=progress).astype(np.float64)
     return _peel_lines(n, placed, ends, progress)
 
 
