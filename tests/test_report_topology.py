@@ -408,3 +408,14 @@ def test_gpt2_shaped_report_without_a_browser():
     assert 'id="fig-roles-layers"' in html and 'id="fig-roles-blocks"' in html and 'id="fig-variance"' not in html
     for i in (0, 11):
         assert f"{i} \u00b7 q" in html and f"{i} \u00b7 up" in html
+
+
+def test_short_labels_stay_distinct():
+    from graphnn.report.labels import short_labels
+
+    names = [f"model.layers.3.{mid}.attention.output.dense_projection" for mid in ("alpha_block", "beta_block")]
+    names.append("model.layers.4.mlp.some_long_module_name.down_proj")
+    assert short_label(names[0], 30) == short_label(names[1], 30)
+    labs = short_labels(names, 30)
+    assert len(set(labs)) == 3
+    assert labs[2] == short_label(names[2], 30)  # a name without a twin keeps its short label

@@ -25,7 +25,7 @@ from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .labels import short_label
+from .labels import short_label, short_labels
 
 #: Layers drawn one by one (a box / bar per layer); above this, per-layer percentile bands.
 MAX_LAYERS_DRAWN = 60
@@ -89,8 +89,8 @@ def sample_per_layer(neurons: pd.DataFrame, limit: int = MAX_POINTS_PER_LAYER, s
 def _layer_colors(order: Sequence[str], kinds: Mapping[str, str]) -> dict[str, str]:
     """Colour of each (shortened) layer label by partition kind: grey for the network input,
     orange for residual streams, green for concatenations, blue otherwise."""
-    return {short_label(name): _KIND_COLORS.get(kinds.get(name, "features"), _KIND_COLORS["features"])
-            for name in order}
+    return {lab: _KIND_COLORS.get(kinds.get(name, "features"), _KIND_COLORS["features"])
+            for name, lab in zip(order, short_labels(order))}
 
 
 def _kinds(layers: pd.DataFrame) -> dict[str, str]:
@@ -166,8 +166,8 @@ def _per_layer_box(neurons, layers, column, xlabel, zero_line, log_if_wide=False
                 ax.axhline(0, color="0.3", lw=0.8, ls="--")
             return to_data_uri(fig)
         sample = sample_per_layer(data)
-        sample["label"] = sample["layer"].map(lambda s: short_label(s))
-        labels = [short_label(s) for s in order]
+        labels = short_labels(order)
+        sample["label"] = sample["layer"].map(dict(zip(order, labels)))
         kinds = _kinds(layers)
         sample["kind"] = sample["layer"].map(kinds).fillna("features")
         fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
@@ -209,7 +209,7 @@ def strength_variance_per_layer(layers: pd.DataFrame, column: str = "strength_va
             _symmetric_log_if_wide(ax, values, axis="y")
             ax.set_ylabel("variance of strength")
             return to_data_uri(fig)
-        labels = [short_label(s) for s in order]
+        labels = short_labels(order)
         df = pd.DataFrame({"label": labels, "value": values})
         fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
         sns.barplot(data=df, x="value", y="label", order=labels, hue="label", hue_order=labels,
@@ -269,8 +269,8 @@ def compare_layer_metrics(long: pd.DataFrame, order: Sequence[str], metrics: Seq
             _figure_legend(fig, axes)
             return to_data_uri(fig)
         d = long.copy()
-        d["label"] = d["layer"].map(lambda s: short_label(str(s), 40))
-        ylabels = [short_label(s, 40) for s in order]
+        ylabels = short_labels(order, 40)
+        d["label"] = d["layer"].astype(str).map(dict(zip(map(str, order), ylabels)))
         fig, axes = _new_figure(_WIDE + 1.5, _height_for(len(order)), ncols=len(metrics), sharey=True)
         for i, (ax, m) in enumerate(zip(axes, metrics)):
             sns.pointplot(data=d, x=m, y="label", hue="checkpoint", order=ylabels, hue_order=labels,
@@ -337,10 +337,11 @@ def compare_tensor_variance(blocks: Mapping[str, pd.DataFrame], column: str = "J
             _layer_ticks(ax, order)
             _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float), axis="y")
         else:
-            d["label"] = d["block"].map(lambda s: short_label(s, 48))
+            blabels = short_labels(order, 48)
+            d["label"] = d["block"].map(dict(zip(order, blabels)))
             fig, (ax,) = _new_figure(_WIDE, _height_for(len(order)))
             sns.pointplot(data=d, x=column, y="label", hue="checkpoint", hue_order=labels,
-                          order=[short_label(s, 48) for s in order], palette=palette, orient="h",
+                          order=blabels, palette=palette, orient="h",
                           linestyles="none", markersize=4, dodge=0.35 if len(labels) > 1 else False, ax=ax)
             _symmetric_log_if_wide(ax, d[column].to_numpy(dtype=float))
             ax.set_ylabel("")
@@ -458,7 +459,9 @@ def null_z_heatmap(null: pd.DataFrame, z_mark: float = 3.0) -> str:
     centred at 0 and saturated at ``max(z_mark, max |z|)``; cells with |z| >= ``z_mark`` are
     outlined; NaN (no spread in the null) left blank."""
     d = null.copy()
-    d["row"] = [f"{short_label(str(l), 40)} [{s}]" for l, s in zip(d["layer"], d["scope"])]
+    names = list(dict.fromkeys(d["layer"].astype(str)))
+    lab = dict(zip(names, short_labels(names, 40)))
+    d["row"] = [f"{lab[str(l)]} [{s}]" for l, s in zip(d["layer"], d["scope"])]
     rows = list(dict.fromkeys(d["row"]))
     cols = list(dict.fromkeys(d["metric"]))
     z = d.pivot_table(index="row", columns="metric", values="z", aggfunc="first", dropna=False)

@@ -55,3 +55,19 @@ def _tail(parts: list[str], room: int) -> str:
             break
         best = cand
     return best
+
+
+def short_labels(names, width: int = 44) -> list[str]:
+    """:func:`short_label` of every name, widened (up to the full name) for names whose short
+    labels would coincide, so that distinct names keep distinct labels (a figure that uses
+    labels as categories would otherwise merge them)."""
+    names = [str(n) for n in names]
+    out = [short_label(n, width) for n in names]
+    w = width
+    while len(set(out)) < len(set(names)) and w < max(map(len, names), default=0):
+        w += 8
+        seen: dict[str, int] = {}
+        for lab in out:
+            seen[lab] = seen.get(lab, 0) + 1
+        out = [short_label(n, w) if seen[lab] > 1 else lab for n, lab in zip(names, out)]
+    return out
