@@ -496,3 +496,25 @@ def test_an_empty_index_mapped_block_changes_nothing(where):
         labels = graphnn.connected_components(graphnn.LayeredGraph.from_matrices(parts, {"w": ("a", "b", w), "e": empty}))
     np.testing.assert_allclose(got["centrality"], ref["centrality"], atol=1e-12)
     assert labels["component"].tolist() == [0, 0, 0, 0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("where", LAYOUTS)
+def test_float8_weights_give_the_numbers_of_their_float64_values(where):
+    """float8 has no abs/amin kernels: a dense and a grouped float8 block (one zero weight) give
+    the centrality, components and zero-free lines of the same values in float64."""
+    gen = torch.Generator().manual_seed(7)
+    w = (torch.randn(6, 5, generator=gen) * 0.5).to(torch.float8_e4m3fn)
+    w[2, 3] = 0.0
+    gw = (torch.randn(4, 6, generator=gen) * 0.5).to(torch.float8_e4m3fn)
+    g8 = make_graph([5, 6, 4], [("w", 0, 1, w, 1), ("gw", 1, 2, gw, 2)])
+    g64 = make_graph([5, 6, 4], [("w", 0, 1, w.double(), 1), ("gw", 1, 2, gw.double(), 2)])
+    with layout(where), warnings.catch_warnings():
+        warnings.simplefilter("ignore", graphnn.DisconnectedGraphWarning)
+        got, ref = graphnn.eigenvector_centrality(g8), graphnn.eigenvector_centrality(g64)
+        labels = graphnn.connected_components(g8)["component"].tolist()
+        (dense, grouped) = load_abs_blocks(g8, dtype=torch.float64, device=torch.device("cpu"))
+        side, full = dense.full_lines()
+    np.testing.assert_allclose(got["centrality"], ref["centrality"], atol=1e-12)
+    assert labels == graphnn.connected_components(g64)["component"].tolist()
+    zero_free = (w.double() != 0).all(1) if side == "dst" else (w.double() != 0).all(0)
+    assert full.tolist() == zero_free.tolist() and grouped.full_lines() is None

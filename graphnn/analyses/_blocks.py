@@ -179,6 +179,10 @@ class _Inverse:
         return lines, pos
 
 
+#: Dtypes with CPU abs/amin kernels (float8 formats are converted to float32 first).
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _uniform_groups(block: Block) -> tuple[int, int, int] | None:
     """``(groups, rows, cols)`` per group when ``block`` is block-diagonal with equal consecutive
     groups (a grouped or depthwise conv), else ``None``."""
@@ -234,6 +238,8 @@ class AbsBlock:
         if self.group_shape is not None:
             g, r, c = self.group_shape
             inside = w.reshape(g, r, g, c).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (g, r, c) view
+            if inside.dtype not in _REDUCIBLE:  # float8: no abs kernel; float32 holds it exactly
+                inside = inside.float()
             a = weighting(inside)
             self._g = a.to(device=device, dtype=dtype, copy=True).contiguous()
             a64 = a.to(torch.float64)
@@ -509,7 +515,10 @@ class AbsBlock:
         full = torch.empty(m.shape[0], dtype=torch.bool, device=m.device)
         step = max(1, _STREAM_ELEMENTS // max(m.shape[1], 1))
         for i in range(0, m.shape[0], step):
-            low = m[i:i + step].abs().amin(1)  # (an amin of |w| is faster than testing w != 0)
+            c = m[i:i + step]
+            if c.dtype not in _REDUCIBLE:  # float8: no abs/amin kernels
+                c = c.float()
+            low = c.abs().amin(1)  # (an amin of |w| is faster than testing w != 0)
             if tau is None:
                 torch.gt(low, 0, out=full[i:i + low.shape[0]])
             else:
