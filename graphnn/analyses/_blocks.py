@@ -128,6 +128,10 @@ def masked(block: Block, m: torch.Tensor) -> torch.Tensor:
     return m * mask.to(m.device)
 
 
+#: Dtypes with CPU abs/amin kernels (float8 formats are converted to float32 first).
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 @dataclass(frozen=True)
 class Weighting:
     """How a signed weight becomes a non-negative edge weight: ``|w|`` (``tau is None``), or 1
@@ -136,6 +140,8 @@ class Weighting:
     tau: float | None = None
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        if w.is_floating_point() and w.dtype not in _REDUCIBLE:  # float8: exact in float32, which has abs
+            w = w.float()
         if self.tau is None:
             return w.abs()
         return (w.abs() >= self.tau).to(w.dtype if w.is_floating_point() else torch.float32)
@@ -177,10 +183,6 @@ class _Inverse:
         first = torch.repeat_interleave(self.starts[neurons] - (torch.cumsum(c, 0) - c), c)
         lines = self.order[first + torch.arange(pos.numel(), device=neurons.device)]
         return lines, pos
-
-
-#: Dtypes with CPU abs/amin kernels (float8 formats are converted to float32 first).
-_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _uniform_groups(block: Block) -> tuple[int, int, int] | None:
