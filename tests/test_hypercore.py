@@ -311,3 +311,25 @@ def test_peeling_is_the_definition_on_a_long_star_and_a_chain():
                                  for i in range(5)])
     # strengths 1, 3, 5, 7, 9, 5: the ends go first and the cascade climbs the chain
     np.testing.assert_allclose(graphnn.hypercore(chain)["core"].to_numpy(), [1, 2, 3, 4, 5, 5])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, monkeypatch):
+    """bf16/fp16 blocks are read a line at a time (no float32 copy of the weights); their values
+    are exact in float32, so the cores equal those of the float32 graph, with or without the
+    transposed copy, on the streamed path of large graphs too."""
+    from graphnn.analyses import _blocks, _lines
+
+    gen = torch.Generator().manual_seed(9)
+    ws = [torch.randint(-64, 65, (d, s), generator=gen) / 64 for s, d in [(20, 16), (16, 12), (12, 4)]]
+    half = make_graph([20, 16, 12, 4], [(f"w{i}", i, i + 1, w.to(dtype), 1) for i, w in enumerate(ws)])
+    full = make_graph([20, 16, 12, 4], [(f"w{i}", i, i + 1, w.float(), 1) for i, w in enumerate(ws)])
+    ref = sequential_peeling(dense_abs_adjacency(full))
+    monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", -1)
+    for budget in (_lines.TRANSPOSE_BUDGET_BYTES, 0):
+        monkeypatch.setattr(_lines, "TRANSPOSE_BUDGET_BYTES", budget)
+        ends = _lines.line_ends(_blocks.place(_blocks.NodeSpace.of_graph(half), _blocks.load_abs_blocks(
+            half, weighting=_blocks.Weighting(), dtype=torch.float32, device=torch.device("cpu"))))
+        assert all(isinstance(e.lines, _lines.TorchLines) for e in ends)
+        np.testing.assert_allclose(graphnn.hypercore(half)["core"].to_numpy(), ref, rtol=1e-12)
+        assert graphnn.hypercore(half)["core"].tolist() == graphnn.hypercore(full)["core"].tolist()

@@ -19,6 +19,8 @@ Structure, in the order the constructor resolves it:
 
 Values are float64 for float64 weights and float32 otherwise (exact copies of float32/bf16/fp16
 weights); the callers accumulate in float64 (numpy upcasts ``s -= line`` element by element).
+bf16/fp16 matrices (which numpy cannot view) are read a line at a time (:class:`TorchLines`),
+their transposed copy kept in their own dtype: never a full-size float32 copy.
 """
 
 from __future__ import annotations
@@ -90,6 +92,22 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+class TorchLines:
+    """The lines of a 2-D CPU torch matrix in a dtype numpy has no type for (bf16, fp16), each
+    converted to float32 when it is read (exactly): no full-size float32 copy of the weights."""
+
+    def __init__(self, t: torch.Tensor):
+        self.t = t
+        self.shape = tuple(t.shape)
+        self.dtype = np.dtype(np.float32)
+        self.nbytes = t.numel() * t.element_size()
+
+    def __getitem__(self, i):
+        if isinstance(i, np.ndarray):
+            i = torch.from_numpy(i)
+        return self.t[i].to(torch.float32).numpy()
+
+
 def _compact_groups(mask: torch.Tensor | None) -> int:
     """Number of equal consecutive diagonal groups of a structure mask (1: not such a mask)."""
     if mask is None:
@@ -121,8 +139,7 @@ def _weighted_matrix(b: AbsBlock, binary: bool = False) -> tuple[torch.Tensor, b
     if b.t is not None:
         return b.t.t(), False
     w = b.w
-    if b.weighting.tau is None and b.mask is None and w.dtype in (torch.float32, torch.float64) \
-            and w.device.type == "cpu":
+    if b.weighting.tau is None and b.mask is None and w.is_floating_point() and w.device.type == "cpu":
         return w, True
     a = b.weighting(w)
     if b.mask is not None:
@@ -212,6 +229,16 @@ def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, 
                                 group_width=r, t_part=(p.dst_off, p.dst_off + b.n_dst)))
             continue
         mat, signed = _weighted_matrix(b, binary)
+        if signed and mat.dtype not in (torch.float32, torch.float64) and b._src_map is None \
+                and b._dst_map is None:  # bf16/fp16: lines converted as they are read
+            t_mat = mat.t()
+            if budget.take(t_mat.numel() * t_mat.element_size()):
+                t_mat = t_mat.contiguous()
+            ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, TorchLines(mat), absolute=True,
+                                t_part=(p.src_off, p.src_off + b.n_src)))
+            ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TorchLines(t_mat), absolute=True,
+                                t_part=(p.dst_off, p.dst_off + b.n_dst)))
+            continue
         a = _numpy(mat)
         groups = 1
         if b.mask is not None and b._src_map is None and b._dst_map is None:
