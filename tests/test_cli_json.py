@@ -5,6 +5,7 @@ columns; ``--no-spectral``; ``--layers`` as an alias of ``--include`` on every c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -28,6 +29,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "json.md"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 METRICS = ("in_strength", "out_strength", "strength", "abs_strength", "centrality", "core")
 STATS = ("mean", "var", "std", "cv", "max")
+#: --weightwatcher where the package is installed (its prints must stay off stdout: the JSON still parses)
+WW = ("--weightwatcher",) if importlib.util.find_spec("weightwatcher") else ()
 OPTIONAL = {"null", "null_seed_entropy", "base", "delta", "layers", "neurons", "blocks"}
 
 
@@ -105,7 +108,7 @@ def outputs(gpt2, tmp_path_factory):
     csv = tmp_path_factory.mktemp("out") / "blocks.csv"
     js, nospec, described = run_many(("analyse", folder, "--format", "json", "--device", "cpu"),
                                      ("analyse", folder, "--format", "json", "--table", "blocks", "--no-spectral",
-                                      "--layers", "transformer.h.0.*"),
+                                      "--layers", "transformer.h.0.*", *WW),
                                      ("describe", folder, "--format", "json", "--layers", "transformer.h.0.*"))
     csv_run, described_include = run_many(("analyse", folder, "--table", "blocks", "-o", csv),
                                           ("describe", folder, "--format", "json", "--include", "transformer.h.0.*"))
@@ -200,6 +203,9 @@ def test_no_spectral_and_layers_restrict(outputs):
     assert not {"spectral_norm", "stable_rank", "frobenius_norm"} & set(doc["blocks"][0])
     assert doc["options"]["analyse.spectral"] is False and doc["options"]["include"] == ["transformer.h.0.*"]
     assert {b["layer_index"] for b in doc["blocks"]} == {0}
+    if WW:
+        assert doc["options"]["analyse.weightwatcher"] is True and "ww_alpha" in doc["blocks"][0]
+        assert "ww_alpha" in documented()["analyse: blocks rows"]
 
 
 def test_layers_is_include(outputs):

@@ -230,8 +230,9 @@ def weightwatcher_alpha(source: Any) -> pd.DataFrame:
     'graphnn[weightwatcher]'``), from ``WeightWatcher(model=...).analyze()``: a frame ``param,
     ww_alpha`` with ``param`` the weight's name (``<layer longname>.weight``). ``source``: an
     ``nn.Module``, a state dict, or a :class:`~graphnn.LayeredGraph` (its mapped parameters,
-    read one at a time). Layers WeightWatcher skips (too small, 3-D expert tensors without a
-    ``.weight`` name) are absent. The fits are WeightWatcher's own; graphnn only joins them."""
+    read one at a time). Layers WeightWatcher skips (too small; names that do not end in
+    ``.weight``, such as MHA's ``in_proj_weight`` or 3-D expert tensors) are absent. The fits
+    are WeightWatcher's own; graphnn only joins them."""
     try:
         with _quiet():
             import weightwatcher as ww

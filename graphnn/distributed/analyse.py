@@ -285,14 +285,15 @@ def analyse_distributed(
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     per_component: bool = False,
-    spectral: bool = False,
+    spectral: bool = True,
 ):
     """:func:`graphnn.analyse` on the workers of ``client`` (a ``distributed.Client``); the
     same :class:`~graphnn.analyses.summary.Analysis`, with ``centrality_info["dask"]`` and
     ``timings`` saying how many workers took part, the rounds and the bytes moved. ``device``
     is where each worker computes (``"auto"``: CUDA where that worker has it).
     ``core_top`` needs the whole graph's edge ranking and is not available here: pass
-    ``core_threshold``."""
+    ``core_threshold``. ``spectral``: the block table's spectral columns, each worker computing
+    those of its own blocks."""
     from ..analyses._blocks import resolve_dtype
     from ..analyses.centrality import check_options
     from ..analyses.hypercore import _weighting, as_integers
