@@ -298,7 +298,8 @@ def test_demo_trains_and_writes_reports(tmp_path):
     page = assert_self_contained(report.read_text())
     g = graphnn.extract(tmp_path / "demo" / "demo-trained.safetensors")
     assert len(page.tables["layer-table"]) == len(g.partitions)
-    assert len(decoded_images(page)) == 4
+    # the four figures and the null-model z heatmap (the demo's report carries a shuffle null)
+    assert len(decoded_images(page)) == 5 and len(page.tables["null-table"]) > 0
     cpage = assert_self_contained(compare.read_text())
     assert [row[0] for row in cpage.tables["checkpoint-table"]] == ["init", "trained"]
 
