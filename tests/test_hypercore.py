@@ -333,3 +333,48 @@ def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, 
         assert all(isinstance(e.lines, _lines.TorchLines) for e in ends)
         np.testing.assert_allclose(graphnn.hypercore(half)["core"].to_numpy(), ref, rtol=1e-12)
         assert graphnn.hypercore(half)["core"].tolist() == graphnn.hypercore(full)["core"].tolist()
+
+
+def test_each_removal_reads_its_own_lines_once(monkeypatch):
+    """The work of the peeling is the edges of the removed neurons: over a whole peeling, every
+    adjacency line of every block end is read exactly once (when its neuron goes), on a graph
+    of many small blocks and many levels."""
+    import importlib
+
+    from graphnn.analyses import _lines
+
+    hc = importlib.import_module("graphnn.analyses.hypercore")
+    reads: dict[tuple[str, int], list[int]] = {}
+
+    class Counting:
+        def __init__(self, lines, key):
+            self.lines, self.key = lines, key
+            self.shape, self.dtype = lines.shape, lines.dtype
+
+        def __getitem__(self, i):
+            reads.setdefault(self.key, []).append(int(i))
+            return self.lines[i]
+
+    real = _lines.line_ends
+
+    def counted(placed, *args, **kw):
+        ends = real(placed, *args, **kw)
+        for k, e in enumerate(ends):
+            e.lines = Counting(e.lines, (e.name, k))
+        return ends
+
+    monkeypatch.setattr(hc, "line_ends", counted)
+    gen = torch.Generator().manual_seed(2)
+    sizes = [int(x) for x in torch.randint(1, 9, (30,), generator=gen)]
+    blocks = [(f"b{i}", i, i + 1, torch.randn(sizes[i + 1], sizes[i], generator=gen, dtype=torch.float64), 1)
+              for i in range(29)]
+    blocks += [(f"s{i}", i, i + 3, torch.randn(sizes[i + 3], sizes[i], generator=gen, dtype=torch.float64), 1)
+               for i in range(0, 27, 4)]
+    g = make_graph(sizes, blocks)
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_allclose(got, sequential_peeling(dense_abs_adjacency(g)), rtol=1e-12)
+    assert len(np.unique(got)) > 30  # many levels
+    assert len(reads) == 2 * len(blocks)
+    for (name, _), lines in reads.items():
+        assert sorted(lines) == list(range(len(lines))), name  # each line once
+    assert sum(len(v) for v in reads.values()) == sum(b.shape[0] + b.shape[1] for b in g.blocks.values())

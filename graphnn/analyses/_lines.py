@@ -34,7 +34,7 @@ from ._blocks import AbsBlock, Placed
 
 #: Transposed copies of the column side are made while their total stays below this many bytes;
 #: beyond it the columns are strided views of the (row-major) matrix: slower, no extra memory.
-TRANSPOSE_BUDGET_BYTES = 1 << 30
+TRANSPOSE_BUDGET_BYTES = 1 << 29
 
 
 @dataclass
