@@ -164,6 +164,11 @@ def test_lanczos_gram_products_chunked_or_plain(monkeypatch, chunk_bytes, wide_f
     for label in ("gaussian tall", "gaussian wide", "nearly tied top"):
         m = _hard_matrices()[label]
         assert sp.spectral_norm(m, method="lanczos") == pytest.approx(_sigma(m), rel=1e-9), label
+        t = m.T.contiguous().T  # a transposed view (HF Conv1D's matrix), and a gathered slice of one
+        assert sp.spectral_norm(t, method="lanczos") == pytest.approx(_sigma(m), rel=1e-9), label
+        s = m.T.contiguous().T[::2, 1::3]
+        assert not s.is_contiguous() and s.stride(0) != 1 and s.stride(1) != 1
+        assert sp.spectral_norm(s, method="lanczos") == pytest.approx(_sigma(s), rel=1e-9), label
 
 
 def test_lanczos_in_float32_above_the_float64_limit(monkeypatch):

@@ -19,9 +19,9 @@ Definitions: ``spectral_norm`` σ₁ = largest singular value (‖W‖₂), ``fr
 all-zero matrix). All in the weights' own units (float64 results).
 
 σ₁ of a block with at most :data:`DENSE_MAX_ENTRIES` entries comes from
-``torch.linalg.matrix_norm(ord=2)`` (a full SVD, float64). Larger blocks use Lanczos on the
-Gram matrix of the shorter side (``WᵀW`` or ``WWᵀ``) with full reorthogonalisation, from a
-fixed pseudo-random start (``torch.Generator`` seeded with 0, so the same on every run), until
+``torch.linalg.matrix_norm(ord=2)`` (a full SVD, float64). Larger blocks use Lanczos on a Gram
+matrix ``G`` (``WᵀW``; ``WWᵀ`` for a very wide block or on a GPU, see :func:`_gram_operator`)
+with full reorthogonalisation, from a fixed pseudo-random start (``torch.Generator`` seeded with 0, so the same on every run), until
 the Ritz residual ``‖G y − θ y‖ ≤ tol · θ``; then σ₁ = sqrt(θ) (the residual bound puts an
 eigenvalue of G within ``tol · θ`` of θ, so σ₁ is within ``tol / 2`` relative). float64 weights
 (up to :data:`FLOAT64_MAX_ENTRIES` entries) are multiplied in float64 with ``tol`` = 1e-10;
@@ -72,7 +72,7 @@ def spectral_norm(w: torch.Tensor, *, method: str = "auto", tol: float | None = 
     """Largest singular value of the 2-D tensor ``w`` (float). ``method``: ``"dense"``
     (``torch.linalg.matrix_norm(ord=2)``), ``"lanczos"`` (module docstring) or ``"auto"``
     (dense up to :data:`DENSE_MAX_ENTRIES` entries). ``tol``: the Lanczos relative residual
-    (default 1e-10 in float64, 1e-6 in float32). NaN when ``w`` has NaN/Inf entries."""
+    (default 1e-10 for float64 weights, 1e-5 for others). NaN when ``w`` has NaN/Inf entries."""
     if method not in METHODS:
         raise InvalidParameterError(f"method={method!r}: use one of {', '.join(METHODS)}")
     if w.dim() != 2:
@@ -97,23 +97,28 @@ def _all_finite(w: torch.Tensor) -> bool:
 
 
 def _gram_operator(a: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """``(x -> G x, dim G)`` for the Gram matrix Lanczos iterates on. On the CPU, ``G = WᵀW``
-    applied row chunk by row chunk (``Σ_chunks Rᵀ (R x)``: each chunk of about
-    :data:`CHUNK_BYTES` is read once for both products, from cache the second time), unless the
-    matrix is so wide that the ``n_src``-long basis would be large: then ``G = WWᵀ`` (two plain
-    products). On a GPU, the two plain products of the smaller Gram matrix."""
+    """``(x -> G x, dim G)`` for a Gram matrix with the same nonzero spectrum as ``WᵀW``. On the
+    CPU, with ``C`` the orientation of ``W`` whose rows are contiguous in memory (``W``, or
+    ``Wᵀ`` for a transposed view such as HF ``Conv1D``'s), ``G = CᵀC`` applied row chunk by row
+    chunk (``Σ_chunks Rᵀ (R x)``: each chunk of about :data:`CHUNK_BYTES` is read once for both
+    products, from cache the second time), unless ``C`` is so wide (more than
+    :data:`WIDE_FUSED_MAX` columns) that its basis vectors would be large: then the two plain
+    products of the smaller Gram matrix, as on a GPU."""
+    if a.device.type == "cpu":
+        c = a if a.stride(1) == 1 else (a.T if a.stride(0) == 1 else a.contiguous())
+        n, m = c.shape
+        if m <= WIDE_FUSED_MAX:
+            rows = max(1, CHUNK_BYTES // max(1, m * c.element_size()))
+
+            def fused(x: torch.Tensor) -> torch.Tensor:
+                out = torch.zeros(m, dtype=c.dtype)
+                for i in range(0, n, rows):
+                    r = c[i:i + rows]
+                    out.addmv_(r.T, r @ x)
+                return out
+
+            return fused, m
     n, m = a.shape
-    if a.device.type == "cpu" and (n >= m or m <= WIDE_FUSED_MAX):
-        rows = max(1, CHUNK_BYTES // max(1, m * a.element_size()))
-
-        def fused(x: torch.Tensor) -> torch.Tensor:
-            out = torch.zeros(m, dtype=a.dtype)
-            for i in range(0, n, rows):
-                r = a[i:i + rows]
-                out.addmv_(r.T, r @ x)
-            return out
-
-        return fused, m
     if n >= m:
         return (lambda x: a.T @ (a @ x)), m
     return (lambda x: a @ (a.T @ x)), n
