@@ -15,12 +15,12 @@ stops as soon as its residual is below ``tol`` (CUDA default; runs anywhere), AR
 same operator for tiny graphs. The CPU default runs one Lanczos cycle (32 products: enough when
 the leading eigenvalue is well separated, the usual case) and hands over to ARPACK, started
 from the Lanczos estimate, when it is not enough. Each connected component is solved on its own
-(its top eigenvector is unique, Perron–Frobenius), started from its |w| strength (``A`` times
-its all-ones vector, known from the exact sums without a product), so the answer does not
-depend on the solver or the start; when the leading eigenvalue is shared by several components
-(e.g. two identical disconnected parts) the answer is the normalised projection of the all-ones
-vector on their eigenspace — the vector that ``networkx``'s power iteration from its uniform
-start converges to. On a disconnected graph the result lives on the component(s) with the
+(its top eigenvector is unique, Perron–Frobenius), started from its all-ones vector, so the
+answer does not depend on the solver; Lanczos takes its first product, ``A`` times that vector
+(the component's |w| strengths), from the exact sums instead of computing it. When the
+leading eigenvalue is shared by several components (e.g. two identical disconnected parts) the
+answer is the normalised projection of the all-ones vector on their eigenspace — the vector
+that ``networkx``'s power iteration from its uniform start converges to. On a disconnected graph the result lives on the component(s) with the
 largest eigenvalue and is 0 elsewhere.
 
 Cost (CPU): each product reads every block once from memory (both ``|W| x`` and ``|W|^T y``
@@ -120,11 +120,14 @@ def _arpack(op: BlockOperator, tol: float, max_iter: int, v0: np.ndarray | None 
 KEEP_PRODUCTS_BYTES = 1 << 28
 
 
-def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0: torch.Tensor | None = None):
+def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0: torch.Tensor | None = None,
+                first_product: torch.Tensor | None = None):
     """Largest algebraic eigenpair of a symmetric operator by Lanczos with full
     reorthogonalisation, restarted from the Ritz vector every ``ncv`` steps and stopped as soon as
     the Ritz residual ``|beta_j y_j| / theta`` is below ``tol``; starts from ``x0`` (unit norm;
-    default the all-ones vector). Returns ``(eigenvalue, unit vector x, converged, relative
+    default the all-ones vector); ``first_product``, when given, is ``op(x0)`` already known
+    (e.g. a strength vector: ``A`` times the all-ones vector), so the first step costs no product.
+    Returns ``(eigenvalue, unit vector x, converged, relative
     residual, A x)``: ``A x`` is the same combination of the operator's own outputs as ``x`` of
     the basis (no extra product), or ``None`` when keeping them would take more than
     ``KEEP_PRODUCTS_BYTES``. Device-generic."""
@@ -137,8 +140,11 @@ def lanczos_top(op, n: int, tol: float, max_iter: int, device, ncv: int = 32, x0
         basis[0] = x
         alpha, beta = [], []
         for j in range(m):
-            w = op(basis[j])
-            used += 1
+            if first_product is not None:  # known: no product
+                w, first_product = first_product.to(device, torch.float64).clone(), None
+            else:
+                w = op(basis[j])
+                used += 1
             if prods is not None:
                 prods[j] = w
             a = torch.dot(w, basis[j]).item()
@@ -240,25 +246,26 @@ def _dense_perron(a: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: float, max_iter: int,
-                      device: torch.device, start: np.ndarray):
-    """Top eigenpair of one component by Lanczos and/or ARPACK, started from ``start`` on the
-    component (its |w| strength: ``A`` times its all-ones vector, known without a product);
-    returns ``(eigenvalue, unit vector on nodes, converged, solver used, A x on nodes or None)``."""
+                      device: torch.device, strength: np.ndarray):
+    """Top eigenpair of one component by Lanczos and/or ARPACK, started from the component's
+    all-ones vector; Lanczos takes its first product, ``A`` times that vector, from ``strength``
+    (the component's exact |w| strengths) instead of computing it. Returns ``(eigenvalue, unit
+    vector on nodes, converged, solver used, A x on nodes or None)``."""
     idx = torch.as_tensor(nodes, device=device)
     mask = torch.zeros(op.n, dtype=torch.float64, device=device)
     mask[idx] = 1.0
-    x0 = torch.zeros(op.n, dtype=torch.float64, device=device)
-    x0[idx] = torch.as_tensor(start, dtype=torch.float64, device=device)
-    scale = float(x0.max())  # the largest strength: an upper bound on the eigenvalue
-    x0 = x0 / scale  # first to the scale of 1: the squares of tiny weights would underflow
-    x0 = x0 / x0.norm()
+    x0 = mask / math.sqrt(len(nodes))
+    first = torch.zeros(op.n, dtype=torch.float64, device=device)
+    first[idx] = torch.as_tensor(strength, dtype=torch.float64, device=device)
+    scale = float(first.max())  # the largest strength: an upper bound on the eigenvalue
+    first = first / (scale * math.sqrt(len(nodes)))  # A x0 for the operator A / scale
     sub = _Restricted(op, mask, scale)
     budget = max(1, max_iter)
     ax = None
     if solver == "lanczos+arpack":  # one cheap Lanczos cycle; ARPACK takes over if it is not enough
         start_calls = op.calls
         theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, min(budget, _FIRST_CYCLE), device, ncv=_FIRST_CYCLE,
-                                          x0=x0)
+                                          x0=x0, first_product=first)
         used = "lanczos"
         spent = op.calls - start_calls
         if not ok and spent < budget:
@@ -270,9 +277,9 @@ def _iterative_perron(op: BlockOperator, nodes: np.ndarray, solver: str, tol: fl
         theta, x, ok = _arpack(sub, tol, budget, v0=x0.cpu().numpy())
         used = "arpack"
         if x is None:  # ARPACK gave nothing back: take the Lanczos estimate with the same budget
-            theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+            theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0, first_product=first)
     else:
-        theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0)
+        theta, x, ok, _, ax = lanczos_top(sub, op.n, tol, budget, device, x0=x0, first_product=first)
         used = "lanczos"
     x = x.to(device, torch.float64)[idx]
     ax = None if ax is None else ax.to(device, torch.float64)[idx] * scale
