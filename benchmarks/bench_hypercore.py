@@ -232,14 +232,18 @@ def report(name, w: dict, z: dict) -> None:
               f"ratio {w['naive_cpu'] / w['peel_cpu']:.1f}x; max rel diff {w['naive_maxrel']:.1e}")
     print(f"  2. 0/1 core of the top 10 % edges ({z['edges']:,} edges, {z['levels']} levels)")
     print(f"     graphnn.hypercore(g, top=0.1)   {z['call_s']:8.3f} s  (CPU {z['call_cpu']:.3f} s)")
-    print(f"     its CSR of the kept edges        {z['prep_s']:8.4f} s  (CPU {z['prep_cpu']:.4f} s)  (like a graph build)")
-    print(f"     its bucket peeling on the CSR    {z['peel_s']:8.4f} s  (CPU {z['peel_cpu']:.4f} s)  equal: {z['peel_equal_call']}")
-    print(f"     dense-lines path (no CSR)        {z['dense_s']:8.4f} s  (CPU {z['dense_cpu']:.4f} s)  equal: {z['dense_equal_call']}")
+    print(f"     its CSR of the kept edges        {z['prep_s']:8.4f} s  (CPU {z['prep_cpu']:.4f} s)  "
+          "(like a graph build)")
+    print(f"     its bucket peeling on the CSR    {z['peel_s']:8.4f} s  (CPU {z['peel_cpu']:.4f} s)  "
+          f"equal: {z['peel_equal_call']}")
+    print(f"     dense-lines path (no CSR)        {z['dense_s']:8.4f} s  (CPU {z['dense_cpu']:.4f} s)  "
+          f"equal: {z['dense_equal_call']}")
     if z.get("nk_s") is not None:
         print(f"     NetworKit CoreDecomposition      {z['nk_s']:8.4f} s  (CPU {z['nk_cpu']:.4f} s)  "
               f"graphnn/NetworKit CPU ratio {z['peel_cpu'] / z['nk_cpu']:.2f} "
               f"({'goal met' if z['peel_cpu'] <= z['nk_cpu'] else 'goal NOT met'}); equal: {z['nk_equal']}")
-    print(f"     igraph coreness                  {z['ig_s']:8.4f} s  (CPU {z['ig_cpu']:.4f} s)  equal: {z['ig_equal']}")
+    print(f"     igraph coreness                  {z['ig_s']:8.4f} s  (CPU {z['ig_cpu']:.4f} s)  "
+          f"equal: {z['ig_equal']}")
     if "nx_s" in z:
         print(f"     networkx core_number             {z['nx_s']:8.4f} s  (one run)  equal: {z['nx_equal']}")
 
