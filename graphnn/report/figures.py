@@ -467,12 +467,16 @@ def null_z_heatmap(null: pd.DataFrame, z_mark: float = 3.0) -> str:
     z = d.pivot_table(index="row", columns="metric", values="z", aggfunc="first", dropna=False)
     z = z.reindex(index=rows, columns=cols)
     vals = z.to_numpy(dtype=float)
-    lim = max(z_mark, float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else z_mark)
+    # colours saturate at |z| = 10 (or at z_mark when all are smaller) so that moderate z stay visible
+    # next to a huge one; the numbers in the cells are exact
+    zmax = float(np.nanmax(np.abs(vals))) if np.isfinite(vals).any() else z_mark
+    lim = max(z_mark, min(10.0, zmax))
     with _style():
         fig, (ax,) = _new_figure(_WIDE * 0.8, min(1.2 + 0.26 * len(rows), 16.0))
         sns.heatmap(z, ax=ax, cmap="vlag", center=0, vmin=-lim, vmax=lim, annot=len(rows) <= 40, fmt=".1f",
                     annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": "z = (observed - null mean) / null std", "shrink": 0.6})
+                    cbar_kws={"label": "z = (observed - null mean) / null std", "shrink": 0.6,
+                              "extend": "both" if zmax > lim else "neither"})
         for i, j in zip(*np.nonzero(np.isfinite(vals) & (np.abs(np.nan_to_num(vals)) >= z_mark))):
             ax.add_patch(matplotlib.patches.Rectangle((j, i), 1, 1, fill=False, edgecolor="black", lw=1.4))
         ax.grid(False)
