@@ -452,10 +452,15 @@ def _null_table(null: pd.DataFrame | None, layers_r: pd.DataFrame | None = None)
             "kinds": ", ".join(kinds) or "\u2013", "n": ", ".join(map(str, n)) or "\u2013"}
 
 
+#: ‖ΔW‖_F / ‖W_base‖_F is not shown where ‖W_base‖_F is at most this fraction of the largest.
+DELTA_BASE_FLOOR = 1e-9
+
+
 def _delta_section(graph, delta_norms: pd.DataFrame | None) -> dict | None:
     """Per-block ‖ΔW‖_F, ‖W_base‖_F and their ratio, from ``delta_norms`` or a ΔW graph's
-    ``meta["norms"]``; a ratio is shown only where ‖W_base‖_F is not near zero
-    (:data:`NEAR_ZERO_REL`)."""
+    ``meta["norms"]``; a ratio is shown only where ‖W_base‖_F is not near zero (above
+    :data:`DELTA_BASE_FLOOR` times the largest ‖W_base‖_F: blocks of very different sizes have
+    norms that differ by orders of magnitude, and their ratios are still meaningful)."""
     meta = dict(getattr(graph, "meta", None) or {})
     if delta_norms is None and meta.get("norms") is not None:
         delta_norms = pd.DataFrame(meta["norms"])
@@ -467,7 +472,7 @@ def _delta_section(graph, delta_norms: pd.DataFrame | None) -> dict | None:
     rows = []
     for r, b in zip(d.to_dict("records"), base):
         rel = r.get("relative")
-        if rel is None or not np.isfinite(b) or abs(b) <= NEAR_ZERO_REL * scale or b == 0:
+        if rel is None or not np.isfinite(b) or abs(b) <= DELTA_BASE_FLOOR * scale or b == 0:
             rel_text = "\u2013"
         else:
             rel_text = f"{100 * float(rel):.2f} %"
