@@ -181,6 +181,12 @@ def test_split_blocks_and_partitions():
     assert name_role("model.layers.5.mlp.experts.gate_up_proj[3][gate]") == (5, "expert")
     assert name_role("encoder.attn.in_proj_weight[q]") == (None, "q")
     assert name_role("encoder.attn.in_proj_weight") == (None, "qkv")
+    # timm ViT and MPT-style names
+    assert name_role("blocks.4.attn.qkv.weight") == (4, "qkv") and name_role("blocks.4.attn.proj.weight") == (4, "o")
+    assert name_role("blocks.4.mlp.fc1.weight") == (4, "up") and name_role("blocks.4.mlp.fc2.weight") == (4, "down")
+    assert name_role("patch_embed.proj.weight") == (None, "embed") and name_role("head.weight") == (None, "head")
+    assert name_role("transformer.blocks.2.attn.Wqkv.weight") == (2, "qkv")
+    assert name_role("transformer.blocks.2.ffn.down_proj.weight") == (2, "down")
     assert partition_role("model.stream", "residual") == (None, "stream")
     assert partition_role("model.embed_tokens.in", "input") == (None, "embed")
     assert partition_role("model.layers.4.mlp.gate_proj", "features",

@@ -38,7 +38,7 @@ _TENSOR_NAMES = frozenset({"weight", "bias", "weight_orig", "in_proj_bias", "sca
 _EMBED = frozenset({"embed_tokens", "wte", "wpe", "word_embeddings", "position_embeddings",
                     "token_type_embeddings", "embed_positions", "embed_in", "token_embedding",
                     "position_embedding", "patch_embedding", "patch_embeddings", "cls_token", "class_embedding",
-                    "shared", "embeddings", "embedding", "embed"})
+                    "shared", "embeddings", "embedding", "embed", "patch_embed", "pos_embed"})
 _HEAD = frozenset({"lm_head", "embed_out", "classifier", "score", "qa_outputs", "text_projection",
                    "visual_projection", "head", "cls"})
 _ROUTER = frozenset({"router", "shared_expert_gate", "switch"})
