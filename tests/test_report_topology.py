@@ -419,3 +419,11 @@ def test_short_labels_stay_distinct():
     labs = short_labels(names, 30)
     assert len(set(labs)) == 3
     assert labs[2] == short_label(names[2], 30)  # a name without a twin keeps its short label
+
+
+def test_many_unconnected_parts_keep_the_drawing_bounded():
+    parts = {f"p{i}": 2 for i in range(240)}
+    ws = {f"w{i}": (f"p{2 * i}", f"p{2 * i + 1}", torch.ones(2, 2)) for i in range(120)}
+    svg, _ = topology.topology_svg(LayeredGraph.from_matrices(parts, ws))
+    height = float(re.search(r'viewBox="0 0 \d+ (\d+)"', svg).group(1))
+    assert height <= 1600 and len(Svg(svg).nodes) == 240

@@ -276,7 +276,10 @@ def _draw(G: nx.DiGraph, pos, grid, metric_label: str, svg_id: str) -> str:
     top, right, bottom = 34, 30, 58
     sizes = np.array([G.nodes[n]["size"] for n in G.nodes], dtype=float)
     col_step = (_WIDTH - left - right) / max(n_cols - 1, 1) if n_cols > 1 else 0.0
-    row_step = 58.0 if grid["mode"] == "roles" else max(26.0, min(60.0, 640.0 / max(n_rows, 1)))
+    if grid["mode"] == "roles":
+        row_step = 58.0 if n_rows <= 20 else max(12.0, 1400.0 / n_rows)
+    else:  # tall columns (many unconnected parts at one depth) shrink to at most ~1,400 px
+        row_step = max(26.0, min(60.0, 640.0 / max(n_rows, 1))) if n_rows <= 50 else max(6.0, 1400.0 / n_rows)
     r_max = max(4.0, min(16.0, 0.42 * min(col_step or 40.0, row_step)))
     height = int(top + bottom + row_step * max(n_rows - 1, 0) + 2 * r_max + 10)
     height = max(height, 160)
@@ -345,6 +348,8 @@ def _draw(G: nx.DiGraph, pos, grid, metric_label: str, svg_id: str) -> str:
         if grid["mode"] == "roles" and pos[n][1] < n_role_rows:
             continue  # the grid's headers already say layer and role
         cx, cy = xy(n)
+        if row_step < 24 and grid["mode"] == "depth":
+            continue  # too dense to label: the tooltips name every node
         chars = int(max(10, min(40, (col_step or 300) / 6.2))) if grid["mode"] == "depth" else 40
         out.append(f'<text x="{cx:.1f}" y="{cy + radius[n] + 11:.1f}">{escape(short_label(n, chars))}</text>')
     out.append("</g>")
