@@ -177,6 +177,18 @@ def test_lanczos_in_float32_above_the_float64_limit(monkeypatch):
     assert sp.spectral_norm(m, method="lanczos") == pytest.approx(_sigma(m), rel=1e-5)
 
 
+@pytest.mark.parametrize("wide_fused_max", [sp.WIDE_FUSED_MAX, 0])
+def test_lanczos_on_half_precision_weights(monkeypatch, wide_fused_max):
+    """bfloat16/float16 blocks: converted to float32 chunk by chunk (or copied for the plain
+    products); the norm is that of the stored half-precision values, within the stated 5e-6."""
+    monkeypatch.setattr(sp, "WIDE_FUSED_MAX", wide_fused_max)
+    for dtype in (torch.bfloat16, torch.float16):
+        for label in ("gaussian tall", "gaussian wide"):
+            m = _hard_matrices()[label].to(dtype)
+            assert sp.spectral_norm(m, method="lanczos") == pytest.approx(_sigma(m), rel=5e-6), (dtype, label)
+            assert sp.spectral_norm(m.T, method="lanczos") == pytest.approx(_sigma(m), rel=5e-6), (dtype, label)
+
+
 def test_same_numbers_on_every_run():
     m = _hard_matrices()["gaussian wide"]
     assert sp.spectral_norm(m, method="lanczos") == sp.spectral_norm(m.clone(), method="lanczos")

@@ -25,7 +25,7 @@ with full reorthogonalisation, from a fixed pseudo-random start (``torch.Generat
 the Ritz residual ``‖G y − θ y‖ ≤ tol · θ``; then σ₁ = sqrt(θ) (the residual bound puts an
 eigenvalue of G within ``tol · θ`` of θ, so σ₁ is within ``tol / 2`` relative). float64 weights
 (up to :data:`FLOAT64_MAX_ENTRIES` entries) are multiplied in float64 with ``tol`` = 1e-10;
-float32 and lower-precision weights in float32 (no copy of a float32 block) with ``tol`` =
+float32 and lower-precision weights in float32 (no copy of the block) with ``tol`` =
 1e-5: σ₁ within 5e-6 relative by the bound, ~1e-8 as measured on Gaussian blocks. The basis is
 float64 and fully reorthogonalised. Each step costs one product with ``W`` and one with
 ``Wᵀ`` (on the CPU fused, one pass over memory: :func:`_gram_operator`); Gaussian blocks (the
@@ -34,8 +34,8 @@ hard case: clustered top singular values) take ~45 steps at 2000 × 2000, ~80 at
 Cost, measured on a shared 2-core machine (one thread, float32 Gaussian MLPs, medians of 3,
 noisy): on 1.1e7 edges (2500-2000-2000-1000) the spectral columns take ~1 s next to ~0.7 s for
 the rest of ``analyse``; on 5e7 edges (three 4096 × 4096 blocks) ~4-5 s (1.6 s per block, ~80
-Lanczos steps) next to 2-5 s; no extra peak memory for float32 weights (a float32 copy for
-half-precision ones). ``spectral=False`` (CLI ``--no-spectral``) skips them.
+Lanczos steps) next to 2-5 s; no extra peak memory (half-precision weights are converted to
+float32 one row chunk at a time). ``spectral=False`` (CLI ``--no-spectral``) skips them.
 """
 
 from __future__ import annotations
@@ -96,28 +96,31 @@ def _all_finite(w: torch.Tensor) -> bool:
     return bool(torch.isfinite(w).all())
 
 
-def _gram_operator(a: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
-    """``(x -> G x, dim G)`` for a Gram matrix with the same nonzero spectrum as ``WᵀW``. On the
-    CPU, with ``C`` the orientation of ``W`` whose rows are contiguous in memory (``W``, or
-    ``Wᵀ`` for a transposed view such as HF ``Conv1D``'s), ``G = CᵀC`` applied row chunk by row
-    chunk (``Σ_chunks Rᵀ (R x)``: each chunk of about :data:`CHUNK_BYTES` is read once for both
-    products, from cache the second time), unless ``C`` is so wide (more than
+def _gram_operator(w: torch.Tensor, dt: torch.dtype) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """``(x -> G x, dim G)`` in dtype ``dt`` for a Gram matrix with the same nonzero spectrum as
+    ``WᵀW``. On the CPU, with ``C`` the orientation of ``W`` whose rows are contiguous in memory
+    (``W``, or ``Wᵀ`` for a transposed view such as HF ``Conv1D``'s), ``G = CᵀC`` applied row
+    chunk by row chunk (``Σ_chunks Rᵀ (R x)``: each chunk of about :data:`CHUNK_BYTES` is read
+    once for both products, from cache the second time; half-precision chunks are converted to
+    ``dt`` one at a time, never the whole block), unless ``C`` is so wide (more than
     :data:`WIDE_FUSED_MAX` columns) that its basis vectors would be large: then the two plain
-    products of the smaller Gram matrix, as on a GPU."""
-    if a.device.type == "cpu":
-        c = a if a.stride(1) == 1 else (a.T if a.stride(0) == 1 else a.contiguous())
+    products of the smaller Gram matrix (of a ``dt`` copy), as on a GPU."""
+    if w.device.type == "cpu":
+        c = w if w.stride(1) == 1 else (w.T if w.stride(0) == 1 else w.contiguous())
         n, m = c.shape
         if m <= WIDE_FUSED_MAX:
             rows = max(1, CHUNK_BYTES // max(1, m * c.element_size()))
 
             def fused(x: torch.Tensor) -> torch.Tensor:
-                out = torch.zeros(m, dtype=c.dtype)
+                out = torch.zeros(m, dtype=dt)
                 for i in range(0, n, rows):
                     r = c[i:i + rows]
+                    r = r if r.dtype == dt else r.to(dt)
                     out.addmv_(r.T, r @ x)
                 return out
 
             return fused, m
+    a = w if w.dtype == dt else w.to(dt)
     n, m = a.shape
     if n >= m:
         return (lambda x: a.T @ (a @ x)), m
@@ -127,12 +130,11 @@ def _gram_operator(a: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tens
 def _lanczos_norm(w: torch.Tensor, *, tol: float | None, max_steps: int, name: str) -> float:
     dt = torch.float64 if w.dtype == torch.float64 and w.numel() <= FLOAT64_MAX_ENTRIES else torch.float32
     tol = (1e-10 if dt == torch.float64 else 1e-5) if tol is None else float(tol)
-    a = w if w.dtype == dt else w.to(dt)
-    apply, d = _gram_operator(a)
+    apply, d = _gram_operator(w, dt)
     gen = torch.Generator().manual_seed(0)
     steps = min(max_steps, d)
-    basis = torch.zeros(min(steps, 64) + 1, d, dtype=torch.float64, device=a.device)  # grown as needed
-    q = torch.randn(d, generator=gen, dtype=torch.float64).to(a.device)
+    basis = torch.zeros(min(steps, 64) + 1, d, dtype=torch.float64, device=w.device)  # grown as needed
+    q = torch.randn(d, generator=gen, dtype=torch.float64).to(w.device)
     basis[0] = q / torch.linalg.vector_norm(q)
     alphas: list[float] = []
     betas: list[float] = []
