@@ -664,12 +664,6 @@ def _change_text(first, last, rel, scale: float) -> str:
     return f"{100 * float(rel):+.1f} %"
 
 
-def _signed_pct(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "\u2013"
-    return f"{100 * float(x):+.1f} %"
-
-
 def write_html(html: str, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write ``html`` to ``path`` atomically (a temporary file in the same folder, then moved into
     place), creating the folder if needed; returns the path. ``overwrite=False`` refuses an
