@@ -151,16 +151,32 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     inf = np.inf
     core = [0.0] * n
     level = 0.0
+    # m[j] is a lower bound of segment j's minimum, exact unless stale[j]: a removal leaves its
+    # segment's bound at the removed value (refreshed when that segment wins the next argmin)
+    stale = [False] * len(seg_view)
     for step in range(n):
         j = int(m.argmin())
         seg = seg_view[j]
-        v = seg_lo[j] + int(seg.argmin())
+        i = int(seg.argmin())
+        while stale[j]:
+            stale[j] = False
+            x = seg.item(i)
+            if x == m.item(j):
+                break
+            m[j] = x
+            jj = int(m.argmin())
+            if jj == j:
+                break
+            j = jj
+            seg = seg_view[j]
+            i = int(seg.argmin())
+        v = seg_lo[j] + i
         a = s.item(v)
         if a > level + tol[v]:
             level = a
         core[v] = level
         s[v] = inf
-        m[j] = rmin(seg)
+        stale[j] = True
         k = pid[v]
         if k < 0:
             continue
@@ -193,8 +209,10 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
         for j0, j1, view, rel in part.spans:
             if rel is None:
                 m[j0] = rmin(view)
+                stale[j0] = False
             else:
                 m[j0:j1] = rmin_at(view, rel)
+                stale[j0:j1] = [False] * (j1 - j0)
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
