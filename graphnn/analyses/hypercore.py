@@ -134,9 +134,10 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     strength when that exceeds the level by more than the tie tolerance. A removal subtracts the
     neuron's adjacency lines (:mod:`._lines`) from the strengths of its neighbours, element by
     element in float64, and refreshes the segment minima of what it changed
-    (:class:`._chunkmin.SegmentMin`): the work of a removal is its own edges plus a few numpy
-    calls per block end, for any number of blocks or levels, and every sum is done in the same
-    order on every machine. ``device`` is accepted for symmetry with the other analyses: the
+    (:class:`._chunkmin.SegmentMin`; its own segment keeps the removed value as a lower bound
+    until that segment next wins the argmin): the work of a removal is its own edges plus a few
+    numpy calls per block end, for any number of blocks or levels, and every sum is done in the
+    same order on every machine. ``device`` is accepted for symmetry with the other analyses: the
     peeling runs on the CPU.
     """
     if n == 0:
