@@ -33,8 +33,8 @@ hard case: clustered top singular values) take ~45 steps at 2000 × 2000, ~80 at
 
 Cost, measured on a shared 2-core machine (one thread, float32 Gaussian MLPs, medians of 3,
 noisy): on 1.1e7 edges (2500-2000-2000-1000) the spectral columns take 0.65-1 s next to
-0.3-0.7 s for the rest of ``analyse`` (2-3 times the rest: random blocks are the slow case); on 5e7 edges (three 4096 × 4096 blocks) ~4-5 s (1.6 s per block, ~80
-Lanczos steps) next to 2-5 s; no extra peak memory (half-precision weights are converted to
+0.3-0.7 s for the rest of ``analyse`` (2-3 times the rest: random blocks are the slow case); on 5e7 edges (three 4096 × 4096 blocks) 4.3-5.8 s (~1.6 s per block,
+~80 Lanczos steps) next to 1.4-3.1 s; no extra peak memory (half-precision weights are converted to
 float32 one row chunk at a time). ``spectral=False`` (CLI ``--no-spectral``) skips them.
 """
 
