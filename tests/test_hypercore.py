@@ -313,7 +313,8 @@ def test_peeling_is_the_definition_on_a_long_star_and_a_chain():
     np.testing.assert_allclose(graphnn.hypercore(chain)["core"].to_numpy(), [1, 2, 3, 4, 5, 5])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16]
+                         + ([torch.float8_e4m3fn] if hasattr(torch, "float8_e4m3fn") else []))
 def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, monkeypatch):
     """bf16/fp16 blocks are read a line at a time (no float32 copy of the weights); their values
     are exact in float32, so the cores equal those of the float32 graph, with or without the
@@ -323,7 +324,7 @@ def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, 
     gen = torch.Generator().manual_seed(9)
     ws = [torch.randint(-64, 65, (d, s), generator=gen) / 64 for s, d in [(20, 16), (16, 12), (12, 4)]]
     half = make_graph([20, 16, 12, 4], [(f"w{i}", i, i + 1, w.to(dtype), 1) for i, w in enumerate(ws)])
-    full = make_graph([20, 16, 12, 4], [(f"w{i}", i, i + 1, w.float(), 1) for i, w in enumerate(ws)])
+    full = make_graph([20, 16, 12, 4], [(f"w{i}", i, i + 1, w.to(dtype).float(), 1) for i, w in enumerate(ws)])
     ref = sequential_peeling(dense_abs_adjacency(full))
     monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", -1)
     for budget in (_lines.TRANSPOSE_BUDGET_BYTES, 0):
@@ -333,6 +334,8 @@ def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, 
         assert all(isinstance(e.lines, _lines.TorchLines) for e in ends)
         np.testing.assert_allclose(graphnn.hypercore(half)["core"].to_numpy(), ref, rtol=1e-12)
         assert graphnn.hypercore(half)["core"].tolist() == graphnn.hypercore(full)["core"].tolist()
+        assert graphnn.hypercore(half, threshold=0.5)["core"].tolist() == \
+            graphnn.hypercore(full, threshold=0.5)["core"].tolist()
 
 
 def test_each_removal_reads_its_own_lines_once(monkeypatch):

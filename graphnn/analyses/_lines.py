@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._blocks import AbsBlock, Placed
+from ._blocks import _REDUCIBLE, AbsBlock, Placed
 
 #: Transposed copies of the column side are made while their total stays below this many bytes;
 #: beyond it the columns are strided views of the (row-major) matrix: slower, no extra memory.
@@ -132,7 +132,10 @@ def _weighted_matrix(b: AbsBlock, binary: bool = False) -> tuple[torch.Tensor, b
     if binary:
         if b.t is not None:
             return b.t.t() != 0, False
-        a = b.w.abs() >= b.weighting.tau
+        w = b.w
+        if w.is_floating_point() and w.dtype not in _REDUCIBLE:  # float8: no abs kernel; exact in float32
+            w = w.float()
+        a = w.abs() >= b.weighting.tau
         if b.mask is not None:
             a &= b.mask.to(a.device)
         return a, False
