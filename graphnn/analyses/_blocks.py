@@ -456,6 +456,34 @@ class AbsBlock:
             o_src = o_src.to(y_src.dtype)
             y_src.add_(o_src) if self._src_map is None else y_src.index_add_(0, self._src_map, o_src)
 
+    def product_steps(self, x_src: torch.Tensor, x_dst: torch.Tensor, y_dst: torch.Tensor,
+                      y_src: torch.Tensor) -> list[tuple[Callable, tuple]] | None:
+        """:meth:`accumulate` on these fixed vectors (views of buffers the caller reuses) as a
+        list of ``(function, arguments)`` calls made once, so a product costs one call per chunk
+        and no slicing; ``None`` where the block needs work per call (streamed chunks, index
+        maps, results added in another dtype)."""
+        if self._src_map is not None or self._dst_map is not None or self.w is not None \
+                or y_dst.dtype != self.dtype or y_src.dtype != self.dtype:
+            return None
+        if self._g is not None:
+            g, r, c = self.group_shape
+            if r == c == 1:
+                gv = self._g.reshape(-1)
+                return [(y_dst.addcmul_, (gv, x_src)), (y_src.addcmul_, (gv, x_dst))]
+            return [(y_dst.view(g, r, 1).baddbmm_, (self._g, x_src.view(g, c, 1))),
+                    (y_src.view(g, c, 1).baddbmm_, (self._g.transpose(1, 2), x_dst.view(g, r, 1)))]
+        if self.t is None:
+            return None
+        if self.device.type != "cpu":
+            return [(y_dst.addmv_, (self.t.t(), x_src)), (y_src.addmv_, (self.t, x_dst))]
+        steps = []
+        step = max(1, _STREAM_ELEMENTS // max(self.m_dst, 1))
+        for j in range(0, self.m_src, step):
+            a = self.t[j:j + step]
+            k = a.shape[0]
+            steps += [(y_src[j:j + k].addmv_, (a, x_dst)), (y_dst.addmv_, (a.t(), x_src[j:j + k]))]
+        return steps
+
     def _products_into(self, x_src: torch.Tensor, x_dst: torch.Tensor, y_dst: torch.Tensor,
                        y_src: torch.Tensor) -> None:
         """Matrix space: ``y_dst += A x_src``, ``y_src += A^T x_dst`` (compute dtype)."""

@@ -80,7 +80,9 @@ class BlockOperator:
         for p in self.placed:
             b = p.block
             src, dst = slice(p.src_off, p.src_off + b.n_src), slice(p.dst_off, p.dst_off + b.n_dst)
-            self._plan.append((b, self._x[src], self._x[dst], self._y[dst], self._y[src]))
+            views = (self._x[src], self._x[dst], self._y[dst], self._y[src])
+            steps = b.product_steps(*views) if hasattr(b, "product_steps") else None
+            self._plan += steps if steps is not None else [(b.accumulate, views)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -88,8 +90,8 @@ class BlockOperator:
             self._make_plan()
         self._x.copy_(x.reshape(-1))
         self._y.zero_()
-        for b, x_src, x_dst, y_dst, y_src in self._plan:
-            b.accumulate(x_src, x_dst, y_dst, y_src)
+        for step, args in self._plan:
+            step(*args)
         return self._y.clone()
 
 
