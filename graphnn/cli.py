@@ -109,6 +109,23 @@ Base = Annotated[Optional[Path], typer.Option(
     help="CKPT is a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors): analyse its "
          "weight change scale*B*A on the topology of this base model (a model folder or checkpoint file; "
          "--include/--exclude/--conv apply to it). See docs/deltas.md.")]
+NullCopies = Annotated[Optional[int], typer.Option(
+    "--null", metavar="K", show_default=False,
+    help="Compare each layer's metrics with K null copies of the weights (z-score and empirical p; "
+         "analyse: --table null and the json; report: a section). See docs/null-models.md.")]
+NullKind = Annotated[Literal["shuffle", "rewire"], typer.Option(
+    "--null-kind", help="shuffle: entries permuted within each tensor; rewire: permuted keeping "
+                        "every neuron's strength (nearly) and sign counts.")]
+NullSeed = Annotated[Optional[int], typer.Option(
+    "--seed", show_default=False,
+    help="Seed of the --null draws (same seed, same table); without it one is drawn and logged.")]
+Spectral = Annotated[Optional[bool], typer.Option(
+    "--spectral/--no-spectral", show_default=False,
+    help="Spectral norm, stable rank and Frobenius norm of every block (blocks table). Default: on up to "
+         "1e8 edges (a few dozen extra passes over each large block), off above.")]
+WeightWatcher = Annotated[bool, typer.Option(
+    "--weightwatcher", help="Add WeightWatcher's power-law alpha per layer (ww_alpha, blocks table; needs "
+                            "graphnn[weightwatcher]).")]
 Verbose = Annotated[int, typer.Option(
     "--verbose", "-v", count=True, show_default=False, help="More detail on stderr (timings, every step).")]
 
@@ -622,26 +639,15 @@ def analyse(
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
     base: Base = None,
-    null: Annotated[Optional[int], typer.Option(
-        "--null", metavar="K", show_default=False,
-        help="Compare each layer's metrics with K null copies of the weights (z-score and empirical p; "
-             "--table null, and in the json). See docs/null-models.md.")] = None,
-    null_kind: Annotated[Literal["shuffle", "rewire"], typer.Option(
-        "--null-kind", help="shuffle: entries permuted within each tensor; rewire: permuted keeping "
-                            "every neuron's strength (nearly) and sign counts.")] = "shuffle",
-    seed: Annotated[Optional[int], typer.Option(
-        "--seed", show_default=False,
-        help="Seed of the --null draws (same seed, same table); without it one is drawn and logged.")] = None,
+    null: NullCopies = None,
+    null_kind: NullKind = "shuffle",
+    seed: NullSeed = None,
     dask: Annotated[Optional[str], typer.Option(
         "--dask", metavar="local:N|tcp://HOST:PORT",
         help="Run the analyses on Dask: local:N starts N local workers, tcp://HOST:PORT uses a running "
              "scheduler (needs graphnn[dask]; see docs/distributed.md).")] = None,
-    spectral: Annotated[bool, typer.Option(
-        "--spectral/--no-spectral",
-        help="Spectral norm, stable rank and Frobenius norm of every block (blocks table).")] = True,
-    weightwatcher: Annotated[bool, typer.Option(
-        "--weightwatcher", help="Add WeightWatcher's power-law alpha per layer (ww_alpha, blocks table; needs "
-                                "graphnn[weightwatcher]).")] = False,
+    spectral: Spectral = None,
+    weightwatcher: WeightWatcher = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -671,7 +677,8 @@ def analyse(
     _check_device(device)
     with s.running():
         ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
-        options = {**null_options, "spectral": spectral, "weightwatcher": weightwatcher}
+        options = {**null_options, "spectral": "auto" if spectral is None else spectral,
+                   "weightwatcher": weightwatcher}
         res = (_run_adapter_analysis(s, ckpt, base, ex, device, options) if base is not None
                else _run_analysis(s, ckpt, ex, device, dask, options))
         a = res.analysis
@@ -722,6 +729,11 @@ def report(
     trust_checkpoint: Trust = False,
     overwrite: Overwrite = False,
     base: Base = None,
+    null: NullCopies = None,
+    null_kind: NullKind = "shuffle",
+    seed: NullSeed = None,
+    spectral: Spectral = None,
+    weightwatcher: WeightWatcher = False,
     quiet: Quiet = False,
     verbose: Verbose = 0,
 ) -> None:
@@ -729,6 +741,7 @@ def report(
     coverage); prints the report's path on stdout. With --base, CKPT is a LoRA adapter and the
     report is of its weight change on the base model."""
     _check_adapter_args(ckpt, base)
+    null_options = _check_null_options(null, null_kind, seed, None, None)
     s = _Session(quiet, verbose)
     out = output or Path(f"{_stem(ckpt)}.report.html")
     _check_html_path(out)
@@ -739,7 +752,10 @@ def report(
         from .report.html import render_report, write_html
 
         ex = _extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings)
-        res = _run_adapter_analysis(s, ckpt, base, ex, device) if base is not None else _run_analysis(s, ckpt, ex, device)
+        options = {**null_options, "spectral": "auto" if spectral is None else spectral,
+                   "weightwatcher": weightwatcher}
+        res = (_run_adapter_analysis(s, ckpt, base, ex, device, options) if base is not None
+               else _run_analysis(s, ckpt, ex, device, analyse_options=options))
         s.progress("report", 0, 1)
         t = time.perf_counter()
         write_html(render_report(res.analysis, res.provenance, res.graph, title=title), out, overwrite=overwrite)

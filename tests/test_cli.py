@@ -183,6 +183,20 @@ def test_report_writes_one_self_contained_file_quietly(files, tmp_path):
     assert "My MLP" in html
 
 
+def test_report_with_a_null_model_and_without_spectral_columns(files, tmp_path):
+    out = tmp_path / "null.html"
+    r = run("report", files["st"], "-o", out, "--null", 9, "--seed", 3, "--no-spectral", "-q")
+    assert r.returncode == 0, r.stderr
+    page = Page(out.read_text())
+    rows = page.tables["null-table"]
+    # columns: layer, scope, metric, observed, null mean, null std, z, p, n, kind, note
+    assert rows and all(row[8] == "9" and row[9] == "shuffle" for row in rows)
+    assert all(float(row[7]) >= 1 / 10 for row in rows if row[7] not in ("", "nan"))  # p >= 1/(K+1)
+    assert "spectral norm" not in out.read_text()
+    bad = run("report", files["st"], "-o", tmp_path / "bad.html", "--null", 0)
+    assert bad.returncode == 2 and "--null" in bad.stderr and not (tmp_path / "bad.html").exists()
+
+
 def test_report_on_minilm_names_attention_and_feed_forward_layers(tmp_path):
     out = tmp_path / "minilm.html"
     r = run("report", minilm_path(), "-o", out)

@@ -272,3 +272,14 @@ def test_weightwatcher_missing_says_which_extra(monkeypatch):
     with pytest.raises(MissingDependencyError, match=r"graphnn\[weightwatcher\]"):
         graphnn.analyse(g, weightwatcher=True)
     assert "ww_alpha" not in graphnn.analyse(g, centrality=False, core=False).blocks
+
+
+def test_auto_computes_the_columns_only_up_to_the_edge_limit(monkeypatch):
+    g = graphnn.extract(seeded(LeNet))
+    a = graphnn.analyse(g, centrality=False, core=False)  # spectral="auto", far below the limit
+    assert set(sp.SPECTRAL_COLUMNS) <= set(a.blocks.columns) and a.options["spectral"] is True
+    monkeypatch.setattr(sp, "AUTO_MAX_EDGES", g.num_edges - 1)
+    a = graphnn.analyse(g, centrality=False, core=False)
+    assert not set(sp.SPECTRAL_COLUMNS) & set(a.blocks.columns) and a.options["spectral"] is False
+    a = graphnn.analyse(g, centrality=False, core=False, spectral=True)  # asked for: computed anyway
+    assert set(sp.SPECTRAL_COLUMNS) <= set(a.blocks.columns)

@@ -64,7 +64,23 @@ WIDE_FUSED_MAX = 1 << 15
 #: Lanczos steps before giving up (a :class:`ConvergenceWarning`; the estimate is then a lower bound).
 MAX_STEPS = 400
 SPECTRAL_COLUMNS = ("spectral_norm", "stable_rank", "frobenius_norm")
+#: ``spectral="auto"`` computes the columns up to this many edges (about 10 s of CPU at 1e8 edges:
+#: each large block costs a few dozen products, so a multi-GB checkpoint would be read that many
+#: more times); above it they are left out unless asked for with ``spectral=True``.
+AUTO_MAX_EDGES = 100_000_000
 METHODS = ("auto", "dense", "lanczos")
+
+
+def resolve_spectral(num_edges: int, spectral: bool | str) -> bool:
+    """``spectral`` of :func:`graphnn.analyse`: ``True``/``False`` as given, ``"auto"`` -> on up to
+    :data:`AUTO_MAX_EDGES` edges. Anything else raises
+    :class:`~graphnn.errors.InvalidParameterError`."""
+    if spectral == "auto":
+        return num_edges <= AUTO_MAX_EDGES
+    if not isinstance(spectral, bool):
+        raise InvalidParameterError(f"spectral={spectral!r}: use True, False or 'auto' (on up to "
+                                    f"{AUTO_MAX_EDGES:,} edges)")
+    return spectral
 
 
 def spectral_norm(w: torch.Tensor, *, method: str = "auto", tol: float | None = None,

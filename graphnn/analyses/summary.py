@@ -20,7 +20,7 @@ from .centrality import check_options, leading_eigenvector
 from .components import component_labels
 from .hypercore import _weighting, as_integers, cores_on
 from .roles import add_role_columns
-from .spectral import SPECTRAL_COLUMNS, block_spectrum, join_weightwatcher, weightwatcher_alpha
+from .spectral import SPECTRAL_COLUMNS, block_spectrum, resolve_spectral, join_weightwatcher, weightwatcher_alpha
 from .strength import (STATS, add_block_sums, block_tensor, describe, neuron_frame, tensor_strength_variance,
                        unbiased_var)
 
@@ -95,7 +95,7 @@ def analyse(
     null: int | None = None,
     null_kind: str = "shuffle",
     seed: int | None = None,
-    spectral: bool = True,
+    spectral: bool | str = "auto",
     weightwatcher: bool = False,
 ) -> Analysis:
     """Strength (signed and |w|), strength variance, eigenvector centrality and hypercore
@@ -110,7 +110,8 @@ def analyse(
     :class:`~graphnn.errors.InvalidParameterError`.
 
     ``spectral``: add the block table's spectral columns (one SVD or a few dozen Lanczos
-    products per block, :mod:`graphnn.analyses.spectral`). ``weightwatcher``: add ``ww_alpha``,
+    products per block, :mod:`graphnn.analyses.spectral`); ``"auto"`` (default): only for graphs
+    of at most ``spectral.AUTO_MAX_EDGES`` (1e8) edges, ``a.options["spectral"]`` says which. ``weightwatcher``: add ``ww_alpha``,
     WeightWatcher's α per layer (needs ``pip install 'graphnn[weightwatcher]'``; reads every
     mapped parameter once more).
 
@@ -129,7 +130,7 @@ def analyse(
         if client is not None:
             raise InvalidParameterError("null= runs on one process only in this version: leave out client= "
                                         "(or the --dask option) to compute a null-model baseline")
-    check_bool("spectral", spectral)
+    spectral = resolve_spectral(g.num_edges, spectral)
     check_bool("weightwatcher", weightwatcher)
     if client is not None:
         from ..distributed import analyse_distributed
