@@ -336,6 +336,8 @@ def test_half_precision_weights_peel_line_by_line_to_the_float32_numbers(dtype, 
         assert graphnn.hypercore(half)["core"].tolist() == graphnn.hypercore(full)["core"].tolist()
         assert graphnn.hypercore(half, threshold=0.5)["core"].tolist() == \
             graphnn.hypercore(full, threshold=0.5)["core"].tolist()
+        assert graphnn.hypercore(half, top=0.3)["core"].tolist() == \
+            graphnn.hypercore(full, top=0.3)["core"].tolist()
 
 
 def test_each_removal_reads_its_own_lines_once(monkeypatch):

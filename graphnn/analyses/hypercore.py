@@ -230,6 +230,8 @@ def _threshold_from_top(g: LayeredGraph, top: float) -> float:
         m = b.matrix()
         mask = b.structure_mask()
         a = m[mask.to(m.device)] if mask is not None else m.reshape(-1)
+        if a.element_size() == 1:  # float8: no abs kernel; float32 holds it exactly
+            a = a.float()
         values.append(a.abs().to(torch.promote_types(a.dtype, torch.float32)).cpu())
     if not values or sum(v.numel() for v in values) == 0:
         return 0.0

@@ -189,7 +189,10 @@ def _top_ritz(alphas: list[float], betas: list[float]) -> tuple[float, float]:
 
 def block_spectrum(w: torch.Tensor, *, method: str = "auto", name: str = "matrix") -> dict[str, float]:
     """``spectral_norm``, ``stable_rank`` and ``frobenius_norm`` of one block's matrix ``w``
-    (masked: non-edges already 0); see the module docstring for the definitions."""
+    (masked: non-edges already 0); see the module docstring for the definitions. float8 weights
+    are read through a float32 copy (exact; torch has no float8 arithmetic)."""
+    if w.dtype.is_floating_point and w.element_size() == 1:
+        w = w.float()
     fro = float(torch.linalg.vector_norm(w, dtype=torch.float64)) if w.numel() else 0.0
     if not math.isfinite(fro):
         return dict.fromkeys(SPECTRAL_COLUMNS, float("nan"))
