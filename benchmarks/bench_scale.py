@@ -403,6 +403,8 @@ def main(argv: list[str]) -> int:
                     rows.append((name, None, "not run: not enough disk for the output", goals[name][0]))
                     continue
                 shutil.rmtree(out, ignore_errors=True)
+            if name == "report":
+                (root / "report.html").unlink(missing_ok=True)  # left by an earlier run with --keep
             if not args.warm:
                 drop_cache(files)
             r = measure(cmds[name], env, args.timeout)
