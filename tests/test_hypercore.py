@@ -383,3 +383,78 @@ def test_each_removal_reads_its_own_lines_once(monkeypatch):
     for (name, _), lines in reads.items():
         assert sorted(lines) == list(range(len(lines))), name  # each line once
     assert sum(len(v) for v in reads.values()) == sum(b.shape[0] + b.shape[1] for b in g.blocks.values())
+
+
+def _csr_of_adjacency(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, indices)`` of an integer symmetric adjacency, an entry repeated per edge copy
+    (a self-loop ``a[v, v] = 2`` is listed twice), neighbour lists in a shuffled order."""
+    rng = np.random.default_rng(len(a))
+    rows = [np.repeat(np.arange(len(a)), a[v].astype(np.int64)) for v in range(len(a))]
+    indices = np.concatenate([rng.permutation(r) for r in rows] + [np.zeros(0, np.int64)]).astype(np.int32)
+    indptr = np.concatenate(([0], np.cumsum([r.size for r in rows]))).astype(np.int64)
+    return indptr, indices
+
+
+def _multigraph_adjacency(n: int, edges: list[tuple[int, int]]) -> np.ndarray:
+    a = np.zeros((n, n), dtype=np.int64)
+    for u, v in edges:
+        a[u, v] += 1
+        a[v, u] += 1  # a self-loop: 2 on the diagonal
+    return a
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4 * n))))
+def test_csr_peelings_equal_the_one_at_a_time_peeling_of_the_multigraph(case):
+    """Both CSR peelings (scipy's compiled helpers and plain numpy) on hand-written CSRs with
+    parallel edges, self-loops and isolated nodes equal the sequential peeling, and networkx
+    where the graph is simple."""
+    from graphnn.analyses import kcore
+
+    n, edges = case
+    a = _multigraph_adjacency(n, edges)
+    indptr, indices = _csr_of_adjacency(a)
+    ref = sequential_peeling(a.astype(float))
+    fast = kcore.peel_csr(n, indptr.copy(), indices.copy())
+    slow = kcore._peel_csr_numpy(n, indptr.copy(), indices.copy())
+    assert fast.dtype == np.int64
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(slow, ref)
+    simple = {(min(u, v), max(u, v)) for u, v in edges if u != v}
+    if len(simple) == len(edges):
+        G = nx.Graph()
+        G.add_nodes_from(range(n))
+        G.add_edges_from(simple)
+        assert fast.tolist() == [nx.core_number(G)[v] for v in range(n)]
+
+
+@pytest.mark.parametrize("shape", ["chain", "star", "clique", "two-cliques-and-a-chain"])
+def test_csr_peeling_by_hand(shape):
+    """Shapes whose numbers are known: a chain (1 everywhere; one small wave after another), a
+    star (1), a clique of 30 (29; one large wave), two cliques joined by a chain."""
+    from graphnn.analyses import kcore
+
+    if shape == "chain":
+        n, edges, want = 500, [(i, i + 1) for i in range(499)], [1] * 500
+    elif shape == "star":
+        n, edges, want = 301, [(0, i) for i in range(1, 301)], [1] * 301
+    elif shape == "clique":
+        n, edges, want = 30, list(itertools.combinations(range(30), 2)), [29] * 30
+    else:
+        edges = list(itertools.combinations(range(6), 2)) + list(itertools.combinations(range(6, 10), 2))
+        edges += [(5, 10), (10, 11), (11, 6)]
+        n, want = 12, [5] * 6 + [3] * 4 + [2, 2]
+    indptr, indices = _csr_of_adjacency(_multigraph_adjacency(n, edges))
+    assert kcore.peel_csr(n, indptr, indices).tolist() == want
+    assert kcore._peel_csr_numpy(n, indptr, indices).tolist() == want
+
+
+def test_csr_peeling_without_scipys_compiled_helpers_uses_numpy(monkeypatch):
+    from graphnn.analyses import kcore
+
+    g = random_mlp([20, 15, 10], seed=3)
+    want = graphnn.hypercore(g, threshold=0.3)["core"].to_numpy()
+    monkeypatch.setattr(kcore, "_sparsetools", lambda: None)
+    np.testing.assert_array_equal(graphnn.hypercore(g, threshold=0.3)["core"].to_numpy(), want)
+    np.testing.assert_array_equal(want, sequential_peeling(thresholded_adjacency(g, 0.3)))

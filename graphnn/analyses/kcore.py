@@ -100,9 +100,72 @@ def csr_of_blocks(n: int, placed: Sequence[Placed]) -> tuple[np.ndarray, np.ndar
 
 
 def peel_csr(n: int, indptr: np.ndarray, indices: np.ndarray, progress: Progress | None = None) -> np.ndarray:
-    """k-core numbers (int64) of the CSR multigraph, a wave at a time (see the module docstring):
-    a wave's neighbour lists are gathered in one go and counted (``bincount`` for a large wave,
-    ``subtract.at`` for a small one); the next wave is looked for among those neighbours."""
+    """k-core numbers (int64) of the CSR multigraph, a wave at a time (see the module docstring).
+
+    Each wave costs two compiled passes over its own neighbour lists and no Python loop over its
+    neurons: scipy's ``csr_row_index`` copies the lists into one reused int32 buffer and
+    ``csc_matvec`` (that buffer read as one sparse column of ones, times ``-1``) subtracts one
+    from the degree of every listed neighbour in place (int32 counts, exact). The next wave is
+    every alive neuron of degree ``<= k``: found by one pass over the degrees after a large wave
+    (at least ``n / 4`` list entries), among the wave's neighbours after a small one. Without
+    scipy's compiled helpers (or at ``2**31`` entries or more) the same waves run in plain numpy
+    (:func:`_peel_csr_numpy`)."""
+    tools = _sparsetools()
+    if tools is None or indices.size >= 2**31 - 1 or n >= 2**30:
+        return _peel_csr_numpy(n, indptr, indices, progress)
+    row_index, matvec = tools
+    removed = np.int32(1 << 30)  # the degree of a removed neuron: stays above any degree (< 2**30 decrements)
+    ip = indptr.astype(np.int32)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    d = np.diff(ip)
+    deg0 = d.copy()
+    core = np.zeros(n, dtype=np.int64)
+    lists = np.empty(indices.size, dtype=np.int32)
+    # csr_row_index copies values beside the indices: int8 placeholders (1 byte per entry)
+    no_values, no_values_out = np.zeros(indices.size, dtype=np.int8), np.empty(indices.size, dtype=np.int8)
+    ones = np.ones(0, dtype=np.int32)
+    column = np.zeros(2, dtype=np.int32)
+    minus_one = np.full(1, -1, dtype=np.int32)
+    left, k = n, 0
+    while left:
+        k = max(k, int(d.min()))
+        wave = np.flatnonzero(d <= k).astype(np.int32)
+        while wave.size:
+            core[wave] = k
+            d[wave] = removed
+            left -= wave.size
+            total = int(deg0[wave].sum())
+            if not total:
+                break
+            row_index(wave.size, wave, ip, indices, no_values, lists, no_values_out)
+            nb = lists[:total]
+            if ones.size < total:
+                ones = np.ones(max(total, 2 * ones.size), dtype=np.int32)
+            column[1] = total
+            matvec(n, 1, column, nb, ones, minus_one, d)  # d[nb[i]] -= 1 for every i
+            if 4 * total > n:
+                wave = np.flatnonzero(d <= k).astype(np.int32)
+            else:
+                hit = nb[d[nb] <= k]
+                wave = np.unique(hit) if hit.size > 1 else hit
+        if progress:
+            progress("hypercore", n - left, n)
+    return core
+
+
+def _sparsetools():
+    """scipy's compiled ``(csr_row_index, csc_matvec)``, or ``None`` where this scipy lacks them."""
+    try:
+        from scipy.sparse import _sparsetools as st
+
+        return st.csr_row_index, st.csc_matvec
+    except (ImportError, AttributeError):
+        return None
+
+
+def _peel_csr_numpy(n: int, indptr: np.ndarray, indices: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    """:func:`peel_csr` in plain numpy: a wave's neighbour lists gathered through one index
+    array and counted (``bincount`` for a large wave, ``subtract.at`` for a small one)."""
     big = np.int64(1) << 62
     d = np.diff(indptr)
     core = np.zeros(n, dtype=np.int64)
