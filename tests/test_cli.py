@@ -222,7 +222,8 @@ def test_compare_table_and_report(files, tmp_path):
             "--label", "epoch1", "--label", "epoch2")
     assert r.returncode == 0, r.stderr
     df = pd.read_csv(io.StringIO(r.stdout))
-    assert list(df.columns) == ["layer", "metric", "epoch1", "epoch2", "change", "rel_change"]
+    assert list(df.columns) == ["layer", "metric", "epoch1", "epoch2", "change", "rel_change", "layer_index", "role"]
+    assert df["layer_index"].isna().all() and df["role"].isna().all()  # an MLP's names carry no transformer role
     s1, s2 = strengths(files["st"]), strengths(files["st2"])
     v = df[df["metric"] == "strength_var"].set_index("layer")
     for name in s1:

@@ -77,7 +77,8 @@ METRIC_GROUPS = {"strength": ("strength_variance",), "centrality": ("centrality_
 #: The ``layer`` value of network-scope rows.
 NETWORK = "(network)"
 #: Columns of the :func:`null_model` frame, in order.
-COLUMNS = ["layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note"]
+COLUMNS = ["layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note",
+           "layer_index", "role"]
 #: Re-ranking rounds of the rewire null's weight assignment.
 REWIRE_ROUNDS = 8
 #: Curveball sweeps (each: one trade per pair of rows, in a random pairing).
@@ -505,7 +506,10 @@ def null_model(
     ``"(network)"`` for ``"network"``), ``scope``, ``metric``, ``observed``, ``null_mean``,
     ``null_std`` (unbiased), ``z`` = (observed - null_mean) / null_std, ``p`` (empirical,
     two-sided: (r + 1) / (n + 1), r = #draws at least as far from the null mean as the
-    observation), ``n``, ``kind``, and ``note`` (why z or p is NaN, else empty).
+    observation), ``n``, ``kind``, ``note`` (why z or p is NaN, else empty), and the
+    transformer ``layer_index`` (nullable ``Int64``) and ``role`` of the row's ``layer``
+    (:func:`graphnn.analyses.roles.partition_role` for a partition, ``name_role`` for a
+    block; empty for the network row and for names without a role).
 
     Metrics (``metrics=``: names or the groups ``strength``, ``centrality``, ``hypercore``;
     default all): ``strength_variance`` (block: ``J`` of :func:`graphnn.analyse`'s block
@@ -559,6 +563,29 @@ def null_model(
     frame = pd.DataFrame(recs, columns=COLUMNS).astype(
         {"observed": "float64", "null_mean": "float64", "null_std": "float64", "z": "float64", "p": "float64",
          "n": "int64"})
+    add_null_roles(g, frame)
     frame.attrs["seed_entropy"] = root.entropy
     frame.attrs["core_level"] = core_level
+    return frame
+
+
+def add_null_roles(g: LayeredGraph, frame: pd.DataFrame) -> pd.DataFrame:
+    """Set ``layer_index`` (nullable ``Int64``) and ``role`` of the rows of a null-model
+    ``frame``, in place, keyed by its ``layer`` column: a partition's by
+    :func:`~graphnn.analyses.roles.partition_role` (its kind and members), a block's by
+    :func:`~graphnn.analyses.roles.name_role`; ``None`` for the network row."""
+    from .roles import name_role, partition_role
+
+    parts = {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
+    blocks: dict[str, tuple] = {}
+    pairs = []
+    for layer, scope in zip(frame["layer"], frame["scope"]):
+        if scope == "layer":
+            pairs.append(parts.get(layer, (None, None)))
+        elif scope == "block":
+            pairs.append(blocks.setdefault(layer, name_role(layer)))
+        else:
+            pairs.append((None, None))
+    frame["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
+    frame["role"] = pd.Series([r for _, r in pairs], index=frame.index, dtype=object)
     return frame

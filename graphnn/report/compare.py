@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InvalidParameterError
+from . import grouping
 
 #: The partition of a graph's inputs: present in every model, so it does not make two related.
 INPUT_LAYER = "input"
@@ -89,7 +90,9 @@ def _some(names: set[str], k: int = 6) -> str:
 def compare_layers(analyses: Mapping[str, object], metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Wide table with one row per (layer, metric): columns ``layer, metric``, one column per
     checkpoint label (in the given order), then ``change`` (last minus first) and
-    ``rel_change`` (change / |first|; NaN when first is 0 or missing). A layer missing from a
+    ``rel_change`` (change / |first|; NaN when first is 0 or missing), and last the layer's
+    transformer ``layer_index`` (nullable ``Int64``) and ``role`` (:func:`layer_roles`; empty
+    for names without a role). A layer missing from a
     checkpoint has NaN there. Fewer than two analyses, analyses of unrelated models (see
     :func:`check_related`) or no shared metric raise :class:`~graphnn.errors.InvalidParameterError`."""
     if len(analyses) < 2:
@@ -113,12 +116,13 @@ def compare_layers(analyses: Mapping[str, object], metrics: Sequence[str] | None
     wide["change"] = last - first
     with np.errstate(divide="ignore", invalid="ignore"):
         wide["rel_change"] = np.where(first.abs() > 0, wide["change"] / first.abs(), np.nan)
-    return wide
+    return _append_roles(wide, "layer", layer_roles(analyses))
 
 
 def compare_blocks(analyses: Mapping[str, object], column: str = "J") -> pd.DataFrame:
     """Per weight tensor (block), ``column`` of every checkpoint side by side, plus ``change``
-    and ``rel_change`` as in :func:`compare_layers`."""
+    and ``rel_change`` as in :func:`compare_layers`, then ``layer_index`` and ``role`` read from
+    the block name (:func:`block_roles`)."""
     labels = list(analyses)
     frames = [a.blocks.set_index("block")[column].rename(lab) for lab, a in analyses.items()]
     wide = pd.concat(frames, axis=1).reset_index().rename(columns={"index": "block"})
@@ -126,4 +130,48 @@ def compare_blocks(analyses: Mapping[str, object], column: str = "J") -> pd.Data
     wide["change"] = last - first
     with np.errstate(divide="ignore", invalid="ignore"):
         wide["rel_change"] = np.where(first.abs() > 0, wide["change"] / first.abs(), np.nan)
+    return _append_roles(wide, "block", block_roles(analyses))
+
+
+def layer_roles(analyses: Mapping[str, object]) -> dict[str, tuple[int | None, str | None]]:
+    """``{partition name: (layer_index, role)}`` over all analyses (the first one that has a
+    name decides): the ``layer_index``/``role`` columns of their ``layers`` tables, or, for
+    tables without them, :func:`graphnn.analyses.roles.partition_role` of the name and kind."""
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for a in analyses.values():
+        for name, pair in _roles_of(a.layers, "layer", grouping.partition_role_function(a.layers)).items():
+            out.setdefault(name, pair)
+    return out
+
+
+def block_roles(analyses: Mapping[str, object]) -> dict[str, tuple[int | None, str | None]]:
+    """``{block name: (layer_index, role)}`` as :func:`layer_roles`, for the ``blocks`` tables
+    (:func:`graphnn.analyses.roles.name_role` where a table has no role columns)."""
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for a in analyses.values():
+        for name, pair in _roles_of(a.blocks, "block", grouping.role_function()).items():
+            out.setdefault(name, pair)
+    return out
+
+
+def _roles_of(frame: pd.DataFrame | None, key: str, fn) -> dict[str, tuple[int | None, str | None]]:
+    """``{name: (layer_index, role)}`` of one table: its own columns, else ``fn(name)``."""
+    if frame is None or key not in frame.columns:
+        return {}
+    names = frame[key].astype(str)
+    if {"layer_index", "role"} <= set(frame.columns):
+        pairs = zip(frame["layer_index"], frame["role"])
+    elif fn is not None:
+        pairs = (fn(n) for n in names)
+    else:
+        return {}
+    return {n: grouping._clean(li, r) for n, (li, r) in zip(names, pairs)}
+
+
+def _append_roles(wide: pd.DataFrame, key: str, roles: Mapping[str, tuple]) -> pd.DataFrame:
+    """``wide`` with ``layer_index`` (nullable ``Int64``) and ``role`` (str or ``None``) appended,
+    looked up by its ``key`` column (``None`` where ``roles`` has no entry)."""
+    pairs = [roles.get(str(n), (None, None)) for n in wide[key]]
+    wide["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
+    wide["role"] = pd.Series([r for _, r in pairs], index=wide.index, dtype=object)
     return wide

@@ -373,11 +373,13 @@ def role_palette(roles: Sequence[str]) -> tuple[list[str], dict]:
 
 
 def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4,
-               hlines: Sequence[float] = (), log: bool = True) -> str:
+               hlines: Sequence[float] = (), log: bool = True, sharey: bool | str = False) -> str:
     """One panel per metric: its value against ``layer_index``, one line (and marker) per
     ``role``; rows without a layer index are left out, rows sharing a (layer index, role) pair
     (experts) are averaged. A panel uses a log axis when ``log`` and its values are positive and
-    span more than two decades; ``hlines`` are drawn as dashed reference lines."""
+    span more than two decades; ``hlines`` are drawn as dashed reference lines. ``sharey``
+    (matplotlib's: ``"row"`` shares the y axis of each row of ``ncols`` panels) compares
+    panels of one quantity, e.g. one metric in several checkpoints."""
     d = frame[frame["layer_index"].notna()].copy()
     d["layer_index"] = d["layer_index"].astype(int)
     d["role"] = d["role"].fillna("other").astype(str)
@@ -388,7 +390,7 @@ def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str,
     nrows = -(-len(metrics) // ncols)
     with _style():
         fig = Figure(figsize=(_WIDE, 0.6 + 2.7 * nrows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel())
         for ax, m in zip(axes, metrics):
             g = d.groupby(["role", "layer_index"], sort=False)[m].mean().reset_index()
             for role in roles:

@@ -556,41 +556,55 @@ def render_comparison(
 
     rows = []
     scales = {m: _scale(wide.loc[wide["metric"] == m, labels]) for m in metrics}
+    show_roles = bool(wide["layer_index"].notna().any()) if "layer_index" in wide else False
     for layer in order:
         cells = []
         w = wide[wide["layer"] == layer].set_index("metric")
         for m in metrics:
             cells += [fmt(w.at[m, first]), fmt(w.at[m, last]),
                       _change_text(w.at[m, first], w.at[m, last], w.at[m, "rel_change"], scales[m])]
-        rows.append({"layer": layer, "size": fmt(sizes[layer]) if sizes is not None else "", "cells": cells})
+        rows.append({"layer": layer, "size": fmt(sizes[layer]) if sizes is not None else "", "cells": cells,
+                     "role": _role_text(w.iloc[0].to_dict()) if show_roles and len(w) else None})
     compare_table = {
         "metrics": [{"key": m, "header": _HEADERS.get(m, m), "help": describe_column(m)} for m in metrics],
-        "first": first, "last": last, "rows": rows,
+        "first": first, "last": last, "rows": rows, "show_roles": show_roles,
     }
     titles = {m: _HEADERS.get(m, m) for m in metrics}
     pre = "Before / after: " if mode == "rewire" else ""
-    figs = [{"id": "fig-compare-layers", "title": pre + "per-layer metrics" if pre else "Per-layer metrics by checkpoint",
-             "uri": figures.compare_layer_metrics(long, order, metrics, titles),
-             "caption": "Each panel is one per-layer metric; one marker per checkpoint, layers aligned by name."}]
+    block_metrics = [m for m in ROLE_BLOCK_METRICS if all(_has(a.blocks, "block", m) for a in analyses.values())]
+    block_wides = {m: compare_blocks(analyses, m) for m in block_metrics}
+    role_figs = _comparison_role_figures(wide, block_wides, labels, pre)
+    figs = role_figs or [{"id": "fig-compare-layers",
+                          "title": pre + "per-layer metrics" if pre else "Per-layer metrics by checkpoint",
+                          "uri": figures.compare_layer_metrics(long, order, metrics, titles),
+                          "caption": "Each panel is one per-layer metric; one marker per checkpoint, layers aligned "
+                                     "by name."}]
     if all(_has(a.neurons, "strength", "centrality", "core") for a in analyses.values()):
         figs.append({"id": "fig-compare-dist", "title": pre + "distributions over all neurons" if pre else "Distributions over all neurons",
                      "uri": figures.compare_distributions({k: a.neurons for k, a in analyses.items()}),
                      "caption": "Strength and centrality histograms (density, each checkpoint normalised on its "
                                 "own; at most %s sampled neurons per layer) and the k-hypercore size against k."
                                 % f"{figures.MAX_POINTS_PER_LAYER:,}"})
-    if all(_has(a.blocks, "block", "J") for a in analyses.values()):
+    has_j = all(_has(a.blocks, "block", "J") for a in analyses.values())
+    if has_j and not role_figs:
         figs.append({"id": "fig-compare-j", "title": (pre + "strength variance J per weight tensor") if pre else "Strength variance J per weight tensor",
                      "uri": figures.compare_tensor_variance({k: a.blocks for k, a in analyses.items()}),
                      "caption": "J = (Var of row sums + Var of column sums) / 2 of each weight tensor "
                                 "(Scabini et al.); PA rewiring lowers it while keeping every weight value."})
-        jt = compare_blocks(analyses, "J")
+    if has_j:
+        jt = block_wides.get("J")
+        jt = compare_blocks(analyses, "J") if jt is None else jt
         jscale = _scale(jt[labels])
+        block_roles = bool(jt["layer_index"].notna().any())
         blocks_table = {
-            "columns": [{"key": lab, "header": f"J {lab}", "help": describe_column("J"), "cls": "num"}
-                        for lab in labels]
+            "columns": ([{"key": "role", "header": "layer \u00b7 role", "help": "transformer layer index and role, "
+                          "read from the name", "cls": ""}] if block_roles else [])
+            + [{"key": lab, "header": f"J {lab}", "help": describe_column("J"), "cls": "num"}
+               for lab in labels]
             + [{"key": "rel_change", "header": "change", "help": "relative change of J, last vs first", "cls": "num"}],
             "rows": [{"block": str(r["block"]),
-                      "cells": [{"text": fmt(r[lab]), "cls": "num"} for lab in labels]
+                      "cells": ([{"text": _role_text(r), "cls": ""}] if block_roles else [])
+                      + [{"text": fmt(r[lab]), "cls": "num"} for lab in labels]
                       + [{"text": _change_text(r[first], r[last], r["rel_change"], jscale), "cls": "num"}]}
                      for r in jt.to_dict("records")],
         }
@@ -621,7 +635,7 @@ def render_comparison(
         + ([("neurons", fmt(graphs[last].num_nodes)), ("edges", fmt(graphs[last].num_edges))]
            if graphs.get(last) is not None else []),
         "notes": _notes_banner([n for g in graphs.values() for n in (getattr(g, "notes", []) or [])]),
-        "graph_views": [],
+        "graph_views": _comparison_graph_views(analyses[last], graphs.get(last), last),
         "null": None,
         "delta": None,
         "definitions": _definitions(analyses[last]),
@@ -634,6 +648,116 @@ def render_comparison(
         "version": p0.graphnn_version,
     }
     return _env().get_template("report.html.j2").render(**ctx)
+
+
+def _comparison_graph_views(analysis, graph, label: str) -> list[dict]:
+    """The topology drawings (:func:`_graph_views`) of the last checkpoint, titled with its label."""
+    if graph is None:
+        return []
+    layers_r = grouping.with_roles(analysis.layers, "layer", grouping.partition_role_function(analysis.layers, graph))
+    views = _graph_views(analysis, graph, layers_r, "J" if _has(analysis.blocks, "J") else "mean_abs_weight")
+    for v in views:
+        v["title"] += f" ({label})"
+        v["caption"] = f"Drawn for {label}, the last checkpoint. " + v["caption"]
+    return views
+
+
+def _role_panels(wide: pd.DataFrame, key: str, metric_of, labels: Sequence[str], shown: Sequence[str],
+                 kind: str) -> tuple[dict, dict, dict]:
+    """Rows ``{name: {layer_index, role, "<metric>|<label>": value, "<metric>|change": %}}`` of a
+    side-by-side table, the titles of the value panels and those of the change panels. The change is
+    100 (last - first) / |first|, NaN where |first| is near zero (:func:`_is_near_zero`) against
+    the largest |first| of the metric among the rows of the same role (the line it is drawn on)."""
+    rows: dict[str, dict] = {}
+    value_titles, change_titles = {}, {}
+    pairs: dict[tuple[str, str], tuple[float, float]] = {}
+    first, last = labels[0], labels[-1]
+    for r in wide.to_dict("records"):
+        m = metric_of(r)
+        rec = rows.setdefault(str(r[key]), {"layer_index": r["layer_index"], "role": r["role"]})
+        for lab in shown:
+            rec[f"{m}|{lab}"] = r[lab]
+            value_titles[f"{m}|{lab}"] = f"{_role_title(m, kind)}: {lab}"
+        pairs[(str(r[key]), m)] = (_float(r[first]), _float(r[last]))
+        change_titles[f"{m}|change"] = _role_title(m, kind)
+    scales: dict[tuple[str, object], float] = {}
+    for (name, m), (f, _) in pairs.items():
+        k = (m, rows[name]["role"])
+        scales[k] = max(scales.get(k, 0.0), abs(f) if np.isfinite(f) else 0.0)
+    for (name, m), (f, l_) in pairs.items():
+        ok = np.isfinite(f) and np.isfinite(l_) and not _is_near_zero(f, scales[(m, rows[name]["role"])])
+        rows[name][f"{m}|change"] = 100 * (l_ - f) / abs(f) if ok else float("nan")
+    return rows, value_titles, change_titles
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _role_title(metric: str, kind: str) -> str:
+    return _ROLE_TITLES.get(metric, f"{_HEADERS.get(metric, metric)} ({kind})")
+
+
+def _role_frame(rows: Mapping[str, dict]) -> pd.DataFrame:
+    f = pd.DataFrame(list(rows.values()))
+    f["layer_index"] = pd.array(f["layer_index"], dtype="Int64")
+    return f
+
+
+def _comparison_role_figures(wide: pd.DataFrame, block_wides: Mapping[str, pd.DataFrame], labels: Sequence[str],
+                             pre: str) -> list[dict]:
+    """For transformer names (:func:`graphnn.report.grouping.is_layered`): the compared metrics
+    against layer index, one line per role, one panel per (metric, checkpoint) with a shared y
+    axis per metric, for the partitions and the weight tensors, and the relative change from the
+    first to the last checkpoint the same way; empty otherwise (the per-partition figures then)."""
+    if "layer_index" not in wide or not grouping.is_layered(wide.drop_duplicates("layer")):
+        return []
+    shown = list(labels) if len(labels) <= 4 else [labels[0], labels[-1]]
+    omitted = "" if len(shown) == len(labels) else (f" With {len(labels)} checkpoints only the first and the last "
+                                                    "are drawn; the table has them all.")
+    rows, vt, ct = _role_panels(wide, "layer", lambda r: r["metric"], labels, shown, "partition")
+    out = [{"id": "fig-compare-roles-layers", "title": pre + "partition metrics by layer and role" if pre
+            else "Partition metrics by layer and role",
+            "uri": figures.role_lines(_role_frame(rows), list(vt), vt, ncols=len(shown), sharey="row"),
+            "caption": "Each compared per-partition metric against the transformer layer index, one line per role, "
+                       "one row of panels per metric and one column per checkpoint (a row shares its y axis). "
+                       "Partitions without a layer index (residual stream, embeddings, head) are in the table only; "
+                       "several partitions of one role in one layer (experts) are averaged." + omitted}]
+    change_frames = [_role_frame(rows)]
+    change_titles = dict(ct)
+    bwide = {m: w for m, w in block_wides.items() if "layer_index" in w and grouping.is_layered(w)}
+    if bwide:
+        brows: dict[str, dict] = {}
+        btitles: dict[str, str] = {}
+        for m, w in bwide.items():
+            r_, v_, c_ = _role_panels(w, "block", lambda r, m=m: m, labels, shown, "weight tensor")
+            for name, rec in r_.items():
+                brows.setdefault(name, {}).update(rec)
+            btitles.update(v_)
+            change_titles.update(c_)
+        bframe = _role_frame(brows)
+        out.append({"id": "fig-compare-roles-blocks", "title": pre + "weight-tensor metrics by layer and role" if pre
+                    else "Weight-tensor metrics by layer and role",
+                    "uri": figures.role_lines(bframe, list(btitles), btitles, ncols=len(shown), sharey="row"),
+                    "caption": "Each weight tensor's J (= (Var of row sums + Var of column sums) / 2), mean |w| and, "
+                               "when computed, spectral norm and stable rank against its transformer layer index, one "
+                               "line per role (q, k, v, o: attention; up, gate, down: MLP), one column per checkpoint."
+                               + omitted})
+        change_frames.append(bframe)
+    change = pd.concat(change_frames, ignore_index=True)
+    change["layer_index"] = pd.array(change["layer_index"], dtype="Int64")
+    out.append({"id": "fig-compare-roles-change", "title": pre + "relative change by layer and role" if pre
+                else "Relative change by layer and role",
+                "uri": figures.role_lines(change, list(change_titles), change_titles, hlines=(0.0,), log=False),
+                "caption": f"100 (last \u2212 first) / |first| in %, {labels[-1]} against {labels[0]}, for the "
+                           "partition metrics and the weight-tensor metrics above, one line per role (dashed line at "
+                           "0). Where |first| is 0 or at most 1 % of the largest |first| of its line (the metric in "
+                           "that role) a percentage says nothing, and no point is drawn; the tables give the "
+                           "absolute change."})
+    return out
 
 
 #: A relative change is shown as a percentage only where |first| exceeds this fraction of the
@@ -649,6 +773,11 @@ def _scale(values) -> float:
     return float(v.max()) if v.size else 0.0
 
 
+def _is_near_zero(first: float, scale: float) -> bool:
+    """Whether ``first`` is 0 or at most :data:`NEAR_ZERO_REL` of ``scale`` (no percentage then)."""
+    return first == 0 or abs(first) <= NEAR_ZERO_REL * scale
+
+
 def _change_text(first, last, rel, scale: float) -> str:
     """``+12.3 %`` where ``first`` is clearly non-zero (see :data:`NEAR_ZERO_REL`), else the
     absolute change ``Δ +1.2e-06`` (an en dash when a value is missing)."""
@@ -658,7 +787,7 @@ def _change_text(first, last, rel, scale: float) -> str:
         return "\u2013"
     if not (np.isfinite(f) and np.isfinite(l_)):
         return "\u2013"
-    if f == 0 or abs(f) <= NEAR_ZERO_REL * scale or rel is None or not np.isfinite(float(rel)):
+    if _is_near_zero(f, scale) or rel is None or not np.isfinite(float(rel)):
         d = l_ - f
         return "\u0394 " + ("+" if d >= 0 else "") + fmt(d)
     return f"{100 * float(rel):+.1f} %"
