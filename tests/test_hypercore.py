@@ -458,3 +458,21 @@ def test_csr_peeling_without_scipys_compiled_helpers_uses_numpy(monkeypatch):
     monkeypatch.setattr(kcore, "_sparsetools", lambda: None)
     np.testing.assert_array_equal(graphnn.hypercore(g, threshold=0.3)["core"].to_numpy(), want)
     np.testing.assert_array_equal(want, sequential_peeling(thresholded_adjacency(g, 0.3)))
+
+
+def test_rows_of_a_copied_block_are_read_from_its_signed_matrix():
+    """A block held as a transposed |W| copy: its destination lines are |W|'s rows read from the
+    signed matrix (contiguous, the copy's dtype, the same values), its source lines the copy."""
+    from graphnn.analyses._blocks import NodeSpace, Weighting, load_abs_blocks, place
+    from graphnn.analyses._lines import line_ends
+
+    g = random_mlp([7, 5, 3], seed=2)
+    blocks = load_abs_blocks(g, weighting=Weighting(), dtype=torch.float64, device=torch.device("cpu"))
+    assert all(b.t is not None and b.signed_rows is not None for b in blocks)
+    ends = line_ends(place(NodeSpace.of_graph(g), blocks))
+    for b in g.blocks.values():
+        rows, cols = [e.lines for e in ends if e.name == b.name]
+        w = b.matrix().abs().double().numpy()
+        assert rows.dtype == cols.dtype == np.float64 and rows.flags.c_contiguous and cols.flags.c_contiguous
+        np.testing.assert_array_equal(rows, w)
+        np.testing.assert_array_equal(cols, w.T)

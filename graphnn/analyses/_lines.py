@@ -210,6 +210,23 @@ def _end(name: str, a: np.ndarray, absolute: bool, start: int, size: int, t_star
                    t_part=(t_start, t_start + t_size))
 
 
+def _rows_beside_copy(b: AbsBlock, budget: _Budget) -> np.ndarray | None:
+    """The destination lines of a block held as a transposed |w| copy ``t`` whose signed matrix
+    is at hand (:attr:`AbsBlock.signed_rows`; |w| weighting, no mask or index map, float32/64):
+    ``|w|`` read row by row (contiguous, in ``t``'s dtype: the same values as ``t``), instead of
+    transposing ``t`` back. ``None`` where that does not apply or the budget is spent."""
+    w = getattr(b, "signed_rows", None)
+    if w is None or b.weighting.tau is not None or b._src_map is not None or b._dst_map is not None \
+            or w.dtype not in (torch.float32, torch.float64) or b.t is None:
+        return None
+    kind = _numpy(b.t).dtype
+    if not budget.take(w.numel() * kind.itemsize):
+        return None
+    rows = np.empty(tuple(w.shape), dtype=kind)
+    np.abs(_numpy(w), out=rows)
+    return rows
+
+
 def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, binary: bool = False) -> list[LineEnd]:
     """Both ends of every placed block (the destination end's lines are rows, the source end's
     columns). The column side is a transposed contiguous copy while ``budget_bytes`` allows.
@@ -230,6 +247,11 @@ def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, 
                                 group_width=c, t_part=(p.src_off, p.src_off + b.n_src)))
             ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, cols, group_lines=c,
                                 group_width=r, t_part=(p.dst_off, p.dst_off + b.n_dst)))
+            continue
+        rows = _rows_beside_copy(b, budget) if not binary else None
+        if rows is not None:  # |w| rows from the signed matrix (contiguous), columns = the copy itself
+            ends.append(_end(b.name, rows, False, p.dst_off, b.n_dst, p.src_off, b.n_src, None, None, 1))
+            ends.append(_end(b.name, _numpy(b.t), False, p.src_off, b.n_src, p.dst_off, b.n_dst, None, None, 1))
             continue
         mat, signed = _weighted_matrix(b, binary)
         if signed and mat.dtype not in (torch.float32, torch.float64) and b._src_map is None \
