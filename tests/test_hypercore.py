@@ -476,3 +476,30 @@ def test_rows_of_a_copied_block_are_read_from_its_signed_matrix():
         assert rows.dtype == cols.dtype == np.float64 and rows.flags.c_contiguous and cols.flags.c_contiguous
         np.testing.assert_array_equal(rows, w)
         np.testing.assert_array_equal(cols, w.T)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([np.float32, np.float64]), st.lists(st.integers(0, 300), min_size=1, max_size=4),
+       st.integers(0, 2**31), st.sampled_from(["normal", "ties", "tiny", "inf"]))
+def test_kth_largest_equals_a_sort(kind, sizes, seed, values):
+    """kth_largest (a histogram of float bit patterns, then a partition) equals the k-th value of
+    a descending sort, for every k, across several arrays, with ties, zeros, subnormals and inf."""
+    from graphnn.analyses.hypercore import kth_largest
+
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for n in sizes:
+        if values == "normal":
+            a = np.abs(rng.standard_normal(n))
+        elif values == "ties":
+            a = rng.integers(0, 4, n) * 0.25
+        elif values == "tiny":
+            a = np.abs(rng.standard_normal(n)) * np.finfo(kind).tiny * rng.choice([1e-3, 1, 1e3], n)
+        else:
+            a = np.where(rng.random(n) < 0.2, np.inf, np.abs(rng.standard_normal(n)) * 1e30)
+        arrays.append(a.astype(kind))
+    arrays = [a for a in arrays if a.size] or [np.zeros(1, kind)]
+    ref = np.sort(np.concatenate(arrays))[::-1]
+    for k in sorted({1, ref.size, *rng.integers(1, ref.size + 1, 8).tolist()}):
+        got = kth_largest(arrays, k)
+        assert got == float(ref[k - 1]), (k, got, ref[k - 1])

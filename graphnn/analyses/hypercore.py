@@ -223,7 +223,8 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
 
 def _threshold_from_top(g: LayeredGraph, top: float) -> float:
     """The |w| of the ``ceil(top * E)``-th largest structural edge (ties included). Holds all
-    |w| once, in the weights' own precision (at least float32)."""
+    |w| once, block by block, in the weights' own precision (at least float32); selected by
+    :func:`kth_largest`."""
     top = float(check_number("top", top, positive=True, high=1))
     values = []
     for b in g.blocks.values():
@@ -232,13 +233,43 @@ def _threshold_from_top(g: LayeredGraph, top: float) -> float:
         a = m[mask.to(m.device)] if mask is not None else m.reshape(-1)
         if a.element_size() == 1:  # float8: no abs kernel; float32 holds it exactly
             a = a.float()
-        values.append(a.abs().to(torch.promote_types(a.dtype, torch.float32)).cpu())
-    if not values or sum(v.numel() for v in values) == 0:
+        a = a.abs().to(torch.promote_types(a.dtype, torch.float32)).cpu()
+        if a.numel():
+            values.append(a.numpy())
+    total = sum(v.size for v in values)
+    if not total:
         return 0.0
-    allv = torch.cat(values)
-    del values
-    keep = max(1, int(np.ceil(top * allv.numel() - 1e-9)))
-    return float(torch.kthvalue(allv, allv.numel() - keep + 1).values)
+    if len({v.dtype for v in values}) > 1:
+        values = [v.astype(np.float64) for v in values]
+    keep = max(1, int(np.ceil(top * total - 1e-9)))
+    return kth_largest(values, keep)
+
+
+#: Histogram bins of :func:`kth_largest` (the top 16 bits of a float's pattern).
+_RADIX_BITS = 16
+
+
+def kth_largest(values: list[np.ndarray], k: int) -> float:
+    """The ``k``-th largest (1-based, ties counted) of non-negative float32/float64 arrays of one
+    dtype, exactly: a non-negative float's bit pattern, read as an unsigned integer of the same
+    width, orders as the value does (zeros, subnormals and inf included; a NaN sorts above
+    inf, as in a sort). One pass counts the top ``_RADIX_BITS`` bits of every pattern, which
+    gives the bin holding the answer and its rank there; a second pass gathers that bin's
+    patterns and a partition of them gives the value. No concatenation of the values."""
+    kind = np.uint32 if values[0].dtype.itemsize == 4 else np.uint64
+    shift = kind(8 * values[0].dtype.itemsize - _RADIX_BITS)
+    bins = 1 << _RADIX_BITS
+    hist = np.zeros(bins, dtype=np.int64)
+    for v in values:
+        top_bits = (v.view(kind) >> shift).astype(np.intp)
+        hist += np.bincount(top_bits, minlength=bins)
+    from_top = np.cumsum(hist[::-1])  # from_top[j]: patterns in the j + 1 highest bins
+    j = int(np.searchsorted(from_top, k))  # the answer is in bin bins - 1 - j
+    rank = k - (int(from_top[j - 1]) if j else 0)  # its rank from the top within that bin
+    hit = kind(bins - 1 - j)
+    inside = np.concatenate([v.view(kind)[(v.view(kind) >> shift) == hit] for v in values])
+    pattern = np.partition(inside, inside.size - rank)[inside.size - rank]
+    return float(np.asarray(pattern, dtype=kind).view(values[0].dtype))
 
 
 def _weighting(g: LayeredGraph, threshold, top) -> Weighting:
