@@ -260,8 +260,9 @@ class AbsBlock:
             self._t = t
         elif self.group_shape is None:
             self._copy_with_sums(w)
-        #: the signed ``(m_dst, m_src)`` matrix beside a CPU copy (no extra memory: the matrix the
-        #: copy was made from), so that its rows can be read contiguously (the hypercore's lines)
+        #: the signed ``(m_dst, m_src)`` matrix beside a CPU copy (the matrix the copy was made
+        #: from: a view of the parameter for most layers, else kept as long as the block), so that
+        #: |w| can be read row by row without transposing the copy back (the hypercore's lines)
         self.signed_rows = w if self._t is not None and device.type == "cpu" and not self.has_mask else None
         self._copy = copy
         self._sums = None

@@ -10,9 +10,10 @@ the smallest degree left. Integer counts are exact: the numbers equal ``networkx
 on simple graphs, on every machine.
 
 Two layouts. Up to :data:`CSR_MAX_ENTRIES` adjacency entries, a CSR of the kept edges
-(:func:`csr_of_blocks`; built like a graph, once) and :func:`peel_csr`: a wave gathers its
-neighbour lists in one go and counts them (its kept edges only). Above, the dense 0/1 lines of
-:mod:`._lines` (no build): a wave's lines are summed block end by block end, the next wave is
+(:func:`csr_of_blocks`; built like a graph, once, by a counting sort) and :func:`peel_csr`: a
+wave copies its neighbour lists into one buffer and subtracts them from the degrees with two
+compiled scipy calls (its kept edges only, no Python loop over neurons). Above, the dense 0/1
+lines of :mod:`._lines` (no build): a wave's lines are summed block end by block end, the next wave is
 looked for only in the partitions it reached, and the smallest degree left comes from segment
 minima (:class:`._chunkmin.SegmentMin`).
 """
@@ -73,8 +74,10 @@ def _pairs(p: Placed, kind: str, kept: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def csr_of_blocks(n: int, placed: Sequence[Placed]) -> tuple[np.ndarray, np.ndarray] | None:
     """``(indptr, indices)`` of the 0/1 multigraph of the placed blocks: the neighbours of node
     ``v`` are ``indices[indptr[v]:indptr[v + 1]]`` (int32), a parallel edge once per copy, a
-    self-loop twice. Read from each block's 0/1 matrix with one ``nonzero`` and ordered by
-    scipy's counting conversion; ``None`` (nothing built) when the graph keeps more than
+    self-loop twice. Read from each block's 0/1 matrix with one flat ``nonzero`` and ordered by
+    scipy's counting conversion (``coo_tocsr``), whose copies of one node pair are merged and
+    counted only where a pair can repeat (:func:`_may_repeat_pairs`); ``None`` (nothing built)
+    when the graph keeps more than
     :data:`CSR_MAX_ENTRIES` adjacency entries or has ``2**31`` nodes or more."""
     import scipy.sparse as sp
 
