@@ -60,7 +60,7 @@ _OUTPUT_POLICY = ("Outputs: never an input of the command; an existing output is
                   "--overwrite; written atomically (whole or not at all).")
 _EXIT_HELP = (_OUTPUT_POLICY + "\n\nExit codes:\n\n\b\n"
               + "\n".join(f"  {k}  {v}" for k, v in EXIT_CODES.items()))
-_SCHEMA_VERSION = 2  # the JSON outputs' layout (docs/json.md); 2: analyse's notes, partitions, roles, spectral
+_SCHEMA_VERSION = 2  # the JSON outputs' layout (docs/json.md); 2: analyse's notes, partitions, roles, spectral (added keys keep it)
 
 log = logging.getLogger("graphnn.cli")
 

@@ -679,7 +679,7 @@ def _role_panels(wide: pd.DataFrame, key: str, metric_of, labels: Sequence[str],
             rec[f"{m}|{lab}"] = r[lab]
             value_titles[f"{m}|{lab}"] = f"{_role_title(m, kind)}: {lab}"
         pairs[(str(r[key]), m)] = (_float(r[first]), _float(r[last]))
-        change_titles[f"{m}|change"] = _role_title(m, kind)
+        change_titles[f"{m}|change"] = f"{_role_title(m, kind)}: % change"
     scales: dict[tuple[str, object], float] = {}
     for (name, m), (f, _) in pairs.items():
         k = (m, rows[name]["role"])
