@@ -503,3 +503,23 @@ def test_kth_largest_equals_a_sort(kind, sizes, seed, values):
     for k in sorted({1, ref.size, *rng.integers(1, ref.size + 1, 8).tolist()}):
         got = kth_largest(arrays, k)
         assert got == float(ref[k - 1]), (k, got, ref[k - 1])
+
+
+@pytest.mark.parametrize("q", [0.05, 0.3, 1.0])
+def test_top_reads_only_the_in_group_entries_of_grouped_blocks(q):
+    """top= on a graph with a depthwise and a 3-group block whose matrices hold large garbage
+    outside their groups: the threshold is the ceil(q E)-th largest structural |w| (written
+    from the masks by hand) and the cores equal networkx's on the kept edges."""
+    gen = torch.Generator().manual_seed(8)
+    garbage = lambda r, c: torch.randn(r, c, generator=gen, dtype=torch.float64) * 100  # noqa: E731
+    g = make_graph([6, 12, 12, 9], [("a", 0, 1, torch.randn(12, 6, generator=gen, dtype=torch.float64), 1),
+                                    ("dw", 1, 2, garbage(12, 12), 12),
+                                    ("grp", 2, 3, garbage(9, 12), 3)])
+    structural = np.concatenate([b.matrix().abs().numpy()[b.structure_mask().numpy()] if b.structure_mask() is not None
+                                 else b.matrix().abs().numpy().ravel() for b in g.blocks.values()])
+    assert structural.size == 72 + 12 + 36
+    tau = np.sort(structural)[::-1][int(np.ceil(q * structural.size)) - 1]
+    got = graphnn.hypercore(g, top=q)
+    assert got.attrs["threshold"] == tau
+    ref = nx.core_number(_nx_graph(g, tau))
+    np.testing.assert_array_equal(got["core"].to_numpy(), [ref[n] for n in g.nodes()])

@@ -41,8 +41,8 @@ import torch
 from ..errors import InvalidParameterError
 from ..graph import LayeredGraph
 from ..validation import check_choice, check_number
-from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, load_abs_blocks, place,
-                      resolve_device, resolve_dtype)
+from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, _uniform_groups, load_abs_blocks,
+                      place, resolve_device, resolve_dtype)
 from ._chunkmin import SegmentMin, segment_cuts
 from ._lines import LineEnd, line_ends
 from .kcore import core_numbers
@@ -229,8 +229,13 @@ def _threshold_from_top(g: LayeredGraph, top: float) -> float:
     values = []
     for b in g.blocks.values():
         m = b.matrix()
-        mask = b.structure_mask()
-        a = m[mask.to(m.device)] if mask is not None else m.reshape(-1)
+        groups = _uniform_groups(b)
+        if groups is not None:  # equal consecutive groups (a depthwise conv): the in-group entries, no mask
+            k, r, c = groups
+            a = m.reshape(k, r, k, c).diagonal(dim1=0, dim2=2).reshape(-1)
+        else:
+            mask = b.structure_mask()
+            a = m[mask.to(m.device)] if mask is not None else m.reshape(-1)
         if a.element_size() == 1:  # float8: no abs kernel; float32 holds it exactly
             a = a.float()
         a = a.abs().to(torch.promote_types(a.dtype, torch.float32)).cpu()
