@@ -243,17 +243,19 @@ def test_the_comparison_report_in_headless_chromium(compared, report, tmp_path):
 def cli_outputs(folders, tmp_path_factory):
     before, after = folders
     csv = tmp_path_factory.mktemp("describe") / "parameters.csv"
-    described, cmp_json = run_many(("describe", before, "--format", "json"),
-                                   ("compare", before, after, "--format", "json", "--label", "before",
-                                    "--label", "perturbed", "--device", "cpu"))
-    described_csv = run("describe", before, "-o", csv)
-    for r in (described, cmp_json, described_csv):
+    described, cmp_json, null, described_csv = run_many(
+        ("describe", before, "--format", "json"),
+        ("compare", before, after, "--format", "json", "--label", "before", "--label", "perturbed", "--device", "cpu"),
+        ("analyse", before, "--null", "2", "--seed", "0", "--table", "null", "--format", "json", "--device", "cpu",
+         "--no-spectral"),
+        ("describe", before, "-o", csv))
+    for r in (described, cmp_json, null, described_csv):
         assert r.returncode == 0, r.stderr
-    return json.loads(described.stdout), json.loads(cmp_json.stdout), pd.read_csv(csv)
+    return json.loads(described.stdout), json.loads(cmp_json.stdout), pd.read_csv(csv), json.loads(null.stdout)
 
 
 def test_describe_tables_carry_the_roles(cli_outputs):
-    doc, _, csv = cli_outputs
+    doc, _, csv, _ = cli_outputs
     docs = documented()
     assert doc["schema_version"] == 2
     for table in ("parameters", "partitions", "blocks"):
@@ -280,7 +282,7 @@ def test_describe_tables_carry_the_roles(cli_outputs):
 
 
 def test_compare_table_carries_the_roles(compared, cli_outputs):
-    _, doc, _ = cli_outputs
+    _, doc, _, _ = cli_outputs
     spec = documented()["compare: layers rows"]
     spec = {**{k: v for k, v in spec.items() if k != "LABEL"}, **{lab: spec["LABEL"] for lab in LABELS}}
     check_rows(doc["layers"], spec, "compare layers", set(spec))
@@ -317,6 +319,17 @@ def test_null_model_frame_carries_the_roles(compared):
             t = tables[scope]
             want_li = t.at[name, "layer_index"]
             assert li == (None if pd.isna(want_li) else int(want_li)) and role == t.at[name, "role"], name
+
+
+def test_null_rows_in_the_json_carry_the_roles(cli_outputs):
+    rows = cli_outputs[3]["null"]
+    spec = documented()["analyse: null rows"]
+    check_rows(rows, spec, "null", set(spec))
+    assert list(rows[0])[-2:] == ["layer_index", "role"]
+    by = {(r["layer"], r["scope"], r["metric"]): (r["layer_index"], r["role"]) for r in rows}
+    assert by[("transformer.h.4.attn.c_attn.weight[k]", "block", "strength_variance")] == (4, "k")
+    assert by[("transformer.h.4.mlp.c_fc", "layer", "centrality_gini")] == (4, "up")
+    assert by[("(network)", "network", "max_core")] == (None, None)
 
 
 def test_null_model_network_rows_have_no_role():
