@@ -134,8 +134,9 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     strength when that exceeds the level by more than the tie tolerance. A removal subtracts the
     neuron's adjacency lines (:mod:`._lines`) from the strengths of its neighbours, element by
     element in float64, and refreshes the segment minima of what it changed
-    (:class:`._chunkmin.SegmentMin`; its own segment keeps the removed value as a lower bound
-    until that segment next wins the argmin): the work of a removal is its own edges plus a few
+    (:class:`._chunkmin.SegmentMin`; its own segment's minimum with its position, which the next
+    removal, most often from the same segment, then reads without a search; a depthwise update
+    keeps both exact by a comparison): the work of a removal is its own edges plus a few
     numpy calls per block end, for any number of blocks or levels, and every sum is done in the
     same order on every machine. ``device`` is accepted for symmetry with the other analyses: the
     peeling runs on the CPU.
@@ -152,34 +153,23 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     inf = np.inf
     core = [0.0] * n
     level = 0.0
-    # m[j] is a lower bound of segment j's minimum, exact unless stale[j]: a removal leaves its
-    # segment's bound at the removed value (refreshed when that segment wins the next argmin)
-    stale = [False] * len(seg_view)
+    # m[j] is segment j's exact minimum; pos[j] its position in the segment (the lowest on exact
+    # ties) while known, -1 after a refresh that gave the minimum only
+    pos = [-1] * len(seg_view)
     for step in range(n):
         j = int(m.argmin())
-        seg = seg_view[j]
-        i = int(seg.argmin())
-        while stale[j]:
-            stale[j] = False
-            x = seg.item(i)
-            if x == m.item(j):
-                break
-            m[j] = x
-            jj = int(m.argmin())
-            if jj == j:
-                break
-            j = jj
-            seg = seg_view[j]
-            i = int(seg.argmin())
+        i = pos[j]
+        if i < 0:
+            i = int(seg_view[j].argmin())
         v = seg_lo[j] + i
         a = s.item(v)
         if a > level + tol[v]:
             level = a
         core[v] = level
         s[v] = inf
-        stale[j] = True
         k = pid[v]
         if k < 0:
+            _refresh_own(seg_view[j], m, pos, j)
             continue
         part = parts[k]
         for start, weights, where, segs in part.scalar:
@@ -189,8 +179,13 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
                 t = where[i]
                 x = s.item(t) - w
                 s[t] = x
-                if x < m.item(segs[i]):
-                    m[segs[i]] = x
+                sj, at = segs[i], t - seg_lo[segs[i]]
+                y = m.item(sj)
+                if x < y:  # the segment's new minimum, here alone
+                    m[sj] = x
+                    pos[sj] = at
+                elif x == y and pos[sj] > at:  # a tie with a known minimum further on
+                    pos[sj] = at
         for start, lines, line_of, kind, target, absolute, group_lines, views, gspans in part.ends:
             i = v - start if line_of is None else line_of[v - start]
             if i < 0:
@@ -206,19 +201,30 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
                 q = i // group_lines
                 views[q] -= vals
                 if gspans is not None:
-                    heap.refresh_span(gspans[q])
+                    span = gspans[q]
+                    heap.refresh_span(span)
+                    pos[span[0]:span[1]] = [-1] * (span[1] - span[0])
         for j0, j1, view, rel in part.spans:
             if rel is None:
                 m[j0] = rmin(view)
-                stale[j0] = False
+                pos[j0] = -1
             else:
                 m[j0:j1] = rmin_at(view, rel)
-                stale[j0:j1] = [False] * (j1 - j0)
+                pos[j0:j1] = [-1] * (j1 - j0)
+        _refresh_own(seg_view[j], m, pos, j)
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
         progress("hypercore", n, n)
     return np.asarray(core)
+
+
+def _refresh_own(seg: np.ndarray, m: np.ndarray, pos: list[int], j: int) -> None:
+    """After a removal: the minimum of the removed neuron's segment and where it is (the next
+    removal is most often from this segment, and then needs no search)."""
+    i = int(seg.argmin())
+    m[j] = seg.item(i)
+    pos[j] = i
 
 
 def _threshold_from_top(g: LayeredGraph, top: float) -> float:
