@@ -523,3 +523,17 @@ def test_top_reads_only_the_in_group_entries_of_grouped_blocks(q):
     assert got.attrs["threshold"] == tau
     ref = nx.core_number(_nx_graph(g, tau))
     np.testing.assert_array_equal(got["core"].to_numpy(), [ref[n] for n in g.nodes()])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_depthwise_ties_in_small_integers_equal_the_sequential_peeling(seed):
+    """Integer weights in {0, 1, 2} around and on depthwise blocks: many exact ties between the
+    scalar (depthwise) updates and the segment minima; the numbers equal the sequential
+    peeling exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    ints = lambda r, c: torch.randint(0, 3, (r, c), generator=gen).double()  # noqa: E731
+    sizes = [5, 9, 9, 9, 4]
+    g = make_graph(sizes, [("a", 0, 1, ints(9, 5), 1), ("dw1", 1, 2, ints(9, 9), 9),
+                           ("dw2", 2, 3, ints(9, 9), 9), ("b", 3, 4, ints(4, 9), 1), ("skip", 1, 3, ints(9, 9), 1)])
+    got = graphnn.hypercore(g)["core"].to_numpy()
+    np.testing.assert_array_equal(got, sequential_peeling(dense_abs_adjacency(g)))
