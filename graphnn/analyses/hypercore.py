@@ -211,7 +211,10 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
             else:
                 m[j0:j1] = rmin_at(view, rel)
                 pos[j0:j1] = [-1] * (j1 - j0)
-        _refresh_own(seg_view[j], m, pos, j)
+        seg = seg_view[j]  # the removed neuron's segment (inline _refresh_own)
+        i = int(seg.argmin())
+        m[j] = seg.item(i)
+        pos[j] = i
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
