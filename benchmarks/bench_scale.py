@@ -1,6 +1,6 @@
 """Scale benchmark (issue 11 §1, §4): graphnn on a Llama-shaped bf16 sharded safetensors folder.
 
-    python benchmarks/bench_scale.py --layers 2          # quick try (~0.9 GB)
+    python benchmarks/bench_scale.py --layers 2          # quick try (1.3 GB)
     ./dev bench scale --layers 8                         # 3.8 GB
     python benchmarks/bench_scale.py                     # the full 32-layer 6.7B shape (13.5 GB)
 
