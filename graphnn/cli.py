@@ -433,12 +433,11 @@ def _emit_frame(df, fmt: str, output: Path | None, *, title: str | None = None, 
 
 
 def _extract_kwargs(include, exclude, conv, trust, embeddings) -> dict:
-    """The keyword arguments of :func:`graphnn.extract`, as ``report.pipeline.extract_options``
-    builds them (empty globs become ``None``), without importing the report package: its plotting
-    libraries cost ``describe`` (headers only, goal <= 5 s) about 2 s."""
-    return {"include": list(include) or None if include else None,
-            "exclude": list(exclude) or None if exclude else None,
-            "conv": conv, "trust": trust, "include_embeddings": embeddings}
+    """The keyword arguments of :func:`graphnn.extract` (from :mod:`graphnn.extract.options`, not
+    the report package: its plotting libraries would cost ``describe`` about 2 s)."""
+    from .extract.options import extract_options
+
+    return extract_options(include, exclude, conv, trust, embeddings)
 
 
 def _check_device(device: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InvalidParameterError
+from ..extract.options import extract_options  # noqa: F401  (re-exported: callers import it from here)
 from .html import render_comparison, render_report, write_html
 from .provenance import Provenance
 
@@ -24,17 +25,6 @@ class Analysed:
     graph: Any
     analysis: Any
     provenance: Provenance
-
-
-def extract_options(include=None, exclude=None, conv="l2", trust=False, include_embeddings=False) -> dict:
-    """The keyword arguments of :func:`graphnn.extract` (empty globs become ``None``)."""
-    return {
-        "include": list(include) or None if include else None,
-        "exclude": list(exclude) or None if exclude else None,
-        "conv": conv,
-        "trust": trust,
-        "include_embeddings": include_embeddings,
-    }
 
 
 def analyse_file(
