@@ -691,8 +691,8 @@ def analyse(
     fmt_option, fmt = fmt, _resolve_format(fmt, output)
     table = table or ("all" if fmt == "json" else "layers")
     if table == "all" and fmt != "json":
-        raise typer.BadParameter("csv and table output hold one table: choose --table layers, neurons or "
-                                 "blocks, or use --format json for all of them", param_hint="--table")
+        raise typer.BadParameter("csv and table output hold one table: choose --table layers, neurons, "
+                                 "blocks or null, or use --format json for all of them", param_hint="--table")
     _check_table_output(ckpt, fmt_option, fmt, output)
     _check_outputs([ckpt] + ([base] if base is not None else []), [(output, "--output", "file", None)], overwrite)
     _check_device(device)

@@ -427,3 +427,31 @@ def test_many_unconnected_parts_keep_the_drawing_bounded():
     svg, _ = topology.topology_svg(LayeredGraph.from_matrices(parts, ws))
     height = float(re.search(r'viewBox="0 0 \d+ (\d+)"', svg).group(1))
     assert height <= 1600 and len(Svg(svg).nodes) == 240
+
+
+def test_block_roles_alone_keep_the_per_partition_variance_figure():
+    """Only the weight-tensor names carry a layer index (partitions a, b, c do not): the role
+    figure of the tensors is added, and the per-partition figures (strength variance among them)
+    stay, since no per-role partition figure replaces them."""
+    import re
+
+    from graphnn.report.html import render_report
+    from graphnn.report.provenance import Provenance
+
+    gen = torch.Generator().manual_seed(0)
+    g = graphnn.LayeredGraph.from_matrices(
+        {"a": 6, "b": 5, "c": 4},
+        {"model.layers.0.mlp.up_proj.weight": ("a", "b", torch.randn(5, 6, generator=gen)),
+         "model.layers.1.mlp.up_proj.weight": ("b", "c", torch.randn(4, 5, generator=gen))})
+    html = render_report(graphnn.analyse(g), Provenance(source="test"), g)
+    ids = set(re.findall(r'id="(fig-[a-z-]+)"', html))
+    assert "fig-roles-blocks" in ids and "fig-roles-layers" not in ids
+    assert "fig-variance" in ids
+
+
+def test_a_role_keeps_its_marker_whatever_other_roles_a_figure_has():
+    from graphnn.report.figures import role_markers
+
+    a, b = role_markers(["q", "k", "v"]), role_markers(["embed", "q", "custom"])
+    assert a["q"] == b["q"] and set(b) == {"embed", "q", "custom"}
+    assert len(set(role_markers(["q", "k", "v", "o", "gate", "up", "down"]).values())) == 7

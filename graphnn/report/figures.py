@@ -372,6 +372,13 @@ def role_palette(roles: Sequence[str]) -> tuple[list[str], dict]:
     return ordered, colours
 
 
+def role_markers(roles: Sequence[str]) -> dict[str, str]:
+    """A matplotlib marker per role, the same in every figure: the known roles (``ROLE_ORDER``)
+    in their fixed order, then the others in the order given."""
+    order = tuple(ROLE_ORDER) + tuple(r for r in dict.fromkeys(roles) if r not in ROLE_ORDER)
+    return {r: m for r, m in zip(order, "osD^vP*Xhp<>" * (len(order) // 12 + 1)) if r in roles}
+
+
 def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str, str], ncols: int = 4,
                hlines: Sequence[float] = (), log: bool = True, sharey: bool | str = False) -> str:
     """One panel per metric: its value against ``layer_index``, one line (and marker) per
@@ -384,7 +391,7 @@ def role_lines(frame: pd.DataFrame, metrics: Sequence[str], titles: Mapping[str,
     d["layer_index"] = d["layer_index"].astype(int)
     d["role"] = d["role"].fillna("other").astype(str)
     roles, palette = role_palette(list(dict.fromkeys(d["role"])))
-    markers = dict(zip(ROLE_ORDER + tuple(roles), "osD^vP*Xhp<>" * 6))
+    markers = role_markers(roles)
     metrics = [m for m in metrics if m in d.columns]
     ncols = max(1, min(ncols, len(metrics)))
     nrows = -(-len(metrics) // ncols)
@@ -458,7 +465,7 @@ def role_bands(neurons: pd.DataFrame, column: str, ylabel: str, zero_line: bool 
 def null_z_heatmap(null: pd.DataFrame, z_mark: float = 3.0) -> str:
     """z-scores of a null-model frame (``layer, scope, metric, z``) as a heatmap: one row per
     layer (weight tensors, partitions, network), one column per metric, diverging colours
-    centred at 0 and saturated at ``max(z_mark, max |z|)``; cells with |z| >= ``z_mark`` are
+    centred at 0 and saturated at ``max(z_mark, min(10, max |z|))``; cells with |z| >= ``z_mark`` are
     outlined; NaN (no spread in the null) left blank."""
     d = null.copy()
     names = list(dict.fromkeys(d["layer"].astype(str)))

@@ -306,12 +306,15 @@ def _single_figures(analysis, layers_r: pd.DataFrame | None = None, blocks_r: pd
     out = []
     role_figs = _role_figures(layers_r, blocks_r)
     out += role_figs
+    # the partition metrics per role replace the per-partition figures (the weight-tensor figure
+    # alone, when only block names carry a layer index, replaces none of them)
+    partition_roles = any(f["id"] == "fig-roles-layers" for f in role_figs)
     big = len(lay) > figures.MAX_LAYERS_DRAWN
     sample_note = (f" Layers with more than {figures.MAX_POINTS_PER_LAYER:,} neurons are drawn from a "
                    f"seeded random sample of {figures.MAX_POINTS_PER_LAYER:,}.")
     band_note = (f" With {len(lay)} layers (more than {figures.MAX_LAYERS_DRAWN}) each layer is summarised by "
                  "its median, 25-75 % and 5-95 % percentiles along the layer axis.")
-    neurons_r = _neuron_roles(n, layers_r) if role_figs else None
+    neurons_r = _neuron_roles(n, layers_r) if partition_roles else None
     by_role = neurons_r is not None
     role_note = (" Neurons of partitions without a layer index (residual stream, embeddings, head) are left out; "
                  "the layer table has their numbers.")
@@ -327,7 +330,7 @@ def _single_figures(analysis, layers_r: pd.DataFrame | None = None, blocks_r: pd
                     "caption": "Signed total strength (in + out) of every neuron, one box per layer "
                                "(box: quartiles, whiskers: 1st-99th percentile, outliers not drawn; dashed "
                                "line at 0)." + (band_note if big else sample_note + _KIND_NOTE)})
-    if not role_figs and _has(lay, "strength_var"):
+    if not partition_roles and _has(lay, "strength_var"):
         out.append({"id": "fig-variance", "title": "Strength variance per layer",
                     "uri": figures.strength_variance_per_layer(lay),
                     "caption": "Unbiased variance of the neurons' signed strength within each layer; a log "
