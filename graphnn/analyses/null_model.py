@@ -248,33 +248,6 @@ def refine_assignment(choice: np.ndarray, magnitudes: np.ndarray, rows: np.ndarr
         np.add.at(e, j, d)
         np.add.at(e, l, -d)
     return choice
-    choice = choice.copy()
-    w = magnitudes[choice]
-    e_r = np.bincount(rows, weights=w, minlength=target_rows.size) - target_rows
-    e_c = np.bincount(cols, weights=w, minlength=target_cols.size) - target_cols
-    size = max(1, min(m // 4, 2 * max(target_rows.size, target_cols.size)))
-    for _ in range(batches):
-        p, q = rng.integers(0, m, size), rng.integers(0, m, size)
-        i, k, j, l = rows[p], rows[q], cols[p], cols[q]
-        d = w[q] - w[p]
-        gain = 2 * d * (e_r[i] - e_r[k] + e_c[j] - e_c[l]) + 4 * d * d
-        good = (i != k) & (j != l) & (gain < 0)
-        if not good.any():
-            continue
-        p, q, d, i, k, j, l = p[good], q[good], d[good], i[good], k[good], j[good], l[good]
-        used = np.bincount(np.concatenate([p, q]), minlength=m)  # each position in one swap at most
-        ur = np.bincount(np.concatenate([i, k]), minlength=target_rows.size)
-        uc = np.bincount(np.concatenate([j, l]), minlength=target_cols.size)
-        crowd = np.maximum(np.maximum(ur[i], ur[k]), np.maximum(uc[j], uc[l]))
-        ok = (used[p] == 1) & (used[q] == 1) & (rng.random(p.size) * crowd < 1.0)  # ~ one swap per row/col
-        p, q, d, i, k, j, l = p[ok], q[ok], d[ok], i[ok], k[ok], j[ok], l[ok]
-        choice[p], choice[q] = choice[q], choice[p].copy()
-        w[p], w[q] = w[q], w[p].copy()
-        np.add.at(e_r, i, d)
-        np.add.at(e_r, k, -d)
-        np.add.at(e_c, j, d)
-        np.add.at(e_c, l, -d)
-    return choice
 
 
 def rewire_permutation(values: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_groups: np.ndarray,
@@ -450,15 +423,8 @@ def null_statistics(observed: float, draws: Sequence[float]) -> dict[str, Any]:
 def _parts(metrics: Sequence[str]) -> dict[str, Any]:
     """The options of :func:`graphnn.analyse` that ``metrics`` need (and nothing more: no
     spectral columns where analyse has them)."""
-    import inspect
-
-    from .summary import analyse
-
     need = {METRICS[m][1] for m in metrics}
-    parts: dict[str, Any] = {"strength": True, "centrality": "centrality" in need, "core": "core" in need}
-    if "spectral" in inspect.signature(analyse).parameters:
-        parts["spectral"] = False
-    return parts
+    return {"strength": True, "centrality": "centrality" in need, "core": "core" in need, "spectral": False}
 
 
 def check_null(n: Any, kind: Any, seed: Any, metrics: Any = None) -> tuple[int, str, int | None, tuple[str, ...]]:
