@@ -421,3 +421,14 @@ def test_orientation_follows_the_base_layer_and_biases_are_listed(tmp_path):
     assert torch.allclose(g.blocks["0.weight"].matrix(), b @ a, rtol=1e-14, atol=0)
     assert g.meta["lora"].other == ["base_model.model.0.lora_B.bias"]
     assert any("not LoRA factors" in n and "lora_B.bias" in n for n in g.notes)
+
+
+def test_a_block_declares_the_dtype_it_loads(tmp_path, mlp_base):
+    """float64 factors on a float32 base: the ΔW block says float64 and loads float64 (memory
+    estimates read the declared dtype); float32 factors: float32 both."""
+    for dt in (torch.float64, torch.float32):
+        factors = {k: (a.to(dt), b.to(dt)) for k, (a, b) in good_factors().items()}
+        ad = write_adapter(tmp_path / f"ad-{dt}", factors, r=2, alpha=4, targets=["0"])
+        g = graphnn.lora_delta(ad, mlp_base[0])
+        for blk in g.blocks.values():
+            assert blk.dtype == dt and blk.tensor().dtype == dt

@@ -40,6 +40,7 @@ import torch
 
 from ..errors import CorruptCheckpointError, InvalidParameterError, TopologyWarning
 from ..graph import Block, LayeredGraph
+from .delta import _delta_dtype, _some
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -77,6 +78,8 @@ class LoraModule:
     load_a: Callable[[], torch.Tensor] = field(repr=False)
     load_b: Callable[[], torch.Tensor] = field(repr=False)
     embedding: bool = False
+    #: the factors' dtypes as stored (``None``: unknown until read)
+    dtypes: tuple[torch.dtype | None, ...] = ()
 
 
 @dataclass
@@ -182,7 +185,7 @@ def read_adapter(path: Any, trust: bool = False) -> LoraAdapter:
                 f"{module}: lora_A is {tuple(a.shape)} and lora_B {tuple(b.shape)}, but {CONFIG_FILE} says r={r}"
                 f"{' (rank_pattern)' if r != r0 else ''}: the config does not belong to these weights")
         modules[module] = LoraModule(module, r, alpha, alpha / math.sqrt(r) if rslora else alpha / r,
-                                     tuple(a.shape), tuple(b.shape), a.load, b.load, emb)
+                                     tuple(a.shape), tuple(b.shape), a.load, b.load, emb, (a.dtype, b.dtype))
     return LoraAdapter(folder, weights, config, modules, other, bool(config.get("fan_in_fan_out", False)))
 
 
@@ -294,7 +297,7 @@ def lora_delta(adapter: Any, base: Any, *, trust: bool = False, norms: bool = Tr
             out_blocks.append(_lora_block(b, lm, transposed))
     if missing:
         raise InvalidParameterError(
-            f"{len(missing)} module(s) of the adapter have no weight in the base model: {_some(missing)}. The adapter "
+            f"{len(missing)} module(s) of the adapter have no weight in the base model: {_some(missing, sort=False)}. The adapter "
             f"belongs to another model (its config names {ad.base_model!r}); give that model as the base")
     targets = _targets(ad.config)
     if targets is not None:
@@ -307,22 +310,22 @@ def lora_delta(adapter: Any, base: Any, *, trust: bool = False, norms: bool = Tr
                                         f"({g0.source}): the adapter was made for another architecture")
         odd = [m for m in ad.modules if not targets(m)]
         if odd:
-            notes.append(f"LoRA: {len(odd)} adapted module(s) are not among target_modules: {_some(odd)}")
+            notes.append(f"LoRA: {len(odd)} adapted module(s) are not among target_modules: {_some(odd, sort=False)}")
     if unmapped:
         msg = (f"LoRA: {len(unmapped)} adapted weight(s) are not blocks of the base graph and are left out: "
-               f"{_some(unmapped)} (for embeddings pass include_embeddings=True / --include-embeddings)")
+               f"{_some(unmapped, sort=False)} (for embeddings pass include_embeddings=True / --include-embeddings)")
         notes.append(msg)
         warnings.warn(msg, TopologyWarning, stacklevel=2)
     if not out_blocks:
         raise InvalidParameterError("none of the adapter's modules is a block of the base graph: nothing to analyse "
-                                    f"({_some(unmapped)})")
+                                    f"({_some(unmapped, sort=False)})")
     if ad.other:
         notes.append(f"LoRA: {len(ad.other)} tensor(s) of the adapter file are not LoRA factors and are not analysed "
-                     f"(modules_to_save copies, biases): {_some(ad.other)}")
+                     f"(modules_to_save copies, biases): {_some(ad.other, sort=False)}")
     left_out = [b.name for b in g0.blocks.values() if b.param not in {v['param'] for v in per_module.values()}]
     if left_out:
         notes.append(f"LoRA ΔW graph: {len(left_out)} base block(s) the adapter does not change are absent: "
-                     f"{_some(left_out)}")
+                     f"{_some(left_out, sort=False)}")
     touched = {n for b in out_blocks for n in (b.src, b.dst)}
     parts = [p for p in g0.partitions.values() if p.name in touched]
     adapted = {v["param"] for v in per_module.values()}
@@ -372,13 +375,9 @@ def _delta_shape(lm: LoraModule, transposed: bool) -> tuple[int, int]:
     return (inn, out) if transposed else (out, inn)
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
-
-
 def _factors(lm: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = lm.load_a(), lm.load_b()
-    dt = _compute_dtype(a.dtype, b.dtype)
+    dt = _delta_dtype(a.dtype, b.dtype)
     return a.to(dt), b.to(dt)
 
 
@@ -390,7 +389,7 @@ def _lora_block(b: Block, lm: LoraModule, transposed: bool) -> Block:
         d = (bb @ a).mul_(lm.scale)
         return d.T if transposed else d
 
-    dt = torch.float64 if b.dtype == torch.float64 else torch.float32
+    dt = _delta_dtype(*lm.dtypes)  # what load() returns: float64 factors stay float64
     blk = dataclasses.replace(b, _load=load, _on_load=None, src_size=None, dst_size=None, dtype=dt)
     blk._lora = (lm, transposed, b)  # the factors and the base block, for lora_strength / lora_norms
     return blk
@@ -475,5 +474,3 @@ def lora_strength(g: LayeredGraph) -> pd.DataFrame:
                             "abs_in_strength": a_in, "abs_out_strength": a_out, "abs_strength": a_in + a_out})
 
 
-def _some(names: list[str], k: int = 6) -> str:
-    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "") if names else "none"
