@@ -614,6 +614,17 @@ def _check_null_options(null: int | None, kind: str, seed: int | None, table: st
     return {"null": null, "null_kind": kind, "seed": seed}
 
 
+def _log_null_seed(a, analyse_options: dict | None) -> None:
+    """Log the null model's copies and seed (the drawn one too, so that the run can be repeated)."""
+    null = getattr(a, "null", None)
+    if null is None:
+        return
+    entropy = null.attrs.get("seed_entropy")
+    log.info("null model: %d %s copies, seed %s%s", int(null["n"].iloc[0]) if len(null) else 0,
+             (analyse_options or {}).get("null_kind"), entropy,
+             "" if (analyse_options or {}).get("seed") is not None else f" (pass --seed {entropy} to repeat)")
+
+
 def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | None = None,
                   analyse_options: dict | None = None):
     from .report.pipeline import analyse_file
@@ -621,12 +632,7 @@ def _run_analysis(s: _Session, ckpt: Path, ex: dict, device: str, dask: str | No
     _check_device(device)
     if dask is None:
         res = analyse_file(ckpt, extract=ex, device=device, progress=s.progress, analyse_options=analyse_options)
-        null = getattr(res.analysis, "null", None)
-        if null is not None:
-            entropy = null.attrs.get("seed_entropy")
-            log.info("null model: %d %s copies, seed %s%s", int(null["n"].iloc[0]) if len(null) else 0,
-                     (analyse_options or {}).get("null_kind"), entropy,
-                     "" if (analyse_options or {}).get("seed") is not None else f" (pass --seed {entropy} to repeat)")
+        _log_null_seed(res.analysis, analyse_options)
     else:  # the analyses on a Dask cluster (graphnn.distributed)
         from .distributed import close, connect
 
@@ -1074,6 +1080,7 @@ def _run_adapter_analysis(s: _Session, adapter: Path, base: Path, ex: dict, devi
     g = graphnn.lora_delta(adapter, base, trust=trust, **ex)
     s.progress("extract", 1, 1)
     a = graphnn.analyse(g, device=device, progress=s.progress, **dict(analyse_options or {}))
+    _log_null_seed(a, analyse_options)
     options = {k: v for k, v in ex.items() if v not in (None, False)}
     options.update(device=device, base=str(base), trust=trust or None)
     options.update({f"analyse.{k}": v for k, v in (getattr(a, "options", None) or {}).items()
