@@ -187,7 +187,9 @@ class _Plan:
         self.method, self.groups, self.seed, self.options = method, groups, seed, options
         self.graph, self.lookup = graph, lookup
         self.group_of = {n: g for g in groups for n in g.names}
-        self.done: dict[str, torch.Tensor] = {}  # group name -> rewired tensor (for groups spanning shards)
+        # group name -> its rewired tensor while a later shard still stores a name of the group
+        # (a tie spanning shards), else None: a folder's rewired tensors are not held to the end
+        self.done: dict[str, torch.Tensor | None] = {}
         self.before: dict[str, dict] = {}
         self.after: dict[str, dict] = {}
 
@@ -250,7 +252,7 @@ class _Plan:
                                                          else final, t.layout, t.groups))
             for n in here:
                 sd[n] = final
-            self.done[g.names[0]] = final
+            self.done[g.names[0]] = final if any(n not in sd for n in g.stored) else None
         return changed
 
     def _hcore(self, todo: list[tuple]) -> None:
