@@ -381,7 +381,7 @@ def _records(df) -> list[dict]:
 
 
 def _fmt_cell(v: Any) -> str:
-    from .report.html import fmt
+    from .html_summary import fmt
 
     return fmt(v)
 

@@ -14,36 +14,34 @@ MAX_ROWS = 12
 OPEN_NOTES = 3
 
 
-def cell(value: Any) -> str:
-    """One escaped table cell: integers with thousands separators, floats with 4 significant
-    digits, missing values as an en dash."""
-    try:
-        import pandas as pd
-
-        if value is pd.NA:
-            return "\u2013"
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def fmt(x: Any) -> str:
+    """Display a number (the report's tables, the CLI's text tables and these summaries):
+    integers with thousands separators, floats with 4 significant digits (scientific below 1e-3
+    and from 1e5), booleans as yes/no, missing values (None, NaN, ``pd.NA``) as an en dash.
+    numpy and torch scalars are read through ``.item()``."""
+    if x is None or type(x).__name__ == "NAType":
         return "\u2013"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
         try:
-            value = value.item()
+            x = x.item()
         except (ValueError, TypeError):
             pass
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if math.isnan(value):
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
             return "\u2013"
-        if math.isinf(value):
-            return "\u221e" if value > 0 else "-\u221e"
-        return f"{value:.3e}" if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3) else f"{value:.4g}"
-    return html.escape(str(value))
+        if math.isinf(x):
+            return "\u221e" if x > 0 else "-\u221e"
+        return f"{x:.3e}" if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3) else f"{x:.4g}"
+    return str(x)
+
+
+def cell(value: Any) -> str:
+    """One escaped table cell (:func:`fmt`)."""
+    return html.escape(fmt(value))
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], total: int, what: str) -> str:

@@ -119,3 +119,19 @@ def test_escaping_of_a_hostile_source_and_topology():
     g.source = "</div><script>bad()</script>"
     page = Parsed(g._repr_html_())
     assert "script" not in page.tags and g.source in page.text
+
+
+def test_one_number_format_for_the_report_the_cli_and_the_summaries():
+    import numpy as np
+    import pandas as pd
+
+    from graphnn.html_summary import cell, fmt
+    from graphnn.report import html as report_html
+
+    assert report_html.fmt is fmt
+    # numpy scalars behave as their Python values; every missing value is an en dash
+    for missing in (None, pd.NA, float("nan"), np.float32("nan")):
+        assert fmt(missing) == "\u2013"
+    assert (fmt(np.int64(12345)), fmt(np.float64(1.5)), fmt(np.bool_(False))) == ("12,345", "1.5", "no")
+    assert (fmt(1e-5), fmt(123456.0), fmt(float("-inf"))) == ("1.000e-05", "1.235e+05", "-\u221e")
+    assert cell("a<b") == "a&lt;b"

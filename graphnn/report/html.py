@@ -22,6 +22,7 @@ from . import figures, grouping, topology
 from .compare import available_metrics, compare_blocks, compare_layers, compare_layers_long
 from .definitions import CONV_AGGREGATION, METRICS, describe_column
 from .provenance import Provenance
+from ..html_summary import fmt  # noqa: F401  (one number format; report code imports it from here)
 from ..atomic import atomic_write
 from ..errors import InvalidParameterError
 from ..validation import check_choice
@@ -56,25 +57,6 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def fmt(x: Any) -> str:
-    """Display a number: integers with thousands separators, floats with 4 significant digits,
-    missing values as an en dash."""
-    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
-        return "\u2013"
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        if math.isinf(x):
-            return "\u221e" if x > 0 else "-\u221e"
-        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-            return f"{x:.3e}"
-        return f"{x:.4g}"
-    return str(x)
 
 
 def _pct(x: float | None) -> str:
