@@ -1069,7 +1069,7 @@ def _run_adapter_analysis(s: _Session, adapter: Path, base: Path, ex: dict, devi
     import graphnn
 
     from .digest import sha256_of
-    from .report.pipeline import Analysed
+    from .report.pipeline import Analysed, provenance_options
     from .report.provenance import Provenance
 
     _check_device(device)
@@ -1081,11 +1081,8 @@ def _run_adapter_analysis(s: _Session, adapter: Path, base: Path, ex: dict, devi
     s.progress("extract", 1, 1)
     a = graphnn.analyse(g, device=device, progress=s.progress, **dict(analyse_options or {}))
     _log_null_seed(a, analyse_options)
-    options = {k: v for k, v in ex.items() if v not in (None, False)}
-    options.update(device=device, base=str(base), trust=trust or None)
-    options.update({f"analyse.{k}": v for k, v in (getattr(a, "options", None) or {}).items()
-                    if k not in ("device", "progress")})
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in provenance_options(ex, device, a, base=str(base), trust=trust or None).items()
+               if v is not None}
     prov = Provenance.for_path(adapter, options=options, runtime_s=time.perf_counter() - t0,
                                extra={"base": str(base), "base_sha256": sha256_of(base)})
     log.info("analysed adapter %s on %s: %d blocks changed, %s edges (%.2f s)", adapter, base, len(g.blocks),
@@ -1104,6 +1101,7 @@ def _compare_delta(s: _Session, ckpts: list[Path], names: list[str], ex: dict, d
     import graphnn
 
     from .digest import sha256_of
+    from .report.pipeline import provenance_options
     from .report.provenance import Provenance
 
     t0 = time.perf_counter()
@@ -1140,7 +1138,7 @@ def _compare_delta(s: _Session, ckpts: list[Path], names: list[str], ex: dict, d
         from .report.html import render_report, write_html
 
         prov = Provenance(source=f"{ckpts[1]} - {ckpts[0]}", sha256=sources[1]["sha256"],
-                          options={k: v for k, v in ex.items() if v not in (None, False)} | {"device": device},
+                          options=provenance_options(ex, device),
                           runtime_s=time.perf_counter() - t0, extra={"base": str(ckpts[0]),
                                                                       "base_sha256": sources[0]["sha256"]})
         write_html(render_report(a, prov, g, title=title or f"Weight change {heading}"), report_path,

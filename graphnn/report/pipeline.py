@@ -27,6 +27,17 @@ class Analysed:
     provenance: Provenance
 
 
+def provenance_options(extract: Mapping[str, Any], device: str, analysis: Any = None, **extra: Any) -> dict[str, Any]:
+    """The options a provenance records: the extract options that are set, the device, ``extra``
+    (those that are not ``None``), and the analysis's own options as ``analyse.<name>``."""
+    options = {k: v for k, v in extract.items() if v not in (None, False)}
+    options["device"] = device
+    options.update({k: v for k, v in extra.items() if v is not None})
+    options.update({f"analyse.{k}": v for k, v in (getattr(analysis, "options", None) or {}).items()
+                    if k not in ("device", "progress")})
+    return options
+
+
 def analyse_file(
     path: str | os.PathLike,
     *,
@@ -49,11 +60,7 @@ def analyse_file(
         progress("extract", 1, 1)
     a = graphnn.analyse(g, device=device, progress=progress, **dict(analyse_options or {}))
     runtime = time.perf_counter() - t0
-    options = {k: v for k, v in ex.items() if v not in (None, False)}
-    options["device"] = device
-    options.update({f"analyse.{k}": v for k, v in (getattr(a, "options", None) or {}).items()
-                    if k not in ("device", "progress")})
-    prov = Provenance.for_path(path, options=options, runtime_s=runtime)
+    prov = Provenance.for_path(path, options=provenance_options(ex, device, a), runtime_s=runtime)
     return Analysed(Path(path), g, a, prov)
 
 
