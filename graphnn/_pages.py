@@ -1,0 +1,282 @@
+"""Give back the resident pages of memory-mapped checkpoint tensors (Linux; a no-op elsewhere).
+
+A safetensors file opened with ``safe_open(..., framework="pt")`` (and a zip checkpoint read with
+``torch.load(mmap=True)``) is mapped *privately*; its tensors are views into the mapping, and every
+page a pass reads stays resident, so a process's RSS grows to the size of the checkpoint even
+though those pages are clean copies of the file. This module drops them again after a pass.
+
+API
+---
+``register(*tensors) -> int``
+    Called by extraction (``graphnn.extract.checkpoints``) for tensors it read from a file.
+    A tensor is recorded only if its storage lies inside a file-backed mapping of this process
+    (``/proc/self/maps``); returns how many were recorded. Entries are keyed by the storage's data
+    pointer and hold a weak reference to it, so a freed storage is never advised.
+``release_pages(t) -> int``
+    ``madvise(MADV_DONTNEED)`` on the page-aligned range spanned by ``t`` (a CPU tensor, a view of
+    one, or a numpy array sharing its memory) if it lies in a registered storage; returns the
+    bytes dropped. Anything else (heap memory, CUDA, unregistered, non-Linux, no libc) returns 0.
+    Data is never lost: ``/proc/self/pagemap`` is read first and only runs of pages that are
+    *file pages* (bit 61) or *not present and not swapped* are advised; a page the process has
+    written (copy-on-write made it anonymous) or that is swapped stays. If pagemap cannot be read,
+    nothing is released. The next read of a released page faults it in again from the page cache
+    (or the disk), with the file's bytes.
+``PageBudget(max_bytes)``
+    For passes that touch tensors in an order of their own (the hypercore): ``.touch(t,
+    nbytes=None)`` notes that ``t`` was read (``nbytes``: how much of it, default its whole span)
+    and, once more than ``max_bytes`` have been touched since the last release, releases every
+    registered tensor noted so far; ``.release_all()`` releases them now (call it at the end of
+    the pass). Returns the bytes released. Holds the noted tensors until it releases them.
+``resident_file_bytes(t) -> int``
+    Bytes of ``t``'s span whose pages are present and file-backed (for tests and logs).
+
+Caveat: between reading pagemap and ``madvise`` another thread that writes into a released page
+would lose that write; graphnn's passes only read the weights. Writing into mapped weights while a
+pass runs in another thread is not supported.
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+_MADV_DONTNEED = 4  # Linux (x86, arm, riscv, ...)
+_PRESENT = np.uint64(1 << 63)
+_SWAPPED = np.uint64(1 << 62)
+_FILE = np.uint64(1 << 61)
+
+_lock = threading.Lock()
+_starts: list[int] = []            # sorted start addresses of registered storages
+_entries: dict[int, tuple[int, Any]] = {}   # start -> (end, weak reference to the storage)
+_libc = None
+_page = 0
+
+
+def _setup() -> bool:
+    """Whether releasing can work here (Linux, libc with madvise, /proc/self/pagemap)."""
+    global _libc, _page
+    if _libc is False:
+        return False
+    if _libc is not None:
+        return True
+    try:
+        if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/pagemap"):
+            raise OSError("not Linux")
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        lib.madvise.restype = ctypes.c_int
+        _page = os.sysconf("SC_PAGE_SIZE")
+        _libc = lib
+        return True
+    except (OSError, AttributeError, ValueError):
+        _libc = False
+        return False
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings that are backed by a regular file."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) < 6 or not parts[5].startswith("/"):
+                    continue  # anonymous, [heap], [stack], ...
+                lo, hi = parts[0].split("-")
+                out.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return out
+
+
+def _storage_weakref(storage):
+    try:
+        from torch.multiprocessing.reductions import StorageWeakRef
+        return StorageWeakRef(storage)
+    except Exception:  # noqa: BLE001 - no weak reference: the tensor is not registered
+        return None
+
+
+def register(*tensors) -> int:
+    """Record CPU tensors whose storage lies in a file-backed mapping (see the module docstring)."""
+    if not tensors or not _setup():
+        return 0
+    maps = None
+    count = 0
+    for t in tensors:
+        try:
+            if t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            start, n = storage.data_ptr(), storage.nbytes()
+        except (AttributeError, RuntimeError):
+            continue
+        if n <= 0:
+            continue
+        if maps is None:
+            maps = _file_mappings()
+        if not any(lo <= start and start + n <= hi for lo, hi in maps):
+            continue
+        ref = _storage_weakref(storage)
+        if ref is None:
+            continue
+        with _lock:
+            if start not in _entries:
+                bisect.insort(_starts, start)
+            _entries[start] = (start + n, ref)
+        count += 1
+    return count
+
+
+def _span(t) -> tuple[int, int] | None:
+    """(address, bytes) of the memory a CPU tensor or numpy array spans; None if not applicable."""
+    if isinstance(t, np.ndarray):
+        if t.size == 0:
+            return None
+        addr = t.__array_interface__["data"][0]
+        lo = hi = 0
+        for size, stride in zip(t.shape, t.strides):
+            if stride > 0:
+                hi += (size - 1) * stride
+            else:
+                lo += (size - 1) * stride
+        return addr + lo, hi - lo + t.itemsize
+    try:
+        if t.device.type != "cpu" or t.numel() == 0 or t.is_sparse:
+            return None
+        item = t.element_size()
+        lo = hi = 0
+        for size, stride in zip(t.shape, t.stride()):
+            if stride > 0:
+                hi += (size - 1) * stride
+            else:
+                lo += (size - 1) * stride
+        return t.data_ptr() + lo * item, (hi - lo + 1) * item
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _registered_range(addr: int, n: int) -> tuple[int, int] | None:
+    """The registered storage range holding [addr, addr + n), if its storage is still alive."""
+    with _lock:
+        i = bisect.bisect_right(_starts, addr) - 1
+        if i < 0:
+            return None
+        start = _starts[i]
+        end, ref = _entries[start]
+        if ref.expired():
+            del _entries[start]
+            _starts.pop(i)
+            return None
+        if addr + n > end:
+            return None
+        return start, end
+
+
+def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | None:
+    """Runs (first page, pages) of [first_page, first_page + count) that are file pages or absent
+    and not swapped, read from /proc/self/pagemap; None if it cannot be read."""
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(first_page * 8)
+            raw = bytearray(count * 8)
+            view, got = memoryview(raw), 0
+            while got < len(raw):
+                k = f.readinto(view[got:])
+                if not k:
+                    return None
+                got += k
+    except OSError:
+        return None
+    flags = np.frombuffer(raw, dtype=np.uint64)
+    present = (flags & _PRESENT) != 0
+    ok = np.where(present, (flags & _FILE) != 0, (flags & _SWAPPED) == 0)
+    if ok.all():
+        return [(first_page, count)]
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], ok.view(np.int8), [0]))))
+    return [(first_page + int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def release_pages(t) -> int:
+    """Drop the resident pages of a registered file-mapped tensor's span; the bytes released."""
+    if t is None or not _setup():
+        return 0
+    span = _span(t)
+    if span is None:
+        return 0
+    addr, n = span
+    rng = _registered_range(addr, n)
+    if rng is None:
+        return 0
+    page = _page
+    first = addr // page
+    last = -(-(addr + n) // page)  # exclusive; the storage's pages all lie in its file mapping
+    runs = _releasable_runs(first, last - first)
+    if runs is None:
+        return 0
+    released = 0
+    for p, k in runs:
+        if _libc.madvise(p * page, k * page, _MADV_DONTNEED) == 0:
+            released += k * page
+    return released
+
+
+def resident_file_bytes(t) -> int:
+    """Bytes of the pages spanned by ``t`` that are present and file-backed (0 if unknown)."""
+    if t is None or not _setup():
+        return 0
+    span = _span(t)
+    if span is None:
+        return 0
+    addr, n = span
+    first, last = addr // _page, -(-(addr + n) // _page)
+    try:
+        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+            f.seek(first * 8)
+            raw = f.read((last - first) * 8)
+    except OSError:
+        return 0
+    flags = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.uint64)
+    return int((((flags & _PRESENT) != 0) & ((flags & _FILE) != 0)).sum()) * _page
+
+
+def is_registered(t) -> bool:
+    """Whether ``t`` lies in a registered (file-mapped, live) storage."""
+    span = _span(t)
+    return span is not None and _registered_range(*span) is not None
+
+
+class PageBudget:
+    """Release the registered tensors a pass has read once ``max_bytes`` have been touched."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.touched_bytes = 0
+        self.released_bytes = 0
+        self._seen: dict[tuple[int, int], Any] = {}
+
+    def touch(self, t, nbytes: int | None = None) -> int:
+        """Note that ``t`` was read (``nbytes`` of it; default its span); release when over budget."""
+        span = _span(t) if _setup() else None
+        if span is None or _registered_range(*span) is None:
+            return 0
+        self._seen.setdefault(span, t)
+        self.touched_bytes += span[1] if nbytes is None else int(nbytes)
+        if self.touched_bytes > self.max_bytes:
+            return self.release_all()
+        return 0
+
+    def release_all(self) -> int:
+        """Release every noted tensor now; the bytes released."""
+        seen, self._seen = self._seen, {}
+        self.touched_bytes = 0
+        got = sum(release_pages(t) for t in seen.values())
+        self.released_bytes += got
+        return got
