@@ -427,3 +427,34 @@ def test_rewire_copy_of_a_linear_block_keeps_signs_and_strengths(graphs):
         err, err_shuffle = np.abs(nm.sum(axis) - m.sum(axis)), np.abs(sh.sum(axis) - m.sum(axis))
         assert err.max() < 0.05 * m.sum(axis).std() and err.mean() < 0.02 * err_shuffle.mean()
     assert (nm != m).mean() > 0.9
+
+
+def test_analyse_null_analyses_only_the_copies_and_reuses_the_observed_values(mlp_graph, monkeypatch):
+    """analyse(null=K) costs K analyses (of the copies), not K + 1: the observed column is the
+    analysis's own values, bit for bit."""
+    import graphnn.analyses.summary as summary
+
+    calls = []
+    real = summary.analyse
+
+    def counting(g, **kw):
+        calls.append(g)
+        return real(g, **kw)
+
+    monkeypatch.setattr(summary, "analyse", counting)
+    a = graphnn.analyse(mlp_graph, null=3, seed=1)  # the top-level name: not counted
+    assert len(calls) == 3 and all(c is not mlp_graph for c in calls)
+    df = a.null.set_index(["layer", "scope", "metric"])
+    for name, j in zip(a.blocks["block"], a.blocks["J"]):
+        assert df.loc[(name, "block", "strength_variance"), "observed"] == j
+    for name, v, m in zip(a.layers["layer"], a.layers["strength_var"], a.layers["core_max"]):
+        assert df.loc[(name, "layer", "strength_variance"), "observed"] == v
+        assert df.loc[(name, "layer", "max_core"), "observed"] == m
+    assert df.loc[(NETWORK, "network", "centrality_gini"), "observed"] == gini(a.neurons["centrality"].to_numpy())
+    calls.clear()
+    # per-component centrality and block-scope cores differ from what the baseline measures:
+    # the observed graph is analysed once more, the baseline's way
+    b = graphnn.analyse(mlp_graph, null=2, seed=1, per_component=True, core_scope="block")
+    assert len(calls) == 3 and calls[0] is mlp_graph
+    monkeypatch.setattr(summary, "analyse", real)
+    pd.testing.assert_frame_equal(b.null, graphnn.null_model(mlp_graph, n=2, seed=1))

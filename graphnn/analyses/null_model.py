@@ -434,6 +434,26 @@ def check_null(n: Any, kind: Any, seed: Any, metrics: Any = None) -> tuple[int, 
     return n, kind, check_seed("seed", seed), check_metrics(metrics)
 
 
+def reusable_observed(a, metrics: Sequence[str]) -> bool:
+    """Whether the analysis ``a`` measured ``metrics`` (names of :data:`METRICS`) as the
+    baseline's own analysis of the observed graph does: strength on (``J`` and the layers'
+    ``strength_var``), centrality on and normalised over the whole graph (not
+    ``per_component``) where a centrality metric is asked for, and network-scope hypercores on
+    the |w| strengths (no ``core_threshold``/``core_top``) where a hypercore metric is."""
+    opts = getattr(a, "options", None) or {}
+    need = {METRICS[m][1] for m in metrics}
+    if not opts.get("strength", True) or "strength_var" not in a.layers.columns or "J" not in a.blocks.columns:
+        return False
+    if "centrality" in need and (not opts.get("centrality") or opts.get("per_component")
+                                 or "centrality" not in a.neurons.columns):
+        return False
+    if "core" in need and (not opts.get("core") or opts.get("core_scope", "network") != "network"
+                           or opts.get("core_threshold") is not None or opts.get("core_top") is not None
+                           or "core" not in a.neurons.columns):
+        return False
+    return True
+
+
 def attach_null(g: LayeredGraph, a, n: int, kind: str, seed: int | None, **options) -> Any:
     """``a`` (an :class:`~graphnn.analyses.summary.Analysis` of ``g``) with ``a.null`` set to the
     :func:`null_model` frame of the metrics its enabled parts measure (strength variance always;
@@ -445,7 +465,7 @@ def attach_null(g: LayeredGraph, a, n: int, kind: str, seed: int | None, **optio
     opts = a.options
     metrics = ["strength"] + [grp for grp, on in (("centrality", opts.get("centrality")),
                                                   ("hypercore", opts.get("core"))) if on]
-    a.null = null_model(g, metrics, kind=kind, n=n, seed=seed, **options)
+    a.null = null_model(g, metrics, kind=kind, n=n, seed=seed, observed=a, **options)
     a.timings["null"] = time.perf_counter() - t0
     a.runtime_s += a.timings["null"]
     a.options.update({"null": n, "null_kind": kind, "seed": seed})
@@ -465,6 +485,7 @@ def null_model(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "auto",
     progress: Callable[[str, int, int], None] | None = None,
+    observed: Any = None,
 ) -> pd.DataFrame:
     """Compare ``g``'s metrics with ``n`` null copies (:func:`null_copy`, ``kind="shuffle"`` or
     ``"rewire"``). Returns a tidy frame, one row per (layer, metric), with the columns
@@ -490,13 +511,20 @@ def null_model(
     ``seed``: the same seed gives the same frame; ``None`` draws fresh entropy (recorded in
     ``frame.attrs["seed_entropy"]``). Warnings that the analyses raise on null copies are
     given once each. A bad option raises :class:`~graphnn.errors.InvalidParameterError`.
+
+    ``observed``: an :class:`~graphnn.analyses.summary.Analysis` of ``g`` already computed with
+    the same ``normalise``, ``tol``, ``max_iter``, ``dtype`` and ``device`` (what
+    ``analyse(g, null=K)`` passes): its tables give the observed values when it measured what the
+    metrics need the way the baseline does (:func:`reusable_observed`), so only the ``n`` copies
+    are analysed; otherwise ``g`` is analysed once more.
     """
     from .summary import analyse
 
     n, kind, seed, chosen = check_null(n, kind, seed, metrics)
     options = {"normalise": normalise, "tol": tol, "max_iter": max_iter, "dtype": dtype, "device": device,
                "core_scope": "network", **_parts(chosen)}
-    observed_analysis = analyse(g, **options)
+    reuse = observed is not None and reusable_observed(observed, chosen)
+    observed_analysis = observed if reuse else analyse(g, **options)
     core_level = None
     if options["core"]:
         core_level = float(np.median(observed_analysis.neurons["abs_strength"].to_numpy(dtype=np.float64)))
