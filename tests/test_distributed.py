@@ -115,6 +115,20 @@ def test_sharded_folder_equals_single_process(client, llama_folder):
     assert dist.options["dask"].startswith("inproc://")
 
 
+def test_options_and_timings_have_the_single_process_keys(client, llama_folder):
+    """The options record and the timings of a Dask analysis are those of analyse on one process
+    (plus ``dask``): ``weightwatcher`` is recorded, and the workers' SVD seconds are reported as
+    ``spectral`` (they were dropped)."""
+    g = graphnn.extract(llama_folder)
+    local = graphnn.analyse(g, centrality=False, core=False, spectral=True)
+    dist = graphnn.analyse(g, client=client, centrality=False, core=False, spectral=True)
+    assert set(dist.options) == set(local.options) | {"dask"}
+    assert dist.options["weightwatcher"] is False and local.options["weightwatcher"] is False
+    assert set(local.timings) <= set(dist.timings)
+    assert 0 < dist.timings["spectral"] <= dist.runtime_s * len(client.scheduler_info()["workers"])
+    assert "_spectral_s" not in dist.blocks.columns
+
+
 def test_placement_is_by_shard(client, llama_folder):
     g = graphnn.extract(llama_folder)
     files = tensor_files(g)

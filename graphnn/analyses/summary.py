@@ -243,6 +243,7 @@ def _with_weightwatcher(g: LayeredGraph, a: Analysis) -> Analysis:
     last = [c for c in ("layer_index", "role") if c in blocks.columns]
     a.blocks = blocks[[c for c in blocks.columns if c not in last] + last]
     a.timings["weightwatcher"] = time.perf_counter() - t0
+    a.options["weightwatcher"] = True  # also for an analysis made on Dask workers (which records False)
     a.runtime_s += a.timings["weightwatcher"]
     return a
 

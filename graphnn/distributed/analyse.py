@@ -293,7 +293,11 @@ def analyse_distributed(
     is where each worker computes (``"auto"``: CUDA where that worker has it).
     ``core_top`` needs the whole graph's edge ranking and is not available here: pass
     ``core_threshold``. ``spectral``: the block table's spectral columns, each worker computing
-    those of its own blocks."""
+    those of its own blocks; ``timings["spectral"]`` is then the workers' SVD seconds summed
+    over the workers (part of the ``load_and_strength`` wall time, during which they run in
+    parallel). ``options`` has the keys of :func:`graphnn.analyse`'s plus ``dask`` (the
+    scheduler); ``weightwatcher`` is ``False`` here (``analyse(..., weightwatcher=True,
+    client=...)`` adds ``ww_alpha`` in the calling process and records ``True``)."""
     from ..analyses._blocks import resolve_dtype
     from ..analyses.centrality import check_options
     from ..analyses.hypercore import _weighting, as_integers
@@ -318,7 +322,7 @@ def analyse_distributed(
     options = {"strength": strength, "centrality": centrality, "core": core, "normalise": normalise, "tol": tol,
                "max_iter": max_iter, "core_scope": core_scope, "core_threshold": core_threshold, "core_top": core_top,
                "dtype": str(dt).replace("torch.", ""), "device": device, "per_component": per_component,
-               "spectral": spectral, "dask": _address(client)}
+               "spectral": spectral, "weightwatcher": False, "dask": _address(client)}
     timings: dict[str, Any] = {}
     traffic = Traffic()
 
@@ -343,9 +347,11 @@ def analyse_distributed(
         add_block_sums(g, b, torch.from_numpy(rec["rows"]), torch.from_numpy(rec["cols"]), sums["in"], sums["out"])
         add_block_sums(g, b, torch.from_numpy(rec["abs_rows"]), torch.from_numpy(rec["abs_cols"]),
                        sums["abs_in"], sums["abs_out"])
-        block_recs.append({k: v for k, v in rec["record"].items() if k != "_spectral_s"})
+        block_recs.append(dict(rec["record"]))
         _note_nonfinite(g, b.param, rec["nonfinite"])
     timings["load_and_strength"] = time.perf_counter() - t0
+    if spectral:  # the workers' seconds, summed over them (they run in parallel, inside the load step)
+        timings["spectral"] = sum(r.pop("_spectral_s", 0.0) for r in block_recs)
 
     columns: dict[str, np.ndarray] = strength_columns(sums) if strength else {}
     centrality_info: dict[str, Any] = {}
