@@ -52,7 +52,7 @@ _FILE = np.uint64(1 << 61)
 
 _lock = threading.Lock()
 _starts: list[int] = []            # sorted start addresses of registered storages
-_entries: dict[int, tuple[int, Any]] = {}   # start -> (end, weak reference to the storage)
+_entries: dict[int, tuple[int, list]] = {}   # start -> (end, weak references to the live storages)
 _libc = None
 _page = 0
 
@@ -126,9 +126,15 @@ def register(*tensors) -> int:
         if ref is None:
             continue
         with _lock:
-            if start not in _entries:
+            entry = _entries.get(start)
+            if entry is None:
                 bisect.insort(_starts, start)
-            _entries[start] = (start + n, ref)
+                _entries[start] = (start + n, [ref])
+            else:  # the same bytes read again (a new storage object over the same mapping)
+                refs = [r for r in entry[1] if not r.expired()]
+                if not any(r == ref for r in refs):
+                    refs.append(ref)
+                _entries[start] = (max(entry[0], start + n) if refs[:-1] else start + n, refs)
         count += 1
     return count
 
@@ -168,8 +174,9 @@ def _registered_range(addr: int, n: int) -> tuple[int, int] | None:
         if i < 0:
             return None
         start = _starts[i]
-        end, ref = _entries[start]
-        if ref.expired():
+        end, refs = _entries[start]
+        refs[:] = [r for r in refs if not r.expired()]
+        if not refs:
             del _entries[start]
             _starts.pop(i)
             return None

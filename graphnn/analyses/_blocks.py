@@ -5,6 +5,11 @@ transposed copy (CUDA, small graphs); exact float64 row/column sums.
 
 Nodes are numbered in a *node space*: a list of partitions laid end to end (the whole graph in
 partition order, or the partitions that a subset of blocks touches).
+
+Every pass here that reads a signed matrix ends with :func:`graphnn._pages.release_pages` on it:
+for a matrix that is a view of a memory-mapped checkpoint this drops the pages the pass made
+resident (RSS stays near one block instead of growing to the checkpoint's size); for any other
+tensor it does nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .._pages import release_pages
 from ..errors import InvalidParameterError, NonFiniteWeightsError
 from ..graph import Block, LayeredGraph
 from ..validation import check_device
@@ -88,6 +94,7 @@ def exact_sums(m: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | Non
         cols += c.sum(0)
         if row_min is not None and n_cols:
             torch.amin(c, 1, out=row_min[i:i + k])
+    release_pages(m)
     return rows, cols
 
 
@@ -110,6 +117,7 @@ def signed_and_abs_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
         c.abs_()
         torch.mv(c, ones, out=out[2][i:i + k])
         out[3] += c.sum(0)
+    release_pages(m)
     return tuple(out)
 
 
@@ -121,6 +129,7 @@ def masked(block: Block, m: torch.Tensor) -> torch.Tensor:
         g, r, c = shape
         out = torch.zeros(m.shape, dtype=m.dtype, device=m.device)
         out.view(g, r, g, c).diagonal(dim1=0, dim2=2).copy_(m.reshape(g, r, g, c).diagonal(dim1=0, dim2=2))
+        release_pages(m)
         return out
     mask = block.structure_mask()
     if mask is None:
@@ -266,6 +275,8 @@ class AbsBlock:
         self.signed_rows = w if self._t is not None and device.type == "cpu" and not self.has_mask else None
         self._copy = copy
         self._sums = None
+        if self._t is not None or self._g is not None or self.w is not w:  # w was read into a copy
+            release_pages(w)
 
     def _copy_with_sums(self, w: torch.Tensor) -> None:
         """Make the transposed copy ``t`` a cache-sized chunk at a time and, while each chunk is
@@ -517,6 +528,7 @@ class AbsBlock:
                 a = self._a_into(buf[:k * self.m_src].view(k, self.m_src), i)
                 y_dst[i:i + k].addmv_(a, x_src)
                 y_src.addmv_(a.t(), x_dst[i:i + k])
+            release_pages(self.w)
 
     def _a_into(self, out: torch.Tensor, i: int) -> torch.Tensor:
         """``A`` of matrix rows ``i : i + len(out)`` written into ``out`` (compute dtype, a reused
@@ -557,6 +569,7 @@ class AbsBlock:
                 torch.gt(low, 0, out=full[i:i + low.shape[0]])
             else:
                 torch.ge(low, tau, out=full[i:i + low.shape[0]])
+        release_pages(m)
         return side, full
 
     def set_abs_sums(self, dst_sums: torch.Tensor, src_sums: torch.Tensor) -> None:
@@ -631,6 +644,7 @@ def load_abs_blocks(
         if on_matrix is not None:
             on_matrix(b, w)
         out.append(AbsBlock(b, w, weighting, dtype, device, copy))
+        release_pages(w)  # what on_matrix read; the passes read it again as they need it
         del w
     if progress:
         progress("load", len(todo), len(todo))

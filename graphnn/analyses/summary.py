@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..errors import InvalidParameterError
 from ..graph import Block, LayeredGraph
 from ..validation import check_bool, check_choice
@@ -172,6 +173,7 @@ def analyse(
         add_block_sums(g, b, rows, cols, sums["in"], sums["out"])
         add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])
         block_recs.append(_block_record(b, rows, cols, arows, raw, w if spectral else None))
+        release_pages(raw)  # a memory-mapped parameter: its pages leave RSS (a no-op otherwise)
         del raw
         if centrality or (core and not weighting.integral):
             ab = AbsBlock(b, w, Weighting(), dt, dev, copy)
@@ -182,6 +184,7 @@ def analyse(
                 core_blocks.append(ab)
         if core and weighting.integral:
             core_blocks.append(AbsBlock(b, w, weighting, dt, dev, copy))
+        release_pages(w)
         del w
     if progress:
         progress("load", len(todo), len(todo))

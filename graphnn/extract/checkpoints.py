@@ -50,6 +50,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from .._pages import register as register_file_pages
 from ..atomic import atomic_write
 from ..errors import CheckpointNotFoundError, CheckpointWarning, CorruptCheckpointError, UnsafeCheckpointError
 from .rules import empty_skip_reason
@@ -353,9 +354,11 @@ class _SafetensorsFile:
             else:
                 _open_files.move_to_end(id(self))
         try:
-            return handle.get_tensor(name)
+            tensor = handle.get_tensor(name)
         except Exception as e:  # noqa: BLE001 - e.g. the file was truncated after it was opened
             raise CorruptCheckpointError(_corrupt_message(self.path, e)) from e
+        register_file_pages(tensor)  # a view into the file's private mapping: passes may release its pages
+        return tensor
 
 
 def _safetensors_entries(path: Path) -> list[TensorEntry]:
@@ -536,6 +539,7 @@ def _copy_range(src, out, offset: int, count: int) -> None:
 
 def _pickle_entries(path: Path, trust: bool) -> list[TensorEntry]:
     sd = unwrap_state_dict(torch_load(path, trust=trust), str(path))
+    register_file_pages(*(v for v in sd.values() if isinstance(v, torch.Tensor)))  # mmap=True: views of the file
     return entries_from_state_dict(sd)
 
 
