@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from .._grouped import from_group_diagonal, group_shape
 from ..graph import AGGREGATIONS, Block, LayeredGraph, Partition, aggregate_kernel
 from .checkpoints import TensorEntry
 from .rules import QKV, Rule
@@ -60,11 +61,10 @@ def block_diagonal(values: torch.Tensor, n_rows: int, n_cols: int, groups: int) 
     ``n_rows x n_cols`` matrix (grouped / depthwise conv); other entries are 0 (no edge)."""
     if groups == 1:
         return values
-    out = values.new_zeros(n_rows, n_cols)
     if n_rows % groups == 0 and n_cols % groups == 0:  # group k's block through a view, no mask
-        r, c = n_rows // groups, n_cols // groups
-        out.view(groups, r, groups, c).diagonal(dim1=0, dim2=2).copy_(values.reshape(groups, r, c).permute(1, 2, 0))
-        return out
+        r, c = group_shape(n_rows, n_cols, groups)
+        return from_group_diagonal(values.reshape(groups, r, c))
+    out = values.new_zeros(n_rows, n_cols)
     rows = torch.arange(n_rows) // (n_rows // groups)
     cols = torch.arange(n_cols) // (n_cols // groups)
     out[rows[:, None] == cols[None, :]] = values.reshape(-1)
