@@ -49,6 +49,7 @@ _MADV_DONTNEED = 4  # Linux (x86, arm, riscv, ...)
 _PRESENT = np.uint64(1 << 63)
 _SWAPPED = np.uint64(1 << 62)
 _FILE = np.uint64(1 << 61)
+_PAGEMAP = "/proc/self/pagemap"  # 8 bytes per virtual page (kernel: admin-guide/mm/pagemap.rst)
 
 _lock = threading.Lock()
 _starts: list[int] = []            # sorted start addresses of registered storages
@@ -65,7 +66,7 @@ def _setup() -> bool:
     if _libc is not None:
         return True
     try:
-        if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/pagemap"):
+        if not sys.platform.startswith("linux") or not os.path.exists(_PAGEMAP):
             raise OSError("not Linux")
         lib = ctypes.CDLL(None, use_errno=True)
         lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -189,7 +190,7 @@ def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | Non
     """Runs (first page, pages) of [first_page, first_page + count) that are file pages or absent
     and not swapped, read from /proc/self/pagemap; None if it cannot be read."""
     try:
-        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        with open(_PAGEMAP, "rb", buffering=0) as f:
             f.seek(first_page * 8)
             raw = bytearray(count * 8)
             view, got = memoryview(raw), 0
@@ -243,7 +244,7 @@ def resident_file_bytes(t) -> int:
     addr, n = span
     first, last = addr // _page, -(-(addr + n) // _page)
     try:
-        with open("/proc/self/pagemap", "rb", buffering=0) as f:
+        with open(_PAGEMAP, "rb", buffering=0) as f:
             f.seek(first * 8)
             raw = f.read((last - first) * 8)
     except OSError:
