@@ -30,6 +30,9 @@ API
 ``resident_file_bytes(t) -> int``
     Bytes of ``t``'s span whose pages are present and file-backed (for tests and logs).
 
+``GRAPHNN_PAGE_RELEASE=0`` in the environment (read once) switches releasing off, for A/B
+measurements.
+
 Caveat: between reading pagemap and ``madvise`` another thread that writes into a released page
 would lose that write; graphnn's passes only read the weights. Writing into mapped weights while a
 pass runs in another thread is not supported.
@@ -68,6 +71,8 @@ def _setup() -> bool:
     try:
         if not sys.platform.startswith("linux") or not os.path.exists(_PAGEMAP):
             raise OSError("not Linux")
+        if os.environ.get("GRAPHNN_PAGE_RELEASE", "1") == "0":
+            raise OSError("switched off")
         lib = ctypes.CDLL(None, use_errno=True)
         lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         lib.madvise.restype = ctypes.c_int
