@@ -191,6 +191,9 @@ def test_analyse_numbers_equal_in_memory_oracle(tmp_path):
     e_file = graphnn.eigenvector_centrality(g_file)["centrality"].to_numpy()
     assert np.array_equal(e_file, graphnn.eigenvector_centrality(g_mem)["centrality"].to_numpy())
     assert max(_graph_resident(g_file)) <= _FAULT_AROUND
+    j_file = graphnn.strength_variance(g_file, view="block")["J"].to_numpy()
+    assert np.array_equal(j_file, graphnn.strength_variance(g_mem, view="block")["J"].to_numpy())
+    assert max(_graph_resident(g_file)) <= _FAULT_AROUND
 
 
 def test_rss_of_an_analysis_stays_near_one_block(tmp_path):

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..errors import ConvergenceWarning, DisconnectedGraphWarning
 from ..graph import LayeredGraph
 from ..validation import check_bool, check_choice, check_number
@@ -237,6 +238,7 @@ def _small_matrices(placed: list[Placed], n: int, comps: list[np.ndarray]) -> li
             for k in np.unique(which[rg[r[a]]]):
                 sel = which[rg[r[a]]] == k
                 np.add.at(mats[k], (pos[rg[r[a[sel]]]], pos[cg[ci[b[sel]]]]), sub[a[sel], b[sel]])
+        release_pages(getattr(p.block, "w", None))  # rows read from a memory-mapped matrix
     return [m + m.T for m in mats]
 
 

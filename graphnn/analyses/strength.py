@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..graph import Block, LayeredGraph, output_units
 from ..validation import check_bool, check_choice
 from ._blocks import Progress, exact_sums, masked
@@ -175,8 +176,10 @@ def strength_variance(g: LayeredGraph, signed: bool = True, view: str = "layer")
     if view == "block":
         recs = []
         for b in g.blocks.values():
-            t = block_tensor(b)
+            raw = b.tensor()
+            t = block_tensor(b, matrix=masked(b, b.matrix(tensor=raw)) if b.aggregation is None else None, tensor=raw)
             j, vr, vc = tensor_strength_variance(t, signed)
+            release_pages(raw)  # a memory-mapped parameter's pages leave RSS (a no-op otherwise)
             recs.append({"block": b.name, "param": b.param, "rows": int(t.shape[0]),
                          "cols": int(t.numel() // t.shape[0]), "J": j, "var_rows": vr, "var_cols": vc})
         return pd.DataFrame(recs, columns=["block", "param", "rows", "cols", "J", "var_rows", "var_cols"]).astype(
