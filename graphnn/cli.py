@@ -526,26 +526,25 @@ def describe(
         import graphnn
 
         g = graphnn.extract(ckpt, **_extract_kwargs(include, exclude, conv, trust_checkpoint, include_embeddings))
-        cov = _with_name_roles(g.coverage, "name")
+
+        import pandas as pd
+
+        from .analyses.roles import partition_roles, with_roles
+
+        cov = with_roles(g.coverage, "name")
         cols = ["name", "shape", "dtype", "numel", "status", "kind", "reason", "blocks", "layer_index", "role"]
         summary = (f"{len(cov)} parameters, {int((cov['status'] == 'mapped').sum())} mapped "
                    f"({100 * g.coverage_fraction:.1f} % of entries); {len(g.partitions)} layers, "
                    f"{len(g.blocks)} blocks, {g.num_nodes:,} neurons, {g.num_edges:,} edges; "
                    f"topology: {getattr(g, 'topology', None) or 'unknown'}")
-        import pandas as pd
-
-        from .analyses.roles import partition_role
-
-        parts = pd.DataFrame(_partition_records(g), columns=["layer", "size", "kind", "members"])
-        part_roles = [partition_role(p.name, p.kind, p.members) for p in g.partitions.values()]
-        parts["layer_index"] = pd.array([i for i, _ in part_roles], dtype="Int64")
-        parts["role"] = pd.Series([r for _, r in part_roles], index=parts.index, dtype=object)
+        parts = with_roles(pd.DataFrame(_partition_records(g), columns=["layer", "size", "kind", "members"]), "layer",
+                           partition_roles(g))
         blocks = pd.DataFrame([{"block": b.name, "param": b.param, "src": b.src, "dst": b.dst, "n_dst": b.n_dst,
                                 "n_src": b.n_src, "edges": b.num_edges, "kind": b.kind,
                                 "aggregation": b.aggregation, "groups": b.groups} for b in g.blocks.values()],
                               columns=["block", "param", "src", "dst", "n_dst", "n_src", "edges", "kind",
                                        "aggregation", "groups"])
-        blocks = _with_name_roles(blocks, "block")
+        blocks = with_roles(blocks, "block")
         _emit_frame(
             cov[cols], fmt, output, title=str(ckpt), caption=summary,
             meta={"command": "describe", "source": str(ckpt), "coverage_fraction": g.coverage_fraction,
@@ -556,20 +555,6 @@ def describe(
         _log_notes(g)
         if fmt != "table":
             log.info("%s", summary)
-
-
-def _with_name_roles(frame, column: str):
-    """A copy of ``frame`` with ``layer_index`` (nullable Int64) and ``role`` (str or None)
-    appended, read from the names in ``column`` (:func:`graphnn.analyses.roles.name_role`)."""
-    import pandas as pd
-
-    from .analyses.roles import name_role
-
-    out = frame.copy()
-    pairs = [name_role(str(n)) for n in out[column]]
-    out["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
-    out["role"] = pd.Series([r for _, r in pairs], index=out.index, dtype=object)
-    return out
 
 
 def _partition_records(g) -> list[dict]:

@@ -262,3 +262,30 @@ def test_docstring_examples():
 
     result = doctest.testmod(roles)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_with_roles_appends_typed_columns_to_a_copy():
+    """The one helper behind every table's role columns: a copy, the two columns last, nullable
+    Int64 and object; names looked up by name_role (or a mapping / function), once per name."""
+    from graphnn.analyses.roles import role_arrays, with_roles
+
+    names = ["model.layers.3.self_attn.q_proj.weight", "lm_head.weight", "0.weight",
+             "model.layers.3.self_attn.q_proj.weight", None]
+    frame = pd.DataFrame({"name": names, "x": range(5)})
+    out = with_roles(frame, "name")
+    assert list(frame.columns) == ["name", "x"]  # the input is left alone
+    assert list(out.columns) == ["name", "x", "layer_index", "role"]
+    assert out["layer_index"].dtype == pd.Int64Dtype() and out["role"].dtype == object
+    assert out["layer_index"].tolist() == [3, pd.NA, pd.NA, 3, pd.NA]
+    assert out["role"].tolist() == ["q", "head", None, "q", None]
+    # a mapping: names it lacks get no role; NaN / "" / pd.NA from a table are normalised to None
+    mapped = with_roles(frame, "name", {"lm_head.weight": (float("nan"), ""), "0.weight": (7.0, "up")})
+    assert mapped["layer_index"].tolist() == [pd.NA, pd.NA, 7, pd.NA, pd.NA]
+    assert mapped["role"].tolist() == [None, None, "up", None, None]
+    calls = []
+    index, roles = role_arrays(["a", "b", "a", "a"], lambda n: calls.append(n) or (len(n), n))
+    assert sorted(calls) == ["a", "b"] and list(index) == [1, 1, 1, 1] and list(roles) == ["a", "b", "a", "a"]
+    # replacing existing columns keeps their place
+    again = with_roles(out[["name", "layer_index", "role", "x"]], "name", lambda n: (0, "k"))
+    assert list(again.columns) == ["name", "layer_index", "role", "x"]
+    assert again["role"].tolist() == ["k"] * 4 + [None]  # a missing name: no role

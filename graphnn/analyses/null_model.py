@@ -568,18 +568,13 @@ def add_null_roles(g: LayeredGraph, frame: pd.DataFrame) -> pd.DataFrame:
     ``frame``, in place, keyed by its ``layer`` column: a partition's by
     :func:`~graphnn.analyses.roles.partition_role` (its kind and members), a block's by
     :func:`~graphnn.analyses.roles.name_role`; ``None`` for the network row."""
-    from .roles import name_role, partition_role
+    from .roles import partition_roles, role_arrays
 
-    parts = {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
-    blocks: dict[str, tuple] = {}
-    pairs = []
-    for layer, scope in zip(frame["layer"], frame["scope"]):
-        if scope == "layer":
-            pairs.append(parts.get(layer, (None, None)))
-        elif scope == "block":
-            pairs.append(blocks.setdefault(layer, name_role(layer)))
-        else:
-            pairs.append((None, None))
-    frame["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
-    frame["role"] = pd.Series([r for _, r in pairs], index=frame.index, dtype=object)
+    scope = frame["scope"]
+    index, roles = role_arrays(frame["layer"].where(scope == "layer"), partition_roles(g))
+    block_index, block_roles = role_arrays(frame["layer"].where(scope == "block"))
+    blocks = (scope == "block").to_numpy()
+    index[blocks], roles[blocks] = block_index[blocks], block_roles[blocks]
+    frame["layer_index"] = index
+    frame["role"] = pd.Series(roles, index=frame.index, dtype=object)
     return frame

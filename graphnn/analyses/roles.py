@@ -24,8 +24,9 @@ inside a block stack or under an attention/MLP module. Heads (``classifier``, ``
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Iterable
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import numpy as np
 import pandas as pd
@@ -155,17 +156,66 @@ def partition_role(name: str, kind: str = "features", members: Iterable[str] = (
     return (index, role)
 
 
+#: A name -> ``(layer_index, role)`` function, or a ``{name: (layer_index, role)}`` table.
+RoleLookup = Union[Callable[[Any], tuple], Mapping[Any, tuple]]
+
+
+def clean_pair(index: Any, role: Any) -> tuple[int | None, str | None]:
+    """``(layer_index, role)`` as the tables hold them: an ``int`` or ``None`` (for ``None``,
+    ``pd.NA`` and NaN), a non-empty ``str`` or ``None``."""
+    index = None if index is None or index is pd.NA or (isinstance(index, float) and math.isnan(index)) else int(index)
+    if role is None or role is pd.NA or (isinstance(role, float) and math.isnan(role)) or role == "":
+        role = None
+    else:
+        role = str(role)
+    return index, role
+
+
+def role_arrays(names: Iterable, lookup: RoleLookup | None = None) -> tuple[pd.api.extensions.ExtensionArray,
+                                                                            np.ndarray]:
+    """The ``layer_index`` (nullable ``Int64`` array) and ``role`` (object array of str or
+    ``None``) of each name in ``names``: ``lookup(name)`` (default :func:`name_role`), or
+    ``lookup[name]`` for a mapping (``(None, None)`` for names it lacks). Missing names (None,
+    NaN) get ``(None, None)``. Each distinct name is looked up once."""
+    if not isinstance(names, (pd.Series, pd.Index, np.ndarray)):
+        names = np.array(list(names), dtype=object)
+    codes, uniques = pd.factorize(names)
+    lookup = name_role if lookup is None else lookup
+    get = (lambda n: lookup.get(n, (None, None))) if isinstance(lookup, Mapping) else lookup
+    pairs = [clean_pair(*get(n)) for n in uniques] + [(None, None)]  # the last entry: code -1 (missing)
+    index = pd.array([i for i, _ in pairs], dtype="Int64")
+    roles = np.array([r for _, r in pairs], dtype=object)
+    return index[codes], roles[codes]
+
+
+def set_roles_(frame: pd.DataFrame, names: Iterable, lookup: RoleLookup | None = None) -> pd.DataFrame:
+    """Set ``frame``'s ``layer_index`` and ``role`` columns from ``names`` (one per row,
+    :func:`role_arrays`), in place: appended last when new, replaced where they are otherwise.
+    Returns ``frame``."""
+    index, roles = role_arrays(names, lookup)
+    frame["layer_index"] = index
+    frame["role"] = pd.Series(roles, index=frame.index, dtype=object)
+    return frame
+
+
+def with_roles(frame: pd.DataFrame, name_column: str, lookup: RoleLookup | None = None) -> pd.DataFrame:
+    """A copy of ``frame`` with ``layer_index`` (nullable ``Int64``) and ``role`` (str or
+    ``None``) read from its ``name_column`` (:func:`role_arrays`: by default :func:`name_role`
+    of each name; for partitions pass :func:`partition_roles` of the graph)."""
+    return set_roles_(frame.copy(), frame[name_column], lookup)
+
+
+def partition_roles(g) -> dict[str, tuple[int | None, str | None]]:
+    """``{partition name: (layer_index, role)}`` of ``g`` (:func:`partition_role` with each
+    partition's kind and members)."""
+    return {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
+
+
 def add_role_columns(g, neurons: pd.DataFrame, layers: pd.DataFrame, blocks: pd.DataFrame) -> None:
     """Append ``layer_index`` (nullable ``Int64``) and ``role`` (str or ``None``) to the
     neuron, layer and block tables of an analysis of ``g``, in place: neurons and layers by
-    their partition (:func:`partition_role`), blocks by their name (:func:`name_role`)."""
-    by_part = {p.name: partition_role(p.name, p.kind, p.members) for p in g.partitions.values()}
-    none = (None, None)
-    for frame, names, lookup in ((layers, layers["layer"], by_part.get), (blocks, blocks["block"], None),
-                                 (neurons, neurons["layer"], by_part.get)):
-        codes, uniques = pd.factorize(names)  # one lookup per distinct name (neurons: per partition)
-        pairs = [lookup(n, none) if lookup else name_role(n) for n in uniques]
-        index = pd.array([i for i, _ in pairs] + [None], dtype="Int64")  # the last entry: code -1 (none)
-        roles = np.array([r for _, r in pairs] + [None], dtype=object)
-        frame["layer_index"] = index[codes]
-        frame["role"] = pd.Series(roles[codes], index=frame.index, dtype=object)
+    their partition (:func:`partition_roles`), blocks by their name (:func:`name_role`)."""
+    parts = partition_roles(g)
+    set_roles_(layers, layers["layer"], parts)
+    set_roles_(blocks, blocks["block"])
+    set_roles_(neurons, neurons["layer"], parts)

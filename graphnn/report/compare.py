@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..analyses.roles import clean_pair, set_roles_
 from ..errors import InvalidParameterError
 from . import grouping
 
@@ -149,29 +150,19 @@ def block_roles(analyses: Mapping[str, object]) -> dict[str, tuple[int | None, s
     (:func:`graphnn.analyses.roles.name_role` where a table has no role columns)."""
     out: dict[str, tuple[int | None, str | None]] = {}
     for a in analyses.values():
-        for name, pair in _roles_of(a.blocks, "block", grouping.role_function()).items():
+        for name, pair in _roles_of(a.blocks, "block", None).items():
             out.setdefault(name, pair)
     return out
 
 
-def _roles_of(frame: pd.DataFrame | None, key: str, fn) -> dict[str, tuple[int | None, str | None]]:
-    """``{name: (layer_index, role)}`` of one table: its own columns, else ``fn(name)``."""
-    if frame is None or key not in frame.columns:
-        return {}
-    names = frame[key].astype(str)
-    if {"layer_index", "role"} <= set(frame.columns):
-        pairs = zip(frame["layer_index"], frame["role"])
-    elif fn is not None:
-        pairs = (fn(n) for n in names)
-    else:
-        return {}
-    return {n: grouping._clean(li, r) for n, (li, r) in zip(names, pairs)}
+def _roles_of(frame: pd.DataFrame, key: str, fn) -> dict[str, tuple[int | None, str | None]]:
+    """``{name: (layer_index, role)}`` of one table: its own columns, else ``fn(name)``
+    (:func:`graphnn.report.grouping.role_columns`)."""
+    r = grouping.role_columns(frame, key, fn)
+    return {str(n): clean_pair(li, ro) for n, li, ro in zip(r[key], r["layer_index"], r["role"])}
 
 
 def _append_roles(wide: pd.DataFrame, key: str, roles: Mapping[str, tuple]) -> pd.DataFrame:
     """``wide`` with ``layer_index`` (nullable ``Int64``) and ``role`` (str or ``None``) appended,
     looked up by its ``key`` column (``None`` where ``roles`` has no entry)."""
-    pairs = [roles.get(str(n), (None, None)) for n in wide[key]]
-    wide["layer_index"] = pd.array([i for i, _ in pairs], dtype="Int64")
-    wide["role"] = pd.Series([r for _, r in pairs], index=wide.index, dtype=object)
-    return wide
+    return set_roles_(wide, wide[key].astype(str), roles)

@@ -1,17 +1,20 @@
 """Transformer layer index and role of every partition and block, for grouping figures.
 
-The roles come from the analysis tables when they carry ``layer_index`` and ``role`` columns,
-otherwise from :func:`graphnn.analyses.roles.name_role` applied to the names; when neither is
-available (an older graphnn without the roles module) there is no grouping and the report falls
-back to one row per partition.
+The roles come from the analysis tables when they carry ``layer_index`` and ``role`` columns
+(every :func:`graphnn.analyse` table does), otherwise from the names
+(:func:`graphnn.analyses.roles.name_role`, or the partition lookup of
+:func:`partition_role_function`); the columns themselves are made by
+:func:`graphnn.analyses.roles.with_roles`. When the roles module is not available (an older
+graphnn) there is no grouping and the report falls back to one row per partition.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import pandas as pd
+
+from ..analyses.roles import name_role, with_roles as _with_role_columns
 
 RoleFn = Callable[[str], tuple]
 
@@ -19,65 +22,42 @@ RoleFn = Callable[[str], tuple]
 def role_function() -> RoleFn | None:
     """:func:`graphnn.analyses.roles.name_role`, or ``None`` when it is not available."""
     try:
-        from ..analyses.roles import name_role
+        from ..analyses.roles import name_role as fn
     except ImportError:
         return None
-    return name_role
+    return fn
 
 
-def _clean(li, role):
-    if li is None or li is pd.NA or (isinstance(li, float) and math.isnan(li)):
-        li = None
-    else:
-        li = int(li)
-    if role is None or role is pd.NA or (isinstance(role, float) and math.isnan(role)) or role == "":
-        role = None
-    else:
-        role = str(role)
-    return li, role
+def role_columns(frame: pd.DataFrame, name_column: str, fn: RoleFn | None = None) -> pd.DataFrame:
+    """A copy of ``frame`` with ``layer_index`` (nullable Int64) and ``role`` columns: its own
+    (normalised) when it has them, else read from ``name_column`` with ``fn`` (default
+    :func:`~graphnn.analyses.roles.name_role`)."""
+    if {"layer_index", "role"} <= set(frame.columns):
+        own = dict(zip(frame[name_column].astype(str), zip(frame["layer_index"], frame["role"])))
+        return _with_role_columns(frame, name_column, lambda n: own[str(n)])
+    fn = fn or role_function()
+    return _with_role_columns(frame, name_column, (lambda n: fn(str(n))) if fn is not None else name_role)
 
 
 def with_roles(frame: pd.DataFrame, name_column: str, fn: RoleFn | None = None) -> pd.DataFrame | None:
-    """``frame`` with ``layer_index`` (nullable Int64) and ``role`` columns: its own when it has
-    them, else computed from ``name_column`` with ``fn`` (default :func:`role_function`).
-    ``None`` when no role information exists or no row has a layer index."""
+    """:func:`role_columns`, or ``None`` when no row has a layer index (nothing to group by)."""
     if frame is None or name_column not in getattr(frame, "columns", ()):
         return None
-    out = frame.copy()
-    if not {"layer_index", "role"} <= set(out.columns):
-        fn = fn or role_function()
-        if fn is None:
-            return None
-        pairs = [_clean(*fn(str(n))) for n in out[name_column]]
-        out["layer_index"] = pd.array([p[0] for p in pairs], dtype="Int64")
-        out["role"] = [p[1] for p in pairs]
-    else:
-        pairs = [_clean(li, r) for li, r in zip(out["layer_index"], out["role"])]
-        out["layer_index"] = pd.array([p[0] for p in pairs], dtype="Int64")
-        out["role"] = [p[1] for p in pairs]
-    if not out["layer_index"].notna().any():
-        return None
-    return out
-
-
-def role_map(frame: pd.DataFrame | None, name_column: str) -> dict[str, tuple[int | None, str | None]]:
-    """``{name: (layer_index, role)}`` of :func:`with_roles` (empty without roles)."""
-    r = with_roles(frame, name_column) if frame is not None else None
-    if r is None:
-        return {}
-    return {str(n): _clean(li, ro) for n, li, ro in zip(r[name_column], r["layer_index"], r["role"])}
+    out = role_columns(frame, name_column, fn)
+    return out if out["layer_index"].notna().any() else None
 
 
 def is_layered(frame: pd.DataFrame | None, min_layers: int = 2) -> bool:
     """Whether the roles show a layered (transformer-like) model: at least ``min_layers``
-    distinct layer indices."""
+    distinct layer indices (``False`` for ``None``, what :func:`with_roles` gives without)."""
     return frame is not None and frame["layer_index"].dropna().nunique() >= min_layers
 
 
 def partition_role_function(layers: pd.DataFrame | None, graph=None) -> RoleFn | None:
     """A name -> ``(layer_index, role)`` function for partitions:
     :func:`graphnn.analyses.roles.partition_role` with each partition's kind and members (from
-    ``graph``, else the ``kind`` column of ``layers``), or ``None`` without the roles module."""
+    ``graph``, else the ``kind`` column of ``layers`` when it has one), or ``None`` without the
+    roles module."""
     try:
         from ..analyses.roles import partition_role
     except ImportError:

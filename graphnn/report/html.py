@@ -19,6 +19,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from . import figures, grouping, topology
+from ..analyses.roles import clean_pair, name_role, with_roles
 from .compare import available_metrics, compare_blocks, compare_layers, compare_layers_long
 from .definitions import CONV_AGGREGATION, METRICS, describe_column
 from .provenance import Provenance
@@ -131,7 +132,7 @@ def _layer_table(analysis, graph) -> dict:
 
 def _role_text(rec: Mapping) -> str:
     """``3 · q`` (layer index and role), ``stream``, or an en dash."""
-    li, role = grouping._clean(rec.get("layer_index"), rec.get("role"))
+    li, role = clean_pair(rec.get("layer_index"), rec.get("role"))
     if li is None and role is None:
         return "\u2013"
     return " \u00b7 ".join(str(x) for x in (li, role) if x is not None)
@@ -275,11 +276,8 @@ def _neuron_roles(neurons: pd.DataFrame, layers_r: pd.DataFrame | None) -> pd.Da
         return neurons
     if layers_r is None or not _has(neurons, "layer"):
         return None
-    by = {str(n): (li, r) for n, li, r in zip(layers_r["layer"], layers_r["layer_index"], layers_r["role"])}
-    out = neurons.copy()
-    names = out["layer"].astype(str)
-    out["layer_index"] = pd.array(names.map(lambda n: by.get(n, (None, None))[0]).tolist(), dtype="Int64")
-    out["role"] = names.map(lambda n: by.get(n, (None, None))[1]).astype(object)
+    by = dict(zip(layers_r["layer"].astype(str), zip(layers_r["layer_index"], layers_r["role"])))
+    out = with_roles(neurons, "layer", lambda n: by.get(str(n), (None, None)))
     return out if out["layer_index"].notna().any() else None
 
 
@@ -384,16 +382,15 @@ def _null_by_role(null: pd.DataFrame, layers_r: pd.DataFrame | None) -> str | No
     if layers_r is None or not _has(null, "layer", "scope", "metric", "z"):
         return None
     part = {str(n): (li, r) for n, li, r in zip(layers_r["layer"], layers_r["layer_index"], layers_r["role"])}
-    fn = grouping.role_function()
     rows = []
     for r in null.to_dict("records"):
         if r["scope"] == "layer":
             li, role = part.get(str(r["layer"]), (None, None))
-        elif r["scope"] == "block" and fn is not None:
-            li, role = fn(str(r["layer"]))
+        elif r["scope"] == "block":
+            li, role = name_role(str(r["layer"]))
         else:
             continue
-        li, role = grouping._clean(li, role)
+        li, role = clean_pair(li, role)
         if li is not None:
             rows.append({"layer_index": li, "role": role, "panel": f"{r['metric']} [{r['scope']}]", "z": r["z"]})
     if not rows:
