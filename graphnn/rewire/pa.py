@@ -24,10 +24,14 @@ entropy, and ``0`` is an ordinary seed. About 0.2-0.5 s for a 512 x 512 tensor o
 
 ``"fast"``: the same distribution, different draws. Weighted sampling without replacement
 equals sorting ``E_j / p_j`` ascending with ``E_j ~ Exp(1)`` i.i.d. (the exponential race), so each
-row costs one argsort and a few vector operations; all tensors with the same unit-matrix shape,
-dtype and device are processed together (row ``t`` of each at once). CPU tensors run in numpy
-(its SIMD argsort is ~2.5x faster than torch's on the CPU), CUDA tensors in torch. One random
-stream (``np.random.default_rng(seed)`` on the CPU, a ``torch.Generator`` seeded with ``seed``
+row costs one sort and a few vector operations; all tensors with the same unit-matrix shape,
+dtype and device are processed together (row ``t`` of each at once). CPU tensors run in numpy,
+CUDA tensors in torch. On the CPU the columns of a row are put in exactly the ascending order
+of the float64 keys ``E_j / p_j``, equal keys by column index (the lower index is drawn first),
+by a radix sort with an exact fix-up, about 2x faster than numpy's float64 argsort; the pass
+works on a contiguous float32/float64/bfloat16/float16 tensor's own memory, a tile of rows or
+columns at a time (no full-size working copy). One random stream
+(``np.random.default_rng(seed)`` on the CPU, a ``torch.Generator`` seeded with ``seed``
 per CUDA device) serves the whole call, so a tensor's draws depend on which tensors are rewired
 with it; results are reproducible for a seed on a device, and differ between CPU and CUDA.
 """
@@ -49,8 +53,16 @@ MODES = ("faithful", "fast")
 
 #: Float64 entries of exponential draws generated at once per group (fast mode): 32 MB.
 _DRAW_BUDGET = 1 << 22
+#: The same for one matrix on the CPU: 1 MB, still in cache when read (numpy draws a large array
+#: ~1.5x slower per entry). For one matrix the values drawn do not depend on the chunk size
+#: (numpy's stream fills them in order); for a stack they do, so a stack keeps _DRAW_BUDGET.
+_DRAW_BUDGET_ONE = 1 << 17
 #: Entries of stacked unit matrices processed together (fast mode).
 _BATCH_BUDGET = 1 << 25
+#: Entries of the row tile a CPU pass converts and sorts at once (fast mode).
+_TILE_BUDGET = 1 << 20
+#: Odd-even transposition rounds of the exact fix-up of a row's order before it is sorted whole.
+_FIXUP_ROUNDS = 32
 #: Run CPU tensors through the torch (CUDA) code path too; for tests of that path without a GPU.
 _TORCH_ON_CPU = False
 
@@ -87,32 +99,183 @@ def _rewire_faithful_(target: WeightTarget, seed: int | None) -> None:
 # -- fast (exponential race) -------------------------------------------------------------------
 # Weighted sampling without replacement with weights p equals ordering the columns by E_j / p_j
 # ascending, E_j ~ Exp(1) i.i.d. (p needs no normalisation). Rows of a pass stay sequential; the
-# draws, the sorts of the row values and everything across tensors of one shape are batched.
-# On the CPU the pass runs in numpy, whose SIMD argsort is ~2.5x faster than torch's there (and
-# the argsort is most of the work); on CUDA it runs in torch.
+# draws and everything across tensors of one shape are batched. On CUDA the pass runs in torch.
+# On the CPU it runs in numpy, row tile by row tile, on the tensor's own memory where it can:
+#
+# * the column order of a row is exactly ``np.argsort(E / p, kind="stable")`` (float64 keys; equal
+#   keys keep column order), computed as a two-digit radix sort (numpy's 16-bit radix argsort, low
+#   half then high half) of the keys' float32 bit patterns, which order non-negative keys like the
+#   keys themselves except where two keys round to the same float32; those few adjacent pairs
+#   are put in exact float64 order by odd-even transposition (:func:`_exact_order`);
+# * a row's values are sorted in their own dtype (bfloat16/float16 as 16-bit integers whose order
+#   is the values' order: one radix pass) and scattered in float32 (float64 for float64 tensors);
+# * the second pass (over columns) reads and writes tiles of columns: no transposed copy of the
+#   matrix, no sorted copy of it, and for a contiguous CPU tensor no working copy at all.
 
 
-def _pa_pass_race_numpy_(m: np.ndarray, rng: np.random.Generator) -> None:
-    """One PA pass over axis 1 of the stacked matrices ``m`` (B, r, c), in place."""
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return a[idx] if a.ndim == 1 else np.take_along_axis(a, idx, axis=-1)
+
+
+def _radix_argsort_u32(u: np.ndarray) -> np.ndarray:
+    """``np.argsort(u, axis=-1, kind="stable")`` for uint32 ``u`` (1-D or 2-D, contiguous rows)
+    as two stable 16-bit radix argsorts, least significant half first."""
+    halves = u.view(np.uint16)  # little-endian: (low, high) pairs
+    if np.little_endian:
+        lo, hi = halves[..., 0::2], halves[..., 1::2]
+    else:  # pragma: no cover - big-endian hosts
+        lo, hi = halves[..., 1::2], halves[..., 0::2]
+    o1 = np.argsort(lo, axis=-1, kind="stable")
+    return _take(o1, np.argsort(_take(hi, o1), axis=-1, kind="stable"))
+
+
+def _fix_up_(ks: np.ndarray, order: np.ndarray, c: int) -> None:
+    """Sort each length-``c`` segment of the flat ``ks`` (``order`` moved alongside) by exact
+    value, in place, by swapping adjacent strictly descending pairs (odd-even transposition on
+    the descents only): equal keys never pass each other, so their relative order is kept. After
+    :data:`_FIXUP_ROUNDS` rounds a segment still out of order is sorted by a stable argsort."""
+    n = ks.size
+    desc = np.flatnonzero(ks[:-1] > ks[1:])
+    if n != c and desc.size:
+        desc = desc[desc % c != c - 1]  # pairs across two segments are not compared
+    parity = 0
+    for _ in range(_FIXUP_ROUNDS):
+        if not desc.size:
+            return
+        on = (desc & 1) == parity
+        sel, rest = desc[on], desc[~on]
+        parity ^= 1
+        if not sel.size:
+            continue
+        nxt = sel + 1
+        ks[sel], ks[nxt] = ks[nxt], ks[sel]
+        order[sel], order[nxt] = order[nxt], order[sel]
+        cand = np.concatenate((rest, sel - 1, nxt))
+        cand = cand[(cand >= 0) & (cand < n - 1)]
+        if n != c:
+            cand = cand[cand % c != c - 1]
+        cand = np.unique(cand)
+        desc = cand[ks[cand] > ks[cand + 1]]
+    for s in np.unique(desc // c) * c:  # rounds exhausted (many equal float32 keys): exact sort
+        p = np.argsort(ks[s:s + c], kind="stable")
+        ks[s:s + c], order[s:s + c] = ks[s:s + c][p], order[s:s + c][p]
+
+
+def _exact_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, axis=-1, kind="stable")`` for finite float64 ``keys`` (1-D, or 2-D row
+    by row): exact, ties by position; fast for non-negative keys (see the section comment)."""
+    # float32(key) is a non-decreasing function of a key >= 0 (rounding is monotone), and so are
+    # the bits of a non-negative float32
+    with np.errstate(over="ignore"):  # keys above float32's range become inf: still in order
+        bits = keys.astype(np.float32).view(np.uint32)
+    order = _radix_argsort_u32(bits)
+    ks = _take(keys, order)
+    if not (ks[..., 1:] < ks[..., :-1]).any():
+        return order
+    c = keys.shape[-1]
+    if ks.ndim == 1:
+        _fix_up_(ks, order, c)
+    else:
+        flat_k, flat_o = ks.reshape(-1), order.reshape(-1)  # fresh contiguous arrays: views
+        _fix_up_(flat_k, flat_o, c)
+    return order
+
+
+#: ``bits`` kinds: int16 arrays holding the bit patterns of these float dtypes.
+_BITS = ("bfloat16", "float16")
+
+
+def _contiguous_rows(src: np.ndarray) -> np.ndarray:
+    """``src`` (B, k, c) when its rows are contiguous, else a C-contiguous copy made a block of
+    columns at a time (``src`` is then a tile of the transposed matrix: the block stays in cache
+    while the strided reads fill it)."""
+    if src.strides[-1] == src.itemsize:
+        return src
+    out = np.empty(src.shape, src.dtype)
+    for j in range(0, src.shape[-1], 1024):
+        out[..., j:j + 1024] = src[..., j:j + 1024]
+    return out
+
+
+def _float_tile(raw: np.ndarray, bits: str | None) -> np.ndarray:
+    """The values of ``raw`` (contiguous rows) as float32/float64 (``raw`` itself for floats)."""
+    if bits is None:
+        return raw
+    if bits == "bfloat16":  # bfloat16 = the high half of a float32
+        wide = raw.astype(np.int32)
+        wide <<= 16
+        return wide.view(np.float32)
+    return raw.view(np.float16).astype(np.float32)
+
+
+def _store_tile(dst: np.ndarray, tile: np.ndarray, bits: str | None) -> None:
+    """Write a tile back into ``dst`` (exact: its values are the dtype's own)."""
+    if bits is None:
+        if tile is not dst:
+            np.copyto(dst, tile)
+    elif bits == "bfloat16":
+        np.copyto(dst, tile.view(np.int32) >> 16, casting="unsafe")
+    else:
+        np.copyto(dst.view(np.float16), tile, casting="same_kind")
+
+
+def _sorted_rows(raw: np.ndarray, tile: np.ndarray, bits: str | None) -> np.ndarray:
+    """Each row of the tile sorted ascending, as the tile's float dtype. 16-bit patterns are
+    sorted as int16 keys whose order is the values' order (sign-magnitude to two's complement:
+    flip the magnitude bits of negative values) by numpy's radix sort; -0 comes before +0."""
+    if bits is None:
+        return np.sort(tile, axis=-1)
+    x = raw.astype(np.int16, copy=True)
+    flip = x >> 15
+    flip &= 0x7FFF
+    x ^= flip
+    x.sort(axis=-1, kind="stable")
+    np.right_shift(x, 15, out=flip)
+    flip &= 0x7FFF
+    x ^= flip  # the same map undoes itself
+    return _float_tile(x, bits)
+
+
+def _pa_pass_race_numpy_(m: np.ndarray, rng: np.random.Generator, bits: str | None = None) -> None:
+    """One PA pass over axis 1 of the stacked matrices ``m`` (B, r, c), in place; ``m`` may be
+    a strided view (the transpose of the first pass's array). ``m`` holds float32/float64
+    values, or with ``bits`` (``"bfloat16"``, ``"float16"``) int16 bit patterns of those
+    values (pass 1 then works on a bfloat16 tensor's own memory)."""
     b, r, c = m.shape
     if r < 2:
         return
-    sorted_rows = np.sort(m[:, 1:], axis=2)  # a row is only permuted when its turn comes
     acc = np.zeros((b, c), dtype=np.float64)
-    chunk = max(1, _DRAW_BUDGET // (b * c))
+    p = np.empty((b, c), dtype=np.float64)
+    keys = np.empty((b, c), dtype=np.float64)
+    chunk = max(1, (_DRAW_BUDGET if b > 1 else _DRAW_BUDGET_ONE) // (b * c))
+    step = max(1, min(r, _TILE_BUDGET // (b * c)))
     rows = np.arange(b)[:, None]
-    draws, start = None, 0
-    for t in range(1, r):
-        if draws is None or t - start >= draws.shape[1]:
-            start = t
-            draws = rng.standard_exponential(size=(b, min(chunk, r - t), c))
-        acc += m[:, t - 1]
-        p = acc + (np.abs(acc.min(axis=1, keepdims=True)) + 1.0)
-        order = np.argsort(draws[:, t - start] / p, axis=1)
-        if b == 1:
-            m[0, t, order[0]] = sorted_rows[0, t - 1]
-        else:
-            m[rows, t, order] = sorted_rows[:, t - 1]
+    draws, buf, start, prev = None, None, 0, None
+    for t0 in range(0, r, step):
+        src = m[:, t0:t0 + step]
+        raw = _contiguous_rows(src)
+        tile = _float_tile(raw, bits)
+        srt = _sorted_rows(raw, tile, bits)  # a row is only permuted when its turn comes
+        for i in range(tile.shape[1]):
+            t = t0 + i
+            if t == 0:
+                continue
+            if draws is None or t - start >= draws.shape[1]:
+                start, n = t, min(chunk, r - t)
+                if buf is None or n != chunk:
+                    buf = np.empty((b, n, c), dtype=np.float64)
+                draws = rng.standard_exponential(out=buf)  # into a reused, cache-sized buffer
+            acc += tile[:, i - 1] if i else prev
+            if b == 1:  # 1-D views: fewer and cheaper numpy calls (the same arithmetic)
+                np.add(acc[0], abs(acc[0].min()) + 1.0, out=p[0])
+                np.divide(draws[0, t - start], p[0], out=keys[0])
+                tile[0, i][_exact_order(keys[0])] = srt[0, i]
+            else:
+                np.add(acc, np.abs(acc.min(axis=1, keepdims=True)) + 1.0, out=p)
+                np.divide(draws[:, t - start], p, out=keys)
+                tile[rows, i, _exact_order(keys)] = srt[:, i]
+        prev = tile[:, -1].copy()
+        _store_tile(src, tile, bits)
 
 
 def _pa_pass_race_torch_(m: torch.Tensor, gen: torch.Generator) -> None:
@@ -135,11 +298,11 @@ def _pa_pass_race_torch_(m: torch.Tensor, gen: torch.Generator) -> None:
         m[:, t].scatter_(1, order, sorted_rows[:, t - 1])
 
 
-def _two_passes_numpy_(m: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    _pa_pass_race_numpy_(m, rng)
-    mt = np.ascontiguousarray(m.transpose(0, 2, 1))
-    _pa_pass_race_numpy_(mt, rng)
-    return mt.transpose(0, 2, 1)
+def _two_passes_numpy_(m: np.ndarray, rng: np.random.Generator, bits: str | None = None) -> np.ndarray:
+    """Both passes on ``m`` (B, r, c) in place (the second on its transpose, a view); returns ``m``."""
+    _pa_pass_race_numpy_(m, rng, bits)
+    _pa_pass_race_numpy_(m.transpose(0, 2, 1), rng, bits)
+    return m
 
 
 def _two_passes_torch_(m: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -147,6 +310,45 @@ def _two_passes_torch_(m: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     mt = m.transpose(1, 2).contiguous()
     _pa_pass_race_torch_(mt, gen)
     return mt.transpose(1, 2)
+
+
+#: torch dtypes the CPU pass works on in place (int16 bit patterns for the 16-bit floats).
+_NUMPY_KIND = {torch.float32: None, torch.float64: None, torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def _numpy_of(t: torch.Tensor) -> np.ndarray:
+    """A numpy array on ``t``'s memory (a CPU tensor of a dtype in :data:`_NUMPY_KIND`)."""
+    return t.numpy() if _NUMPY_KIND[t.dtype] is None else t.view(torch.int16).numpy()
+
+
+def _rewire_batch_numpy_(batch: list[tuple[WeightTarget, torch.Tensor]], rng: np.random.Generator) -> None:
+    """Both passes on the CPU for tensors of one unit shape and dtype. One tensor is rewired on
+    its own memory when its unit matrix is a view of it (no working copy); several are stacked
+    into one array (a copy in their dtype) and written back. Other dtypes (float8) go through a
+    float32 copy."""
+    dtype = batch[0][1].dtype
+    work = [u.detach().to("cpu") for _, u in batch]  # no copy for a CPU tensor
+    if dtype not in _NUMPY_KIND:
+        work = [w.to(torch.float32) for w in work]
+    kind = _NUMPY_KIND[work[0].dtype]
+    if len(work) == 1:
+        _two_passes_numpy_(_numpy_of(work[0])[None], rng, kind)
+    else:
+        stacked = _two_passes_numpy_(np.stack([_numpy_of(w) for w in work]), rng, kind)
+        work = [torch.from_numpy(stacked[k]) for k in range(len(work))]
+        if kind is not None:
+            work = [w.view(torch.float16 if kind == "float16" else torch.bfloat16) for w in work]
+    for (tg, u), w in zip(batch, work):
+        if w.untyped_storage().data_ptr() != tg.tensor.untyped_storage().data_ptr():
+            tg.write_units_(w.to(u.device, u.dtype))
+        # else: w is a view of the tensor (its unit matrix), rewired in place
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in ``t``, checked a few million entries at a time (no full-size mask)."""
+    flat = t.detach().reshape(-1)
+    step = 1 << 22
+    return all(bool(torch.isfinite(flat[i:i + step]).all()) for i in range(0, flat.numel(), step))
 
 
 def _rewire_fast_(targets: list[WeightTarget], seed: int | None, device) -> None:
@@ -162,18 +364,16 @@ def _rewire_fast_(targets: list[WeightTarget], seed: int | None, device) -> None
         for i in range(0, len(members), per_batch):
             batch = members[i : i + per_batch]
             if torch.device(dev).type == "cpu" and not _TORCH_ON_CPU:
-                work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-                m = np.stack([u.detach().to("cpu", work).numpy() for _, u in batch])
-                out = torch.from_numpy(_two_passes_numpy_(m, rng))
-            else:
-                if dev not in gens:
-                    gens[dev] = torch.Generator(device=dev)
-                    if seed is None:
-                        gens[dev].seed()
-                    else:
-                        gens[dev].manual_seed(seed)
-                m = torch.stack([u.detach().to(dev) for _, u in batch])
-                out = _two_passes_torch_(m, gens[dev])
+                _rewire_batch_numpy_(batch, rng)
+                continue
+            if dev not in gens:
+                gens[dev] = torch.Generator(device=dev)
+                if seed is None:
+                    gens[dev].seed()
+                else:
+                    gens[dev].manual_seed(seed)
+            m = torch.stack([u.detach().to(dev) for _, u in batch])
+            out = _two_passes_torch_(m, gens[dev])
             for k, (tg, u) in enumerate(batch):
                 tg.write_units_(out[k].to(u.device, u.dtype))
 
@@ -201,7 +401,7 @@ def rewire_targets_(targets: list[WeightTarget], seed=None, mode: str = "faithfu
     check_choice("mode", mode, MODES)
     device = _check_device(device, mode)
     for tg in targets:
-        if not bool(torch.isfinite(tg.tensor.detach()).all()):
+        if not _all_finite(tg.tensor):
             raise ValueError(
                 f"{tg.name} has NaN/Inf weights: PA rewiring needs finite weights (initialise the "
                 "layer first, or exclude it with exclude=...)"
