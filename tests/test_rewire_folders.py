@@ -214,6 +214,42 @@ def test_shards_are_processed_one_at_a_time(tmp_path, monkeypatch):
     assert len(reads) == len(set(reads)) == n_shards
 
 
+def test_each_shard_header_is_parsed_once_in_the_shard_loop(tmp_path, monkeypatch):
+    """Reading and writing a rewired safetensors shard parse its header once (the reader hands
+    it to the streamed writer), and the library's own parser is not called for it there."""
+    import safetensors
+
+    import graphnn.extract.checkpoints as cks
+    import graphnn.rewire.checkpoint as ck
+
+    src = tmp_path / "m"
+    save_folder(llama(tie=False), src, "safetensors")
+    shards = sorted(p.name for p in src.glob("*.safetensors"))
+    parsed, opened = [], []
+    real_header, real_open, real_read = cks.safetensors_header, safetensors.safe_open, ck._read_shard
+    monkeypatch.setattr(cks, "safetensors_header", lambda path: parsed.append(Path(path).name) or real_header(path))
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, *a, **k: opened.append(Path(path).name) or
+                        real_open(path, *a, **k))
+
+    def loop_only(*a, **k):  # count from the first shard read on (selection reads headers too)
+        if not getattr(loop_only, "started", False):
+            parsed.clear(), opened.clear()
+            loop_only.started = True
+        return real_read(*a, **k)
+
+    monkeypatch.setattr(ck, "_read_shard", loop_only)
+    rewire_checkpoint(src, tmp_path / "o", method="pa", seed=0)
+    assert sorted(parsed) == shards, parsed
+    assert not opened, opened
+    from safetensors.torch import load_file
+    rewired = []
+    for name in shards:  # the output still loads, with the rewired values written
+        out, before = load_file(tmp_path / "o" / name), load_file(src / name)
+        assert out.keys() == before.keys()
+        rewired += [name] * any(not torch.equal(out[k], before[k]) for k in out)
+    assert len(rewired) >= 2, "shards written by the streamed writer (not copied whole) are among them"
+
+
 def test_folder_output_is_atomic_and_never_the_input(tmp_path, monkeypatch):
     import graphnn.rewire.checkpoint as ck
 

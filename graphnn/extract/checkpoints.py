@@ -481,14 +481,17 @@ def read_tensor(path: str | os.PathLike, header: SafetensorsHeader, name: str) -
 
 
 def write_safetensors_like(source: str | os.PathLike, dest: str | os.PathLike, replaced: Mapping[str, torch.Tensor],
-                           metadata: Mapping[str, str] | None = None) -> None:
+                           metadata: Mapping[str, str] | None = None,
+                           header: SafetensorsHeader | None = None) -> None:
     """Write ``dest`` as a copy of the safetensors file ``source`` in which the tensors in
     ``replaced`` (same dtype and shape as stored) take new values, streamed: the other tensors'
     bytes are copied file to file (``copy_file_range``/``sendfile`` where the kernel has them) and
     the replaced ones written from their own memory, so no tensor is copied in memory. The layout
-    (names, order, offsets) is the source's; ``metadata`` replaces the ``__metadata__``. Not
-    atomic: write to a temporary name (see :func:`graphnn.atomic.atomic_write`)."""
-    header = safetensors_header(source)
+    (names, order, offsets) is the source's; ``metadata`` replaces the ``__metadata__``;
+    ``header``: ``source``'s :func:`safetensors_header`, when the caller has parsed it already.
+    Not atomic: write to a temporary name (see :func:`graphnn.atomic.atomic_write`)."""
+    if header is None:
+        header = safetensors_header(source)
     for name, t in replaced.items():
         raw, shape, _, _ = header.tensors[name]
         if tuple(t.shape) != shape or t.dtype != _SAFETENSORS_DTYPES.get(raw):

@@ -50,7 +50,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -65,6 +65,9 @@ from .hcore_init import SCOPES, _check_gamma, _core_vectors, compute_cores, endp
 from .inits import MATCH, check_init, init_name
 from .pa import _check_seed, rewire_targets_
 from .variance_search import search_targets_
+
+if TYPE_CHECKING:
+    from ..extract.checkpoints import SafetensorsHeader
 
 METHODS = ("pa", "variance-search", "hcore")
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -535,18 +538,20 @@ def _folder_layout(folder: Path) -> tuple[list[str], str | None]:
 
 
 def _read_shard(path: Path, trust: bool, wanted: Callable[[Iterable[str]], set[str]] | None = None
-                ) -> tuple[dict, dict | None]:
-    """A shard's tensors and (safetensors) metadata. For safetensors with ``wanted`` (names ->
-    the names to read), only those are read, each into its own memory (``pread``, no memory
-    map); the others are shape-and-dtype placeholders on the ``meta`` device, which
-    :func:`_write_shard` copies from the file byte for byte. Pickle shards are read whole."""
-    from graphnn.extract.checkpoints import _safe_open, read_tensor, require_regular_file, safetensors_header, torch_load
+                ) -> tuple[dict, SafetensorsHeader | None]:
+    """A shard's tensors and, for safetensors, its parsed header
+    (:func:`~graphnn.extract.checkpoints.safetensors_header`, which checks it; parsed once and
+    handed on to :func:`_write_shard`). For safetensors with ``wanted`` (names -> the names to
+    read), only those are read, each into its own memory (``pread``, no memory map); the others
+    are shape-and-dtype placeholders on the ``meta`` device, which :func:`_write_shard` copies
+    from the file byte for byte. Names come in sorted order (as ``safe_open(...).keys()``).
+    Pickle shards are read whole (header ``None``)."""
+    from graphnn.extract.checkpoints import read_tensor, require_regular_file, safetensors_header, torch_load
 
     require_regular_file(path, "shard")
     if path.suffix in _SAFETENSORS:
-        with _safe_open(path) as f:  # the library validates the header first
-            names = list(f.keys())
         header = safetensors_header(path)
+        names = sorted(header.tensors)
         read = set(names) if wanted is None else wanted(names)
         sd = {}
         for n in names:
@@ -555,7 +560,7 @@ def _read_shard(path: Path, trust: bool, wanted: Callable[[Iterable[str]], set[s
                 sd[n] = read_tensor(path, header, n)
             else:
                 sd[n] = torch.empty(shape, dtype=_dtype_of(raw), device="meta")
-        return sd, dict(header.metadata)
+        return sd, header
     obj = torch_load(path, trust=trust)
     if not isinstance(obj, dict):
         raise InvalidParameterError(f"{path} holds a {type(obj).__name__}, not a state_dict shard")
@@ -563,14 +568,15 @@ def _read_shard(path: Path, trust: bool, wanted: Callable[[Iterable[str]], set[s
 
 
 def _write_shard(sd: dict, metadata: dict | None, path: Path, source: Path | None = None,
-                 changed: Iterable[str] = ()) -> None:
+                 changed: Iterable[str] = (), header: SafetensorsHeader | None = None) -> None:
     """Write one output shard. Safetensors with ``source``: streamed as a copy of ``source`` with
     the ``changed`` tensors of ``sd`` replaced (:func:`~graphnn.extract.checkpoints.write_safetensors_like`:
-    the other tensors are copied file to file, never held in memory)."""
+    the other tensors are copied file to file, never held in memory); ``header`` is ``source``'s
+    parsed header when the caller has it."""
     from graphnn.extract.checkpoints import write_safetensors, write_safetensors_like
 
     if path.suffix in _SAFETENSORS and source is not None:
-        write_safetensors_like(source, path, {n: sd[n] for n in changed}, metadata)
+        write_safetensors_like(source, path, {n: sd[n] for n in changed}, metadata, header=header)
     elif path.suffix in _SAFETENSORS:
         write_safetensors(sd, path, metadata)
     else:
@@ -605,15 +611,15 @@ def _rewire_folder(in_dir, out_dir, method, seed, selection, work, record, trust
                 progress("rewire", i, len(shards))
             src = in_dir / shard
             safetensors = src.suffix in _SAFETENSORS
-            sd, meta = _read_shard(src, trust, plan.pending) if safetensors else _read_shard(src, trust)
+            sd, header = _read_shard(src, trust, plan.pending) if safetensors else _read_shard(src, trust)
             names = list(sd)
             changed = plan.apply(sd, owned=safetensors)
             tensors += _tensor_records(((n, sd[n]) for n in names), plan, changed)
             dest = tmp_dir / shard
             dest.parent.mkdir(parents=True, exist_ok=True)
             if changed:
-                _write_shard(sd, {**(meta or {}), **_metadata(record)} if meta is not None else None, dest,
-                             source=src if safetensors else None, changed=changed)
+                meta = {**header.metadata, **_metadata(record)} if header is not None else None
+                _write_shard(sd, meta, dest, source=src if safetensors else None, changed=changed, header=header)
             else:
                 shutil.copyfile(in_dir / shard, dest)
             del sd
