@@ -19,8 +19,12 @@ Structure, in the order the constructor resolves it:
 
 Values are float64 for float64 weights and float32 otherwise (exact copies of float32/bf16/fp16
 weights); the callers accumulate in float64 (numpy upcasts ``s -= line`` element by element).
-bf16/fp16 matrices (which numpy cannot view) are read a line at a time (:class:`TorchLines`),
-their transposed copy kept in their own dtype: never a full-size float32 copy.
+bf16 and fp16 matrices are never copied to float32: their rows are numpy views of the weights
+themselves (bf16 as its raw ``uint16`` patterns, ``encoding="bf16"``, turned into ``|w|`` in float32
+by a shift and a mask, exactly; fp16 as numpy ``float16``), their columns a transposed copy in the
+same 16-bit form made only when the peeling first needs one (:class:`._columns.TransposedLines`:
+in memory while :data:`TRANSPOSE_BUDGET_BYTES` allows, beyond it in a temporary file). float8
+matrices are read a line at a time through torch (:class:`TorchLines`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ import numpy as np
 import torch
 
 from ._blocks import _REDUCIBLE, AbsBlock, Placed
+from ._columns import MemoryBudget, TransposedLines, numpy_bits
 
 #: Transposed copies of the column side are made while their total stays below this many bytes;
-#: beyond it the columns are strided views of the (row-major) matrix: slower, no extra memory.
+#: beyond it the columns are strided views of the (row-major) matrix (float32/float64: slower, no
+#: extra memory) or, for bf16/fp16, a transposed copy in a temporary file (:mod:`._columns`).
 TRANSPOSE_BUDGET_BYTES = 1 << 29
+#: numpy view of the 16-bit float dtypes numpy reads line by line (bf16: raw patterns).
+_BITS = {torch.bfloat16: (np.dtype(np.uint16), "bf16"), torch.float16: (np.dtype(np.float16), "")}
 
 
 @dataclass
@@ -45,7 +53,9 @@ class LineEnd:
     ``v``; ``-1``: no edges); they go to node-space neurons ``t_start + group_off(v) + j`` for
     ``j < lines.shape[1]`` (``targets is None``) or to ``targets`` (injective node-space
     indices). Grouped ends: ``group_off(v) = (line // group_lines) * group_width``. ``absolute``:
-    the lines are signed weights (a view of the parameter) whose ``|.|`` is taken on use."""
+    the lines are signed weights (a view of the parameter) whose ``|.|`` is taken on use.
+    ``encoding="bf16"``: the lines are bf16 bit patterns (``uint16``; float32 bits = pattern << 16).
+    ``lines`` may be a :class:`._columns.TransposedLines`, made on first use (:meth:`matrix`)."""
 
     name: str
     start: int
@@ -60,14 +70,24 @@ class LineEnd:
     absolute: bool = False
     #: the node range of the whole target partition
     t_part: tuple[int, int] = (0, 0)
+    encoding: str = ""
+
+    def matrix(self) -> np.ndarray:
+        """The lines as an array (a lazily made transposed copy is made now)."""
+        if isinstance(self.lines, TransposedLines):
+            return self.lines.get()
+        return self.lines
 
     def line(self, v: int) -> tuple[np.ndarray | None, int, np.ndarray | None]:
-        """``(values, target_start, targets)`` of local neuron ``v`` (``values`` None: no edges)."""
+        """``(values, target_start, targets)`` of local neuron ``v`` (``values`` None: no edges;
+        else float32/float64 |w|)."""
         i = v if self.line_of is None else int(self.line_of[v])
         if i < 0:
             return None, 0, None
-        vals = self.lines[i]
-        if self.absolute:
+        vals = self.matrix()[i]
+        if self.encoding == "bf16":
+            vals = bf16_abs(vals)
+        elif self.absolute:
             vals = np.abs(vals)
         t0 = self.t_start + (i // self.group_lines) * self.group_width if self.group_lines else self.t_start
         return vals, t0, self.targets
@@ -77,6 +97,14 @@ class LineEnd:
         if self.targets is not None:
             return (int(self.targets.min()), int(self.targets.max()) + 1) if self.targets.size else (0, 0)
         return self.t_start, self.t_start + self.lines.shape[1]
+
+
+def bf16_abs(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``|w|`` in float32 of bf16 patterns (``uint16``), exactly: a bf16 number is the top half of
+    the float32 of the same value, so its bits shifted left by 16, with the sign bit cleared."""
+    wide = np.left_shift(bits, 16, dtype=np.uint32, out=out)
+    np.bitwise_and(wide, np.uint32(0x7FFF0000), out=wide)
+    return wide.view(np.float32)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -172,17 +200,6 @@ def _fold(a: np.ndarray, index: np.ndarray | None, size: int, axis: int) -> tupl
     return out, uniq, False
 
 
-class _Budget:
-    def __init__(self, nbytes: int):
-        self.left = nbytes
-
-    def take(self, nbytes: int) -> bool:
-        if nbytes <= self.left:
-            self.left -= nbytes
-            return True
-        return False
-
-
 def _end(name: str, a: np.ndarray, absolute: bool, start: int, size: int, t_start: int, t_size: int,
          own_map: np.ndarray | None, other_map: np.ndarray | None, groups: int) -> LineEnd:
     """The end whose lines are the rows of ``a`` (``(lines, width)``)."""
@@ -210,7 +227,7 @@ def _end(name: str, a: np.ndarray, absolute: bool, start: int, size: int, t_star
                    t_part=(t_start, t_start + t_size))
 
 
-def _rows_beside_copy(b: AbsBlock, budget: _Budget) -> np.ndarray | None:
+def _rows_beside_copy(b: AbsBlock, budget: MemoryBudget) -> np.ndarray | None:
     """The destination lines of a block held as a transposed |w| copy ``t`` whose signed matrix
     is at hand (:attr:`AbsBlock.signed_rows`; |w| weighting, no mask or index map, float32/64):
     ``|w|`` read row by row (contiguous, in ``t``'s dtype: the same values as ``t``), instead of
@@ -227,12 +244,13 @@ def _rows_beside_copy(b: AbsBlock, budget: _Budget) -> np.ndarray | None:
     return rows
 
 
-def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, binary: bool = False) -> list[LineEnd]:
+def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: bool = False) -> list[LineEnd]:
     """Both ends of every placed block (the destination end's lines are rows, the source end's
-    columns). The column side is a transposed contiguous copy while ``budget_bytes`` allows.
+    columns). The column side is a transposed contiguous copy while ``budget_bytes`` (default
+    :data:`TRANSPOSE_BUDGET_BYTES`, read at the call) allows.
     ``binary``: the blocks are weighted 0/1 (a threshold); lines are then unsigned integers
     (uint8 0/1, or int64 counts where an index map adds parallel edges)."""
-    budget = _Budget(budget_bytes)
+    budget = MemoryBudget(TRANSPOSE_BUDGET_BYTES if budget_bytes is None else budget_bytes)
     ends = []
     for p in placed:
         b = p.block
@@ -254,8 +272,16 @@ def line_ends(placed: list[Placed], budget_bytes: int = TRANSPOSE_BUDGET_BYTES, 
             ends.append(_end(b.name, _numpy(b.t), False, p.src_off, b.n_src, p.dst_off, b.n_dst, None, None, 1))
             continue
         mat, signed = _weighted_matrix(b, binary)
+        if signed and mat.dtype in _BITS and b._src_map is None and b._dst_map is None:
+            # bf16/fp16: rows are views of the weights, columns a transposed copy made when first read
+            kind, encoding = _BITS[mat.dtype]
+            ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, numpy_bits(mat, kind),
+                                absolute=True, t_part=(p.src_off, p.src_off + b.n_src), encoding=encoding))
+            ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TransposedLines(mat, kind, budget),
+                                absolute=True, t_part=(p.dst_off, p.dst_off + b.n_dst), encoding=encoding))
+            continue
         if signed and mat.dtype not in (torch.float32, torch.float64) and b._src_map is None \
-                and b._dst_map is None:  # bf16/fp16: lines converted as they are read
+                and b._dst_map is None:  # float8: lines converted as they are read
             t_mat = mat.t()
             if budget.take(t_mat.numel() * t_mat.element_size()):
                 t_mat = t_mat.contiguous()

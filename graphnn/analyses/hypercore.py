@@ -32,6 +32,7 @@ integer cores are computed by the bucket peeling of :mod:`.kcore`, a whole level
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,7 +44,9 @@ from ..graph import LayeredGraph
 from ..validation import check_choice, check_number
 from ._blocks import (AbsBlock, NodeSpace, Placed, Progress, Weighting, _uniform_groups, load_abs_blocks,
                       place, resolve_device, resolve_dtype)
+from .._pages import release_pages
 from ._chunkmin import SegmentMin, segment_cuts
+from ._columns import TransposedLines
 from ._lines import LineEnd, line_ends
 from .kcore import core_numbers
 from .strength import neuron_frame
@@ -69,18 +72,22 @@ def initial_strengths(n: int, placed: Sequence[Placed]) -> np.ndarray:
 class _Partition:
     """The block ends of one partition of the node space, as the peeling loop reads them.
 
-    ``ends``: a tuple per end whose lines are vectors; ``scalar``: ends with one edge per line
-    (a depthwise conv), as Python lists of weight, target node and target segment per line, so
-    that such a removal is a few scalar operations and keeps the segment minimum exact without a
-    pass; ``spans``: the segment spans (:meth:`SegmentMin.span`) of the target partitions that a
-    removal here always changes, contiguous ones merged (grouped vector ends change one group: a
-    span per group)."""
+    ``ends``: a list per end whose lines are vectors (``[start, lines, line_of, kind, target,
+    absolute, group_lines, views, gspans, target_partition, lazy, line_bytes, out, value,
+    t_start]``; ``kind`` 3 and 4: bf16 patterns and fp16 lines, whose ``lines`` may be made on
+    first use from ``lazy`` (:func:`_materialise`)); ``scalar``: ends with one edge per line (a depthwise conv), as Python lists
+    of weight, target node and target segment per line, so that such a removal is a few scalar
+    operations and keeps the segment minimum exact without a pass; ``spans``: the segment spans
+    (:meth:`SegmentMin.span`) of the target partitions that a removal here always changes,
+    contiguous ones merged (grouped vector ends change one group: a span per group), with the
+    partitions each covers (a span whose partitions are all removed is skipped)."""
 
     __slots__ = ("ends", "scalar", "spans")
 
-    def __init__(self, ends: list[LineEnd], heap: SegmentMin):
+    def __init__(self, ends: list[LineEnd], heap: SegmentMin, pid: list[int], wide: dict):
         self.ends, self.scalar = [], []
         for e in ends:
+            tp = pid[e.t_part[0]] if e.t_part[1] > e.t_part[0] else -1
             if e.group_lines and e.group_width == 1:
                 lines = np.abs(e.lines[:, 0]) if e.absolute else e.lines[:, 0]
                 where = e.t_start + np.arange(e.lines.shape[0]) // e.group_lines
@@ -89,40 +96,108 @@ class _Partition:
                 continue
             sv = heap.v
             if e.targets is not None:
-                self.ends.append((e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None))
+                self.ends.append([e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None, tp])
             elif e.group_lines:
                 groups = e.lines.shape[0] // e.group_lines
                 w = e.group_width
                 views = [sv[e.t_start + q * w:e.t_start + (q + 1) * w] for q in range(groups)]
                 gspans = [heap.span(e.t_start + q * w, e.t_start + (q + 1) * w) for q in range(groups)] if w else None
-                self.ends.append((e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans))
+                self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp])
+            elif isinstance(e.lines, TransposedLines) or e.lines.dtype.itemsize == 2:
+                width = e.lines.shape[1]
+                view = sv[e.t_start:e.t_start + width]
+                lazy = e.lines if isinstance(e.lines, TransposedLines) else None
+                kind = 3 if e.encoding == "bf16" else 4
+                out, value = _buffers(wide, kind, width)
+                self.ends.append([e.start, None if lazy else e.lines, e.line_of, kind, view, True, 0, None, None, tp,
+                                  lazy, 2 * width, out, value, e.t_start])
             else:
                 view = sv[e.t_start:e.t_start + e.lines.shape[1]]
-                self.ends.append((e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None))
-        merged: list[list[int]] = []
+                self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp])
+        merged: list[list] = []
         for lo, hi in sorted({e.t_part for e in ends if not e.group_lines and e.t_part[1] > e.t_part[0]}):
             if merged and lo <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], hi)
+                merged[-1][2].append(pid[lo])
             else:
-                merged.append([lo, hi])
+                merged.append([lo, hi, [pid[lo]]])
         self.spans = []
-        for lo, hi in merged:
+        for lo, hi, parts in merged:
             j0, j1, a, b, rel = heap.span(lo, hi)
-            self.spans.append((j0, j1, heap.v[a:b], rel))
+            self.spans.append((j0, j1, heap.v[a:b], rel, tuple(parts)))
 
 
-def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]) -> tuple[list[int], list[_Partition], SegmentMin]:
-    """``(pid, parts, heap)``: the partition (index into ``parts``, -1: no block end) of every
-    node, and the segment minima of ``s0`` cut at the partitions."""
+def _buffers(wide: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], kind: int, width: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, value)`` buffers of a 16-bit line of ``width`` (shared by the ends of one kind and
+    width): bf16 (kind 3): float32 words whose low halves stay 0, the sign-cleared patterns
+    written to their high halves (``out``), read as float32 (``value``): ``|w|`` exactly; fp16:
+    one float16 buffer."""
+    key = (kind, width)
+    if key not in wide:
+        if kind == 3:
+            words = np.zeros(2 * width, dtype=np.uint16)
+            wide[key] = (words[_HIGH::2], words.view(np.float32))
+        else:
+            half = np.zeros(width, dtype=np.float16)
+            wide[key] = (half, half)
+    return wide[key]
+
+
+def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
+    """Make a lazy 16-bit end's lines (its first read): the transposed copy, of the targets still
+    alive only when fewer than half are (the end then reads ``s[targets]``: kinds 5 and 6)."""
+    lazy = e[10]
+    lines = lazy.get(alive=e[4] != np.inf)
+    if lazy.targets is not None:
+        width = lines.shape[1]
+        e[3] = e[3] + 2
+        e[4] = e[14] + lazy.targets
+        e[11] = 2 * width
+        e[12], e[13] = _buffers(wide, e[3] - 2, width)
+    e[1] = lines
+    return lines
+
+
+def _free(ends: list[list]) -> None:
+    """Free the made copies of lazy ends that will not be read again."""
+    for e in ends:
+        if e[1] is not None:
+            e[1] = None
+            e[10].close()
+
+
+def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]
+                    ) -> tuple[list[int], list[_Partition], SegmentMin, list[int], list[list], dict]:
+    """``(pid, parts, heap, sizes, closers, buffers)``: the partition (index into ``parts``, -1:
+    no block end) of every node, the segment minima of ``s0`` cut at the partitions, each
+    partition's size (one more entry, 1, for ends whose target partition is empty), per
+    partition the lazy ends whose copies are useless once it has no neuron left (its own ends
+    and those reaching it), and the line buffers."""
     starts = sorted({(e.start, e.size) for e in ends})
     ranges = [(a, a + size) for a, size in starts] + [e.t_part for e in ends]
     heap = SegmentMin(s0, segment_cuts(n, ranges))
-    pid = np.full(n, -1, dtype=np.int64)
-    parts = []
+    pid_np = np.full(n, -1, dtype=np.int64)
     for k, (start, size) in enumerate(starts):
-        pid[start:start + size] = k
-        parts.append(_Partition([e for e in ends if e.start == start], heap))
-    return pid.tolist(), parts, heap
+        pid_np[start:start + size] = k
+    pid = pid_np.tolist()
+    wide: dict = {}
+    parts = [_Partition([e for e in ends if e.start == start], heap, pid, wide) for start, _ in starts]
+    closers: list[list] = [[] for _ in range(len(starts) + 1)]
+    for k, part in enumerate(parts):
+        for e in part.ends:
+            if e[3] >= 3 and e[10] is not None:
+                closers[k].append(e)
+                closers[e[9]].append(e)
+    return pid, parts, heap, [size for _, size in starts] + [1], closers, wide  # [1]: target of empty ends
+
+
+#: Index of the high 16-bit half of a float32 word in memory.
+_HIGH = 1 if sys.byteorder == "little" else 0
+
+#: Mapped weight bytes (and bytes of spilled transposed copies) the peeling reads between two
+#: releases of their resident pages (:func:`graphnn._pages.release_pages`, :meth:`TransposedLines.release`).
+PAGE_BUDGET_BYTES = 1 << 30
 
 
 def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None, tie_rtol: float = TIE_RTOL,
@@ -138,21 +213,53 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     removal, most often from the same segment, then reads without a search; a depthwise update
     keeps both exact by a comparison): the work of a removal is its own edges plus a few
     numpy calls per block end, for any number of blocks or levels, and every sum is done in the
-    same order on every machine. ``device`` is accepted for symmetry with the other analyses: the
-    peeling runs on the CPU.
+    same order on every machine. A line whose target partition has no neuron left is not read
+    (it would only change removed neurons): the last partitions to go, often the widest (a
+    transformer's residual stream), never need their columns. bf16/fp16 lines are turned into
+    float32 |w| in a reused buffer (exact); their transposed copies are made when first read
+    and freed at the end (:mod:`._columns`), and the resident pages of the mapped weights and of
+    spilled copies are released every :data:`PAGE_BUDGET_BYTES` read. ``device`` is accepted for
+    symmetry with the other analyses: the peeling runs on the CPU.
     """
     if n == 0:
         return np.zeros(0)
     s0 = initial_strengths(n, placed)
     tol = (s0 * tie_rtol).tolist()
-    pid, parts, heap = node_partitions(n, s0, line_ends(list(placed)))
+    ends = line_ends(list(placed))
+    copies = [e.lines for e in ends if isinstance(e.lines, TransposedLines)]
+    mapped = [e.lines for e in ends if isinstance(e.lines, np.ndarray) and e.lines.dtype.itemsize == 2]
+    try:
+        return _peel(n, s0, tol, ends, copies, mapped, progress)
+    finally:
+        del ends
+        for c in copies:
+            c.close()
+        for m in mapped:
+            release_pages(m)
+
+
+def _release(copies: list[TransposedLines], mapped: list[np.ndarray]) -> None:
+    for m in mapped:
+        release_pages(m)
+    for c in copies:
+        c.release()
+
+
+def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies: list[TransposedLines],
+          mapped: list[np.ndarray], progress: Progress | None) -> np.ndarray:
+    pid, parts, heap, alive, closers, wide = node_partitions(n, s0, ends)
+    del ends
+    _release([], mapped)  # what earlier passes left resident
     s, m = heap.v, heap.m
     seg_lo = heap.lo
     seg_view = [s[lo:hi] for lo, hi in zip(heap.lo, heap.hi)]
     rmin, rmin_at = np.minimum.reduce, np.minimum.reduceat
+    band, sub, npabs = np.bitwise_and, np.subtract, np.abs
+    no_sign = np.uint16(0x7FFF)
     inf = np.inf
     core = [0.0] * n
     level = 0.0
+    touched = 0
     # m[j] is segment j's exact minimum; pos[j] its position in the segment (the lowest on exact
     # ties) while known, -1 after a refresh that gave the minimum only
     pos = [-1] * len(seg_view)
@@ -171,6 +278,7 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
         if k < 0:
             _refresh_own(seg_view[j], m, pos, j)
             continue
+        alive[k] -= 1
         part = parts[k]
         for start, weights, where, segs in part.scalar:
             i = v - start
@@ -186,9 +294,30 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
                     pos[sj] = at
                 elif x == y and pos[sj] > at:  # a tie with a known minimum further on
                     pos[sj] = at
-        for start, lines, line_of, kind, target, absolute, group_lines, views, gspans in part.ends:
+        for e in part.ends:
+            start, lines, line_of, kind, target, absolute, group_lines, views, gspans, tp = e[:10]
+            if not alive[tp]:
+                continue
             i = v - start if line_of is None else line_of[v - start]
             if i < 0:
+                continue
+            if kind >= 3:  # 16-bit lines (see _buffers); 5, 6: to some targets only
+                if lines is None:
+                    lines = _materialise(e, s, wide)
+                    kind, target = e[3], e[4]
+                if kind == 3:  # bf16 patterns, sign bit cleared, as the high halves of float32 words: |w|
+                    band(lines[i], no_sign, out=e[12])
+                    sub(target, e[13], out=target)
+                elif kind == 4:  # fp16
+                    npabs(lines[i], out=e[12])
+                    sub(target, e[12], out=target)
+                elif kind == 5:
+                    band(lines[i], no_sign, out=e[12])
+                    s[target] -= e[13]
+                else:
+                    npabs(lines[i], out=e[12])
+                    s[target] -= e[12]
+                touched += e[11]
                 continue
             vals = lines[i]
             if absolute:
@@ -204,7 +333,12 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
                     span = gspans[q]
                     heap.refresh_span(span)
                     pos[span[0]:span[1]] = [-1] * (span[1] - span[0])
-        for j0, j1, view, rel in part.spans:
+        for j0, j1, view, rel, tps in part.spans:
+            for t in tps:
+                if alive[t]:
+                    break
+            else:
+                continue
             if rel is None:
                 m[j0] = rmin(view)
                 pos[j0] = -1
@@ -215,6 +349,11 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
         i = int(seg.argmin())
         m[j] = seg.item(i)
         pos[j] = i
+        if not alive[k] and closers[k]:
+            _free(closers[k])
+        if touched > PAGE_BUDGET_BYTES:
+            _release(copies, mapped)
+            touched = 0
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
