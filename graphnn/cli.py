@@ -1096,7 +1096,9 @@ def _compare_delta(s: _Session, ckpts: list[Path], names: list[str], ex: dict, d
     gt = graphnn.extract(ckpts[1], **ex)
     s.progress("extract", 2, 2)
     g = graphnn.delta(gb, gt, labels=(names[0], names[1]))
-    norms = graphnn.delta_norms(g)
+    from .analyses.roles import with_roles
+
+    norms = with_roles(graphnn.delta_norms(g), "block")  # every table ends with layer_index and role
     a = graphnn.analyse(g, device=device, progress=s.progress)
     _log_notes(g)
     if g.meta.get("all_zero"):

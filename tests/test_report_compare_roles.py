@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -339,3 +340,44 @@ def test_null_model_network_rows_have_no_role():
     assert len(net) and net["layer_index"].isna().all() and net["role"].isna().all()
     assert df["layer_index"].isna().all()  # an MLP's names carry no transformer role
 
+
+
+def test_the_reports_null_table_has_the_role_columns(compared):
+    """The HTML null table ends with layer index and role like a.null and the JSON rows, with the
+    roles of names read by hand."""
+    from graphnn.report.html import render_report
+    from graphnn.report.provenance import Provenance
+    from test_report import Page
+
+    entry = compared["before"]
+    a = graphnn.analyse(entry.graph, null=2, seed=0, centrality=False, core=False, spectral=False)
+    html = render_report(a, Provenance(source="before"), entry.graph)
+    table = re.search(r'<table id="null-table">.*?</table>', html, flags=re.S).group(0)
+    headers = [h.strip() for h in re.findall(r"<th\b[^>]*>(.*?)</th>", table, flags=re.S)]
+    assert headers[-2:] == ["layer index", "role"] and headers[0] == "layer"
+    rows = {(r[0], r[1]): (r[-2], r[-1]) for r in Page(html).tables["null-table"]}
+    assert len(rows) == len(a.null)
+    assert rows[("transformer.h.3.attn.c_attn.weight[q]", "block")] == ("3", "q")
+    assert rows[("transformer.h.8.mlp.c_proj.weight", "block")] == ("8", "down")
+    assert rows[("transformer.h.10.mlp.c_fc", "layer")] == ("10", "up")
+    assert rows[("transformer.stream", "layer")] == ("\u2013", "stream")
+    assert rows[("lm_head", "layer")] == ("\u2013", "head")
+
+
+def test_compare_delta_json_norms_carry_the_roles(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from graphnn.cli import app
+
+    out = tmp_path / "delta.json"
+    r = CliRunner().invoke(app, ["compare", *map(str, folders), "--delta", "-o", str(out), "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    for table in ("norms", "layers", "blocks", "neurons"):
+        assert list(doc[table][0])[-2:] == ["layer_index", "role"], table
+    norms = {n["block"]: n for n in doc["norms"]}
+    for i in (0, PERTURBED, 11):
+        for role, name in block_names(i).items():
+            assert (norms[name]["layer_index"], norms[name]["role"]) == (i, role)
+            assert (norms[name]["frobenius_delta"] > 0) == (i == PERTURBED), name  # only block 5 changed
+    assert (norms["lm_head.weight"]["layer_index"], norms["lm_head.weight"]["role"]) == (None, "head")

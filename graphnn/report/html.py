@@ -410,19 +410,19 @@ def _null_table(null: pd.DataFrame | None, layers_r: pd.DataFrame | None = None)
     names z against layer index per role."""
     if null is None or not isinstance(null, pd.DataFrame) or not len(null):
         return None
-    cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note")
-            if c in null.columns]
-    text_cols = ("layer", "scope", "metric", "kind", "note")
-    headers = {"null_mean": "null mean", "null_std": "null std"}
+    cols = [c for c in ("layer", "scope", "metric", "observed", "null_mean", "null_std", "z", "p", "n", "kind", "note",
+                        "layer_index", "role") if c in null.columns]  # the order of a.null and the JSON rows
+    text_cols = ("layer", "role", "scope", "metric", "kind", "note")
+    headers = {"null_mean": "null mean", "null_std": "null std", "layer_index": "layer index"}
+    classes = {c: "name layer" for c in text_cols} | {"note": "wrap", "role": ""}
     rows = []
     flagged = 0
     for r in null.to_dict("records"):
         z = r.get("z")
         mark = z is not None and isinstance(z, (int, float, np.floating)) and np.isfinite(z) and abs(z) >= Z_MARK
         flagged += bool(mark)
-        rows.append({"mark": bool(mark), "cells": [{"text": ("" if r[c] is None else str(r[c])) if c in text_cols
-                                                    else fmt(r[c]), "cls": "num" if c not in text_cols else ("wrap" if c == "note" else "name layer")}
-                                                   for c in cols]})
+        rows.append({"mark": bool(mark), "cells": [{"text": _null_cell(r[c], c in text_cols, c == "role"),
+                                                    "cls": classes.get(c, "num")} for c in cols]})
     kinds = sorted({str(k) for k in null["kind"].dropna()}) if "kind" in null else []
     n = sorted({int(k) for k in null["n"].dropna()}) if "n" in null else []
     uri = None
@@ -432,6 +432,16 @@ def _null_table(null: pd.DataFrame | None, layers_r: pd.DataFrame | None = None)
     return {"columns": [{"header": headers.get(c, c), "num": c not in text_cols} for c in cols],
             "rows": rows, "flagged": flagged, "total": len(rows), "z_mark": Z_MARK, "uri": uri, "role_uri": role_uri,
             "kinds": ", ".join(kinds) or "\u2013", "n": ", ".join(map(str, n)) or "\u2013"}
+
+
+def _null_cell(value, text: bool, dash_when_empty: bool) -> str:
+    """One cell of the null table: text as it is (an en dash for a missing role), numbers by
+    :func:`fmt` (an en dash where missing)."""
+    if not text:
+        return fmt(value)
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return "\u2013" if dash_when_empty else ""
+    return str(value)
 
 
 #: ‖ΔW‖_F / ‖W_base‖_F is not shown where ‖W_base‖_F is at most this fraction of the largest.
