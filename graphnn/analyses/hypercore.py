@@ -69,6 +69,10 @@ def initial_strengths(n: int, placed: Sequence[Placed]) -> np.ndarray:
     return s.numpy()
 
 
+#: The fields of a vector end that only 16-bit ends use (one length for all: a fast unpacking).
+_PAD = [None, 0, None, None, 0]
+
+
 class _Partition:
     """The block ends of one partition of the node space, as the peeling loop reads them.
 
@@ -96,13 +100,14 @@ class _Partition:
                 continue
             sv = heap.v
             if e.targets is not None:
-                self.ends.append([e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None, tp])
+                self.ends.append([e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None, tp] + _PAD)
             elif e.group_lines:
                 groups = e.lines.shape[0] // e.group_lines
                 w = e.group_width
                 views = [sv[e.t_start + q * w:e.t_start + (q + 1) * w] for q in range(groups)]
                 gspans = [heap.span(e.t_start + q * w, e.t_start + (q + 1) * w) for q in range(groups)] if w else None
-                self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp])
+                self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp]
+                                 + _PAD)
             elif isinstance(e.lines, TransposedLines) or e.lines.dtype.itemsize == 2:
                 width = e.lines.shape[1]
                 view = sv[e.t_start:e.t_start + width]
@@ -113,7 +118,7 @@ class _Partition:
                                   lazy, 2 * width, out, value, e.t_start])
             else:
                 view = sv[e.t_start:e.t_start + e.lines.shape[1]]
-                self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp])
+                self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp] + _PAD)
         merged: list[list] = []
         for lo, hi in sorted({e.t_part for e in ends if not e.group_lines and e.t_part[1] > e.t_part[0]}):
             if merged and lo <= merged[-1][1]:
@@ -295,7 +300,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 elif x == y and pos[sj] > at:  # a tie with a known minimum further on
                     pos[sj] = at
         for e in part.ends:
-            start, lines, line_of, kind, target, absolute, group_lines, views, gspans, tp = e[:10]
+            start, lines, line_of, kind, target, absolute, group_lines, views, gspans, tp, _, _, _, _, _ = e
             if not alive[tp]:
                 continue
             i = v - start if line_of is None else line_of[v - start]
