@@ -8,7 +8,14 @@ tensors of that shape (rows are sequential and its cost does not depend on the v
 of ``repeats``, and once more end to end on the whole model. A CUDA timing is added when a GPU
 is present.
 
-Run: ``python -m benchmarks.bench_rewire`` (or ``python benchmarks/bench_rewire.py``).
+A second table times the CPU fast pass per entry on the Llama-7B weight shapes (bf16, one
+thread, ``time.process_time``, median of ``repeats``) against the numpy-argsort baseline measured
+in the same run (the previous implementation: a float32 copy, every row sorted up front, a
+float64 ``np.argsort`` per row, a transposed copy for the second pass). Both run on the first
+``rows`` rows (pass 1) and the first ``rows`` columns (pass 2) of each matrix: the per-row cost of
+a pass does not depend on the row's position.
+
+Run: ``python -m benchmarks.bench_rewire [repeats] [rows]`` (or ``python benchmarks/bench_rewire.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +25,17 @@ import sys
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
 from torch import nn
 
 from graphnn.analyses.strength import tensor_strength_variance
+from graphnn.rewire import pa as pa_mod
 from graphnn.rewire._targets import select_targets
 from graphnn.rewire.pa import rewire_targets_
+
+#: Llama-7B unit-matrix shapes (n_out x fan_in): q/k/v/o, gate/up, down, LM head.
+LLAMA_SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096))
 
 
 class BasicBlock(nn.Module):
@@ -141,5 +153,54 @@ def main(repeats: int = 3) -> dict:
     return result
 
 
+def _argsort_pass_(m: np.ndarray, rng: np.random.Generator) -> None:
+    """The numpy-argsort baseline: one pass as graphnn ran it before the radix order (float
+    rows sorted up front, a float64 argsort of the keys per row, a scatter)."""
+    b, r, c = m.shape
+    sorted_rows = np.sort(m[:, 1:], axis=2)
+    acc = np.zeros((b, c))
+    chunk = max(1, pa_mod._DRAW_BUDGET // (b * c))
+    draws, start = None, 0
+    for t in range(1, r):
+        if draws is None or t - start >= draws.shape[1]:
+            start = t
+            draws = rng.standard_exponential(size=(b, min(chunk, r - t), c))
+        acc += m[:, t - 1]
+        p = acc + (np.abs(acc.min(axis=1, keepdims=True)) + 1.0)
+        order = np.argsort(draws[:, t - start] / p, axis=1)
+        m[0, t, order[0]] = sorted_rows[0, t - 1]
+
+
+def llama_pass_costs(repeats: int = 3, rows: int = 64) -> list[dict]:
+    """ns per entry of each pass on the Llama shapes (bf16), fast pass vs the argsort baseline."""
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    print(f"\nCPU fast pass on Llama-7B shapes (bf16, 1 thread; {rows} rows/columns per pass, median of "
+          f"{repeats}; ns per entry, time.process_time)")
+    print(f"{'shape':>14} {'pass':>5} {'row length':>10} {'argsort ns':>11} {'radix ns':>9} {'speed-up':>9}")
+    for r, c in LLAMA_SHAPES:
+        w = (torch.randn(r, c, generator=gen) * 0.02).bfloat16()
+        bits = w.view(torch.int16).numpy()
+        for which, length in ((1, c), (2, r)):
+            base, fast = [], []
+            for k in range(repeats):
+                t0 = time.process_time()
+                sub = w[:rows] if which == 1 else w[:, :rows].T
+                _argsort_pass_(np.ascontiguousarray(sub.float().numpy())[None], np.random.default_rng(k))
+                base.append(time.process_time() - t0)
+                view = bits[:rows][None] if which == 1 else bits[:, :rows].T[None]
+                t0 = time.process_time()
+                pa_mod._pa_pass_race_numpy_(view, np.random.default_rng(k), "bfloat16")
+                fast.append(time.process_time() - t0)
+            n = rows * length
+            b_ns, f_ns = statistics.median(base) / n * 1e9, statistics.median(fast) / n * 1e9
+            out.append({"shape": (r, c), "pass": which, "argsort_ns": b_ns, "radix_ns": f_ns})
+            print(f"{f'{r} x {c}':>14} {which:>5} {length:>10} {b_ns:>11.1f} {f_ns:>9.1f} {b_ns / f_ns:>8.2f}x")
+    return out
+
+
 if __name__ == "__main__":
-    main(repeats=int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    n_rep = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    main(repeats=n_rep)
+    llama_pass_costs(repeats=n_rep, rows=int(sys.argv[2]) if len(sys.argv) > 2 else 64)

@@ -162,13 +162,17 @@ def _fix_up_(ks: np.ndarray, order: np.ndarray, c: int) -> None:
 
 
 def _exact_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, axis=-1, kind="stable")`` for finite float64 ``keys`` (1-D, or 2-D row
-    by row): exact, ties by position; fast for non-negative keys (see the section comment)."""
+    """``np.argsort(keys, axis=-1, kind="stable")`` for float64 ``keys`` >= 0 (+0.0, not -0.0;
+    1-D, or 2-D row by row): exact, equal keys by position (see the section comment)."""
+    with np.errstate(over="ignore"):  # keys above float32's range become inf: still in order
+        return _exact_order_quiet(keys)
+
+
+def _exact_order_quiet(keys: np.ndarray) -> np.ndarray:
+    """:func:`_exact_order` for a caller that has float overflow warnings off."""
     # float32(key) is a non-decreasing function of a key >= 0 (rounding is monotone), and so are
     # the bits of a non-negative float32
-    with np.errstate(over="ignore"):  # keys above float32's range become inf: still in order
-        bits = keys.astype(np.float32).view(np.uint32)
-    order = _radix_argsort_u32(bits)
+    order = _radix_argsort_u32(keys.astype(np.float32).view(np.uint32))
     ks = _take(keys, order)
     if not (ks[..., 1:] < ks[..., :-1]).any():
         return order
@@ -179,10 +183,6 @@ def _exact_order(keys: np.ndarray) -> np.ndarray:
         flat_k, flat_o = ks.reshape(-1), order.reshape(-1)  # fresh contiguous arrays: views
         _fix_up_(flat_k, flat_o, c)
     return order
-
-
-#: ``bits`` kinds: int16 arrays holding the bit patterns of these float dtypes.
-_BITS = ("bfloat16", "float16")
 
 
 def _contiguous_rows(src: np.ndarray) -> np.ndarray:
@@ -251,31 +251,32 @@ def _pa_pass_race_numpy_(m: np.ndarray, rng: np.random.Generator, bits: str | No
     step = max(1, min(r, _TILE_BUDGET // (b * c)))
     rows = np.arange(b)[:, None]
     draws, buf, start, prev = None, None, 0, None
-    for t0 in range(0, r, step):
-        src = m[:, t0:t0 + step]
-        raw = _contiguous_rows(src)
-        tile = _float_tile(raw, bits)
-        srt = _sorted_rows(raw, tile, bits)  # a row is only permuted when its turn comes
-        for i in range(tile.shape[1]):
-            t = t0 + i
-            if t == 0:
-                continue
-            if draws is None or t - start >= draws.shape[1]:
-                start, n = t, min(chunk, r - t)
-                if buf is None or n != chunk:
-                    buf = np.empty((b, n, c), dtype=np.float64)
-                draws = rng.standard_exponential(out=buf)  # into a reused, cache-sized buffer
-            acc += tile[:, i - 1] if i else prev
-            if b == 1:  # 1-D views: fewer and cheaper numpy calls (the same arithmetic)
-                np.add(acc[0], abs(acc[0].min()) + 1.0, out=p[0])
-                np.divide(draws[0, t - start], p[0], out=keys[0])
-                tile[0, i][_exact_order(keys[0])] = srt[0, i]
-            else:
-                np.add(acc, np.abs(acc.min(axis=1, keepdims=True)) + 1.0, out=p)
-                np.divide(draws[:, t - start], p, out=keys)
-                tile[rows, i, _exact_order(keys)] = srt[:, i]
-        prev = tile[:, -1].copy()
-        _store_tile(src, tile, bits)
+    with np.errstate(over="ignore"):  # once for every row's float32 cast of its keys
+        for t0 in range(0, r, step):
+            src = m[:, t0:t0 + step]
+            raw = _contiguous_rows(src)
+            tile = _float_tile(raw, bits)
+            srt = _sorted_rows(raw, tile, bits)  # a row is only permuted when its turn comes
+            for i in range(tile.shape[1]):
+                t = t0 + i
+                if t == 0:
+                    continue
+                if draws is None or t - start >= draws.shape[1]:
+                    start, n = t, min(chunk, r - t)
+                    if buf is None or n != chunk:
+                        buf = np.empty((b, n, c), dtype=np.float64)
+                    draws = rng.standard_exponential(out=buf)  # into a reused, cache-sized buffer
+                acc += tile[:, i - 1] if i else prev
+                if b == 1:  # 1-D views: fewer and cheaper numpy calls (the same arithmetic)
+                    np.add(acc[0], abs(acc[0].min()) + 1.0, out=p[0])
+                    np.divide(draws[0, t - start], p[0], out=keys[0])
+                    tile[0, i][_exact_order_quiet(keys[0])] = srt[0, i]
+                else:
+                    np.add(acc, np.abs(acc.min(axis=1, keepdims=True)) + 1.0, out=p)
+                    np.divide(draws[:, t - start], p, out=keys)
+                    tile[rows, i, _exact_order_quiet(keys)] = srt[:, i]
+            prev = tile[:, -1].copy()
+            _store_tile(src, tile, bits)
 
 
 def _pa_pass_race_torch_(m: torch.Tensor, gen: torch.Generator) -> None:
