@@ -15,7 +15,8 @@ API
 ``release_pages(t) -> int``
     ``madvise(MADV_DONTNEED)`` on the page-aligned range spanned by ``t`` (a CPU tensor, a view of
     one, or a numpy array sharing its memory) if it lies in a registered storage; returns the
-    bytes dropped. Anything else (heap memory, CUDA, unregistered, non-Linux, no libc) returns 0.
+    bytes of the page runs advised (pages that were not resident included). The range is widened
+    to whole pages, which stay inside the same file mapping. Anything else (heap memory, CUDA, unregistered, non-Linux, no libc) returns 0.
     Data is never lost: ``/proc/self/pagemap`` is read first and only runs of pages that are
     *file pages* (bit 61) or *not present and not swapped* are advised; a page the process has
     written (copy-on-write made it anonymous) or that is swapped stays. If pagemap cannot be read,

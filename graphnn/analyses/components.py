@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..graph import LayeredGraph
 from ._blocks import NodeSpace, Placed, Weighting, load_abs_blocks, place, resolve_device
 from .strength import neuron_frame
@@ -118,6 +119,7 @@ def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
             if count > _FOLD_EDGES:
                 edges = _fold(n, edges)
                 count = edges[0].shape[1]
+            release_pages(getattr(b, "w", None))  # lines read from a memory-mapped matrix
             continue
         step = max(1, _SCAN_ELEMENTS // b.n_src)
         for i in range(0, b.n_dst, step):
@@ -134,6 +136,7 @@ def component_labels(n: int, placed: Sequence[Placed]) -> np.ndarray:
             if count > _FOLD_EDGES:
                 edges = _fold(n, edges)
                 count = edges[0].shape[1]
+        release_pages(getattr(b, "w", None))
     return labels_from_edges(n, edges)
 
 
