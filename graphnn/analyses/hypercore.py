@@ -310,6 +310,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 if lines is None:
                     lines = _materialise(e, s, wide)
                     kind, target = e[3], e[4]
+                    touched += e[10].source_bytes  # the copy read its whole matrix
                 if kind == 3:  # bf16 patterns, sign bit cleared, as the high halves of float32 words: |w|
                     band(lines[i], no_sign, out=e[12])
                     sub(target, e[13], out=target)
