@@ -69,22 +69,17 @@ def initial_strengths(n: int, placed: Sequence[Placed]) -> np.ndarray:
     return s.numpy()
 
 
-#: The fields of a vector end that only 16-bit ends use (one length for all: a fast unpacking).
-_PAD = [None, 0, None, None, 0]
-
-
 class _Partition:
     """The block ends of one partition of the node space, as the peeling loop reads them.
 
     ``ends``: a list per end whose lines are vectors (``[start, lines, line_of, kind, target,
-    absolute, group_lines, views, gspans, target_partition, lazy, line_bytes, out, value,
-    t_start]``; ``kind`` 3 and 4: bf16 patterns and fp16 lines, whose ``lines`` may be made on
-    first use from ``lazy`` (:func:`_materialise`)); ``scalar``: ends with one edge per line (a depthwise conv), as Python lists
+    absolute, group_lines, views, gspans, target_partition]``; ``kind`` 3 and 4: bf16 patterns
+    and fp16 lines, whose ``views`` field holds ``[lazy, line_bytes, out, value, t_start]`` and
+    whose ``lines`` may be made on first use from ``lazy``, :func:`_materialise`); ``scalar``: ends with one edge per line (a depthwise conv), as Python lists
     of weight, target node and target segment per line, so that such a removal is a few scalar
     operations and keeps the segment minimum exact without a pass; ``spans``: the segment spans
     (:meth:`SegmentMin.span`) of the target partitions that a removal here always changes,
-    contiguous ones merged (grouped vector ends change one group: a span per group), with the
-    partitions each covers (a span whose partitions are all removed is skipped)."""
+    contiguous ones merged (grouped vector ends change one group: a span per group)."""
 
     __slots__ = ("ends", "scalar", "spans")
 
@@ -100,36 +95,34 @@ class _Partition:
                 continue
             sv = heap.v
             if e.targets is not None:
-                self.ends.append([e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None, tp] + _PAD)
+                self.ends.append([e.start, e.lines, e.line_of, 1, e.targets, e.absolute, 0, None, None, tp])
             elif e.group_lines:
                 groups = e.lines.shape[0] // e.group_lines
                 w = e.group_width
                 views = [sv[e.t_start + q * w:e.t_start + (q + 1) * w] for q in range(groups)]
                 gspans = [heap.span(e.t_start + q * w, e.t_start + (q + 1) * w) for q in range(groups)] if w else None
-                self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp]
-                                 + _PAD)
+                self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp])
             elif isinstance(e.lines, TransposedLines) or e.lines.dtype.itemsize == 2:
                 width = e.lines.shape[1]
                 view = sv[e.t_start:e.t_start + width]
                 lazy = e.lines if isinstance(e.lines, TransposedLines) else None
                 kind = 3 if e.encoding == "bf16" else 4
                 out, value = _buffers(wide, kind, width)
-                self.ends.append([e.start, None if lazy else e.lines, e.line_of, kind, view, True, 0, None, None, tp,
-                                  lazy, 2 * width, out, value, e.t_start])
+                self.ends.append([e.start, None if lazy else e.lines, e.line_of, kind, view, True, 0,
+                                  [lazy, 2 * width, out, value, e.t_start], None, tp])
             else:
                 view = sv[e.t_start:e.t_start + e.lines.shape[1]]
-                self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp] + _PAD)
+                self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp])
         merged: list[list] = []
         for lo, hi in sorted({e.t_part for e in ends if not e.group_lines and e.t_part[1] > e.t_part[0]}):
             if merged and lo <= merged[-1][1]:
                 merged[-1][1] = max(merged[-1][1], hi)
-                merged[-1][2].append(pid[lo])
             else:
-                merged.append([lo, hi, [pid[lo]]])
+                merged.append([lo, hi])
         self.spans = []
-        for lo, hi, parts in merged:
+        for lo, hi in merged:
             j0, j1, a, b, rel = heap.span(lo, hi)
-            self.spans.append((j0, j1, heap.v[a:b], rel, tuple(parts)))
+            self.spans.append((j0, j1, heap.v[a:b], rel))
 
 
 def _buffers(wide: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], kind: int, width: int
@@ -152,14 +145,15 @@ def _buffers(wide: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], kind: i
 def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
     """Make a lazy 16-bit end's lines (its first read): the transposed copy, of the targets still
     alive only when fewer than half are (the end then reads ``s[targets]``: kinds 5 and 6)."""
-    lazy = e[10]
+    x = e[7]
+    lazy = x[0]
     lines = lazy.get(alive=e[4] != np.inf)
     if lazy.targets is not None:
         width = lines.shape[1]
         e[3] = e[3] + 2
-        e[4] = e[14] + lazy.targets
-        e[11] = 2 * width
-        e[12], e[13] = _buffers(wide, e[3] - 2, width)
+        e[4] = x[4] + lazy.targets
+        x[1] = 2 * width
+        x[2], x[3] = _buffers(wide, e[3] - 2, width)
     e[1] = lines
     return lines
 
@@ -169,7 +163,7 @@ def _free(ends: list[list]) -> None:
     for e in ends:
         if e[1] is not None:
             e[1] = None
-            e[10].close()
+            e[7][0].close()
 
 
 def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]
@@ -191,7 +185,7 @@ def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]
     closers: list[list] = [[] for _ in range(len(starts) + 1)]
     for k, part in enumerate(parts):
         for e in part.ends:
-            if e[3] >= 3 and e[10] is not None:
+            if e[3] >= 3 and e[7][0] is not None:
                 closers[k].append(e)
                 closers[e[9]].append(e)
     return pid, parts, heap, [size for _, size in starts] + [1], closers, wide  # [1]: target of empty ends
@@ -300,7 +294,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 elif x == y and pos[sj] > at:  # a tie with a known minimum further on
                     pos[sj] = at
         for e in part.ends:
-            start, lines, line_of, kind, target, absolute, group_lines, views, gspans, tp, _, _, _, _, _ = e
+            start, lines, line_of, kind, target, absolute, group_lines, views, gspans, tp = e
             if not alive[tp]:
                 continue
             i = v - start if line_of is None else line_of[v - start]
@@ -310,20 +304,20 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 if lines is None:
                     lines = _materialise(e, s, wide)
                     kind, target = e[3], e[4]
-                    touched += e[10].source_bytes  # the copy read its whole matrix
+                    touched += views[0].source_bytes  # the copy read its whole matrix
                 if kind == 3:  # bf16 patterns, sign bit cleared, as the high halves of float32 words: |w|
-                    band(lines[i], no_sign, out=e[12])
-                    sub(target, e[13], out=target)
+                    band(lines[i], no_sign, out=views[2])
+                    sub(target, views[3], out=target)
                 elif kind == 4:  # fp16
-                    npabs(lines[i], out=e[12])
-                    sub(target, e[12], out=target)
+                    npabs(lines[i], out=views[2])
+                    sub(target, views[2], out=target)
                 elif kind == 5:
-                    band(lines[i], no_sign, out=e[12])
-                    s[target] -= e[13]
+                    band(lines[i], no_sign, out=views[2])
+                    s[target] -= views[3]
                 else:
-                    npabs(lines[i], out=e[12])
-                    s[target] -= e[12]
-                touched += e[11]
+                    npabs(lines[i], out=views[2])
+                    s[target] -= views[2]
+                touched += views[1]
                 continue
             vals = lines[i]
             if absolute:
@@ -339,12 +333,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                     span = gspans[q]
                     heap.refresh_span(span)
                     pos[span[0]:span[1]] = [-1] * (span[1] - span[0])
-        for j0, j1, view, rel, tps in part.spans:
-            for t in tps:
-                if alive[t]:
-                    break
-            else:
-                continue
+        for j0, j1, view, rel in part.spans:
             if rel is None:
                 m[j0] = rmin(view)
                 pos[j0] = -1
