@@ -10,7 +10,8 @@ API
 ``register(*tensors) -> int``
     Called by extraction (``graphnn.extract.checkpoints``) for tensors it read from a file.
     A tensor is recorded only if its storage lies inside a file-backed mapping of this process
-    (``/proc/self/maps``); returns how many were recorded. Entries are keyed by the storage's data
+    (``/proc/self/maps``, read again only for a mapping not seen yet or no longer holding a live
+    registered tensor); returns how many were recorded. Entries are keyed by the storage's data
     pointer and hold a weak reference to it, so a freed storage is never advised.
 ``release_pages(t) -> int``
     ``madvise(MADV_DONTNEED)`` on the page-aligned range spanned by ``t`` (a CPU tensor, a view of
@@ -58,6 +59,7 @@ _PAGEMAP = "/proc/self/pagemap"  # 8 bytes per virtual page (kernel: admin-guide
 _lock = threading.Lock()
 _starts: list[int] = []            # sorted start addresses of registered storages
 _entries: dict[int, tuple[int, list]] = {}   # start -> (end, weak references to the live storages)
+_mapped: set[tuple[int, int]] = set()      # file mappings (start, end) that registered storages lie in
 _libc = None
 _page = 0
 
@@ -109,6 +111,23 @@ def _storage_weakref(storage):
         return None
 
 
+def _in_live_mapping(start: int, n: int) -> bool:
+    """Whether [start, start + n) lies in a file mapping seen in /proc/self/maps that still holds
+    a live registered storage. A storage keeps its whole mapping mapped (safetensors and
+    ``torch.load(mmap=True)`` unmap a file only when no tensor uses it), so such a range is
+    current and /proc/self/maps need not be read again for the file's other tensors."""
+    with _lock:
+        for lo, hi in _mapped:
+            if not (lo <= start and start + n <= hi):
+                continue
+            i = bisect.bisect_left(_starts, lo)
+            while i < len(_starts) and _starts[i] < hi:
+                if any(not r.expired() for r in _entries[_starts[i]][1]):
+                    return True
+                i += 1
+    return False
+
+
 def register(*tensors) -> int:
     """Record CPU tensors whose storage lies in a file-backed mapping (see the module docstring)."""
     if not tensors or not _setup():
@@ -125,10 +144,16 @@ def register(*tensors) -> int:
             continue
         if n <= 0:
             continue
-        if maps is None:
-            maps = _file_mappings()
-        if not any(lo <= start and start + n <= hi for lo, hi in maps):
-            continue
+        if not _in_live_mapping(start, n):
+            if maps is None:
+                maps = _file_mappings()
+                with _lock:  # keep the known ranges that still exist
+                    _mapped.intersection_update(maps)
+            hit = next(((lo, hi) for lo, hi in maps if lo <= start and start + n <= hi), None)
+            if hit is None:
+                continue
+            with _lock:
+                _mapped.add(hit)
         ref = _storage_weakref(storage)
         if ref is None:
             continue

@@ -99,6 +99,20 @@ def test_freed_storage_leaves_the_registry(two_tensor_file):
     assert _pages._registered_range(start, n) is None
 
 
+def test_one_maps_read_per_file(two_tensor_file, monkeypatch):
+    path, _ = two_tensor_file
+    reads = []
+    real = _pages._file_mappings
+    monkeypatch.setattr(_pages, "_file_mappings", lambda: reads.append(1) or real())
+    entries = [e for e in open_checkpoint(path) if e.is_tensor]
+    first = [e.load() for e in entries]  # a new mapping: /proc/self/maps read once
+    assert len(reads) == 1 and all(_pages.is_registered(t) for t in first)
+    again = [e.load() for e in entries]  # the mapping holds live registered tensors: no read
+    assert len(reads) == 1 and all(_pages.is_registered(t) for t in again)
+    assert _pages.register(torch.ones(1000)) == 0  # heap memory: looked up, not registered
+    assert len(reads) == 2
+
+
 def test_no_pagemap_no_release(two_tensor_file, monkeypatch):
     path, original = two_tensor_file
     a = _file_tensors(path)["a"]
