@@ -168,3 +168,15 @@ def test_transposed_layout_is_rewired_through_its_unit_matrix():
     pa_mod.rewire_targets_([WeightTarget("conv1d.weight", w, "transposed")], seed=9, mode="fast")
     want = reference_two_passes(units[None], seed=9)[0]
     np.testing.assert_array_equal(w.T.float().numpy(), want)
+
+
+@pytest.mark.parametrize("where", [0, -1], ids=["first-entry", "last-entry"])
+def test_non_finite_entry_is_found_in_any_chunk(where):
+    """The NaN/Inf check reads a few million entries at a time: an Inf in the last chunk of a
+    tensor larger than one chunk is found, and the tensor is left as it was."""
+    w = torch.zeros(2100, 2100, dtype=torch.bfloat16)  # 4.41M entries > one 4.19M chunk
+    w.view(-1)[where] = float("inf")
+    before = w.clone()
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        pa_rewire_(w, seed=0, mode="fast")
+    assert torch.equal(w, before)
