@@ -89,7 +89,7 @@ Exclude = Annotated[Optional[list[str]], typer.Option(
 Conv = Annotated[Literal["l2", "l1", "sum"], typer.Option(
     "--conv", help="Conv kernel slice -> one channel edge: l2 norm, l1 norm or signed sum.")]
 Device = Annotated[str, typer.Option(
-    "--device", metavar="auto|cpu|cuda[:i]", help="Where the analyses run: auto uses CUDA when available.")]
+    "--device", metavar="auto|cpu|cuda[:i]", help="Where the work runs (docs/gpu.md): auto uses CUDA when available.")]
 Trust = Annotated[bool, typer.Option(
     "--trust-checkpoint",
     help="Allow a full unpickle of a .pt/.bin file that weights_only=True refuses. That runs code "

@@ -163,14 +163,32 @@ class Weighting:
 #: Entries per chunk when |W| is streamed from the signed matrix or a copy is read in chunks
 #: (1 MB of float32: L2-cache sized).
 _STREAM_ELEMENTS = 1 << 18
+#: Entries of a streamed chunk on a GPU, where each chunk costs a few kernel launches (~5 us
+#: each) rather than a cache refill: 64 MB of float32 per reused buffer.
+_DEVICE_STREAM_ELEMENTS = 1 << 24
+
+
+def stream_elements(device: torch.device) -> int:
+    """Entries of |W| formed at once when a product streams a block (CPU: cache-sized)."""
+    return _STREAM_ELEMENTS if device.type == "cpu" else _DEVICE_STREAM_ELEMENTS
 #: On the CPU, graphs with at most this many edges get the transposed |W| copy (at most 32 MB
 #: in float64; faster matrix-vector products); larger ones are streamed with no copy.
 CPU_COPY_MAX_EDGES = FLOAT64_MAX_EDGES
 
 
-def use_copy(num_edges: int, device: torch.device) -> bool:
-    """Whether blocks hold a transposed |W| copy: always on CUDA, on the CPU for small graphs."""
-    return device.type != "cpu" or num_edges <= CPU_COPY_MAX_EDGES
+def use_copy(num_edges: int, device: torch.device, weight_dtype: torch.dtype | None = None) -> bool:
+    """Whether a block of a graph with ``num_edges`` edges holds a transposed |W| copy in the
+    compute dtype (float32/float64), or streams |w| from its signed matrix a chunk at a time.
+
+    CPU: small graphs only (``num_edges <= CPU_COPY_MAX_EDGES``). CUDA: the copy, except for
+    weights narrower than 4 bytes (bf16, fp16, fp8: ``weight_dtype``) in a graph above that size:
+    those stay on the device in their own dtype (1-2 bytes per edge) and each chunk's |w| is
+    converted to the compute dtype when a product reads it (docs/gpu.md: the memory arithmetic)."""
+    small = num_edges <= CPU_COPY_MAX_EDGES
+    if device.type == "cpu":
+        return small
+    narrow = weight_dtype is not None and weight_dtype.is_floating_point and weight_dtype.itemsize < 4
+    return small or not narrow
 
 
 class _Inverse:
@@ -521,7 +539,7 @@ class AbsBlock:
                 y_src[j:j + a.shape[0]].addmv_(a, x_dst)
                 y_dst.addmv_(a.t(), x_src[j:j + a.shape[0]])
         else:
-            step = max(1, _STREAM_ELEMENTS // max(self.m_src, 1))
+            step = max(1, stream_elements(self.device) // max(self.m_src, 1))
             buf = scratch(min(step, self.m_dst) * self.m_src, self.dtype, self.device)
             for i in range(0, self.m_dst, step):
                 k = min(step, self.m_dst - i)
@@ -635,7 +653,6 @@ def load_abs_blocks(
     """Read each block's matrix once (masked to its structure), hand the signed matrix to
     ``on_matrix`` if given, and wrap it in an :class:`AbsBlock` (which keeps the matrix)."""
     todo = list(g.blocks.values()) if blocks is None else list(blocks)
-    copy = use_copy(g.num_edges, device)
     out = []
     for i, b in enumerate(todo):
         if progress:
@@ -643,7 +660,7 @@ def load_abs_blocks(
         w = masked(b, b.matrix())
         if on_matrix is not None:
             on_matrix(b, w)
-        out.append(AbsBlock(b, w, weighting, dtype, device, copy))
+        out.append(AbsBlock(b, w, weighting, dtype, device, use_copy(g.num_edges, device, w.dtype)))
         release_pages(w)  # what on_matrix read; the passes read it again as they need it
         del w
     if progress:

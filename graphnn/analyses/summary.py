@@ -163,12 +163,12 @@ def analyse(
     cen_blocks: list[AbsBlock] = []
     core_blocks: list[AbsBlock] = []
     todo = list(g.blocks.values())
-    copy = use_copy(g.num_edges, dev)
     for i, b in enumerate(todo):
         if progress:
             progress("load", i, len(todo))
         raw = b.tensor()  # read once: the matrix and (for aggregated blocks) the tensor view J
         w = masked(b, b.matrix(tensor=raw))
+        copy = use_copy(g.num_edges, dev, w.dtype)
         rows, cols, arows, acols = signed_and_abs_sums(w)
         add_block_sums(g, b, rows, cols, sums["in"], sums["out"])
         add_block_sums(g, b, arows, acols, sums["abs_in"], sums["abs_out"])

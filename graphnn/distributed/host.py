@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .._pages import release_pages
 from ..graph import Block, count_nonfinite
 from ..analyses._blocks import (AbsBlock, NodeSpace, Weighting, masked, place, resolve_device,
                                 signed_and_abs_sums, use_copy)
@@ -87,7 +88,7 @@ class BlockHost:
         self.space = NodeSpace(list(names), [int(s) for s in sizes])
         self.dtype = getattr(torch, dtype)
         self.device = resolve_device(device)
-        self.copy = use_copy(num_edges, self.device)
+        self.num_edges = num_edges
         self.core_tau = core_tau
         self.abs_blocks: list[AbsBlock] = []
         self.core_blocks: list[AbsBlock] = []
@@ -111,13 +112,16 @@ class BlockHost:
                         "abs_rows": arows.cpu().numpy(), "abs_cols": acols.cpu().numpy(),
                         "record": _block_record(b, rows, cols, arows, raw, w if spectral else None),
                         "nonfinite": count_nonfinite(raw)})
+            release_pages(raw)  # a memory-mapped shard's pages leave the worker's RSS (no-op otherwise)
             del raw
+            copy = use_copy(self.num_edges, self.device, w.dtype)
             if need_abs:
-                ab = AbsBlock(b, w, Weighting(), self.dtype, self.device, self.copy)
+                ab = AbsBlock(b, w, Weighting(), self.dtype, self.device, copy)
                 ab.set_abs_sums(arows, acols)
                 self.abs_blocks.append(ab)
             if need_core and self.core_tau is not None:
-                self.core_blocks.append(AbsBlock(b, w, Weighting(self.core_tau), self.dtype, self.device, self.copy))
+                self.core_blocks.append(AbsBlock(b, w, Weighting(self.core_tau), self.dtype, self.device, copy))
+            release_pages(w)
             del w
         if self.core_tau is None:
             self.core_blocks = self.abs_blocks
