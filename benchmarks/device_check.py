@@ -47,9 +47,11 @@ GPU_TEST_FILES = [
     "tests/test_index_maps.py",
     "tests/test_rewire_pa.py",
     "tests/test_validation.py",
+    "tests/test_use_copy.py",
 ]
 #: The tests that need CUDA (they skip without it): the dry run on a CPU machine.
-CUDA_ONLY_TESTS = ["tests/test_sigprop_empirical.py::test_runs_on_gpu_like_on_cpu"]
+CUDA_ONLY_TESTS = ["tests/test_sigprop_empirical.py::test_runs_on_gpu_like_on_cpu",
+                   "tests/test_use_copy.py::test_cuda_holds_bf16_weights_in_their_own_dtype_and_matches_the_cpu"]
 #: Import name -> what is left out without it.
 OPTIONAL = {"igraph": "tests with 'igraph' in their name", "transformers": "tests that importorskip it",
             "hypothesis": "property tests (collection fails without it)"}

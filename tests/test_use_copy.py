@@ -45,3 +45,17 @@ def test_bf16_streamed_in_own_dtype_equals_the_float64_copy(monkeypatch):
     for col in ("in_strength", "out_strength", "centrality"):
         np.testing.assert_allclose(got.neurons[col], ref.neurons[col], rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(got.neurons["core"], ref.neurons["core"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/device_check.sh runs it)")
+def test_cuda_holds_bf16_weights_in_their_own_dtype_and_matches_the_cpu(monkeypatch):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 32)).to(torch.bfloat16)
+    g = graphnn.extract(model)
+    monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", 0)  # a "large" graph: the 2 B/edge path
+    blocks = _blocks.load_abs_blocks(g, dtype=torch.float32, device=CUDA)
+    assert all(b.t is None and b.w.dtype == torch.bfloat16 and b.w.is_cuda for b in blocks)
+    cpu = graphnn.analyse(g, device="cpu")
+    gpu = graphnn.analyse(g, device="cuda")
+    np.testing.assert_allclose(gpu.neurons["centrality"], cpu.neurons["centrality"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(gpu.neurons["core"], cpu.neurons["core"])
