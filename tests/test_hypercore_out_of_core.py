@@ -130,7 +130,8 @@ def test_rounded_bf16_weights_give_the_same_numbers_on_every_path(streamed):
     g = residual_graph(torch.bfloat16, seed=3, dyadic=False)
     inside = graphnn.hypercore(g)["core"].to_numpy()
     streamed.setattr(_lines, "TRANSPOSE_BUDGET_BYTES", 0)
-    streamed.setattr(hc, "PAGE_BUDGET_BYTES", 0)  # release after every removal
+    streamed.setattr(hc, "PAGE_BUDGET_BYTES", 0)  # release after every removal that reads a line
+    streamed.setattr(hc, "_CHECK_BYTES", 0)
     np.testing.assert_array_equal(graphnn.hypercore(g)["core"].to_numpy(), inside)
     np.testing.assert_allclose(inside, naive_peeling(dense_abs_adjacency(as_float64(g))), rtol=1e-9)
 
@@ -194,6 +195,7 @@ def test_a_safetensors_file_peels_with_its_pages_released(streamed, tmp_path):
     if _pages.register(*mapped.values()) != len(mapped):
         pytest.skip("safetensors did not map the file here")
     streamed.setattr(hc, "PAGE_BUDGET_BYTES", 0)
+    streamed.setattr(hc, "_CHECK_BYTES", 0)
     released = []
     real = hc.release_pages
 

@@ -64,8 +64,6 @@ class TransposedLines:
         self.kind = np.dtype(kind)
         self.shape = (int(mat.shape[1]), int(mat.shape[0]))
         self.nbytes = mat.numel() * mat.element_size()
-        #: bytes of ``mat`` that making the copy reads
-        self.source_bytes = self.nbytes
         self.budget = budget
         self.spilled = False
         self.spill_error: str | None = None

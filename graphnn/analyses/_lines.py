@@ -23,7 +23,8 @@ bf16 and fp16 matrices are never copied to float32: their rows are numpy views o
 themselves (bf16 as its raw ``uint16`` patterns, ``encoding="bf16"``, turned into ``|w|`` in float32
 by a shift and a mask, exactly; fp16 as numpy ``float16``), their columns a transposed copy in the
 same 16-bit form made only when the peeling first needs one (:class:`._columns.TransposedLines`:
-in memory while :data:`TRANSPOSE_BUDGET_BYTES` allows, beyond it in a temporary file). float8
+in memory while :data:`LAZY_COPY_FACTOR` x :data:`TRANSPOSE_BUDGET_BYTES` allows, beyond it in a
+temporary file). float8
 matrices are read a line at a time through torch (:class:`TorchLines`).
 """
 
@@ -41,6 +42,9 @@ from ._columns import MemoryBudget, TransposedLines, numpy_bits
 #: beyond it the columns are strided views of the (row-major) matrix (float32/float64: slower, no
 #: extra memory) or, for bf16/fp16, a transposed copy in a temporary file (:mod:`._columns`).
 TRANSPOSE_BUDGET_BYTES = 1 << 29
+#: The bf16/fp16 column copies (made only when first read, freed once useless) may take this many
+#: times :data:`TRANSPOSE_BUDGET_BYTES` of memory together (1 GB); beyond it they go to a file.
+LAZY_COPY_FACTOR = 2
 #: numpy view of the 16-bit float dtypes numpy reads line by line (bf16: raw patterns).
 _BITS = {torch.bfloat16: (np.dtype(np.uint16), "bf16"), torch.float16: (np.dtype(np.float16), "")}
 
@@ -251,6 +255,7 @@ def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: boo
     ``binary``: the blocks are weighted 0/1 (a threshold); lines are then unsigned integers
     (uint8 0/1, or int64 counts where an index map adds parallel edges)."""
     budget = MemoryBudget(TRANSPOSE_BUDGET_BYTES if budget_bytes is None else budget_bytes)
+    lazy_budget = MemoryBudget(LAZY_COPY_FACTOR * budget.left)
     ends = []
     for p in placed:
         b = p.block
@@ -277,7 +282,7 @@ def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: boo
             kind, encoding = _BITS[mat.dtype]
             ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, numpy_bits(mat, kind),
                                 absolute=True, t_part=(p.src_off, p.src_off + b.n_src), encoding=encoding))
-            ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TransposedLines(mat, kind, budget),
+            ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TransposedLines(mat, kind, lazy_budget),
                                 absolute=True, t_part=(p.dst_off, p.dst_off + b.n_dst), encoding=encoding))
             continue
         if signed and mat.dtype not in (torch.float32, torch.float64) and b._src_map is None \

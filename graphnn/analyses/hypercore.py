@@ -32,6 +32,7 @@ integer cores are computed by the bucket peeling of :mod:`.kcore`, a whole level
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Sequence
 
@@ -74,7 +75,8 @@ class _Partition:
 
     ``ends``: a list per end whose lines are vectors (``[start, lines, line_of, kind, target,
     absolute, group_lines, views, gspans, target_partition]``; ``kind`` 3 and 4: bf16 patterns
-    and fp16 lines, whose ``views`` field holds ``[lazy, line_bytes, out, value, t_start]`` and
+    and fp16 lines, whose ``views`` field holds ``[lazy, line_bytes, out, value, t_start]`` (and
+    the index of their source for page releases, added by the peeling) and
     whose ``lines`` may be made on first use from ``lazy``, :func:`_materialise`); ``scalar``: ends with one edge per line (a depthwise conv), as Python lists
     of weight, target node and target segment per line, so that such a removal is a few scalar
     operations and keeps the segment minimum exact without a pass; ``spans``: the segment spans
@@ -109,7 +111,7 @@ class _Partition:
                 kind = 3 if e.encoding == "bf16" else 4
                 out, value = _buffers(wide, kind, width)
                 self.ends.append([e.start, None if lazy else e.lines, e.line_of, kind, view, True, 0,
-                                  [lazy, 2 * width, out, value, e.t_start], None, tp])
+                                  [lazy, 0 if lazy else _mapped_bytes(width), out, value, e.t_start], None, tp])
             else:
                 view = sv[e.t_start:e.t_start + e.lines.shape[1]]
                 self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp])
@@ -152,8 +154,8 @@ def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
         width = lines.shape[1]
         e[3] = e[3] + 2
         e[4] = x[4] + lazy.targets
-        x[1] = 2 * width
         x[2], x[3] = _buffers(wide, e[3] - 2, width)
+    x[1] = _mapped_bytes(lines.shape[1]) if lazy.spilled else 0  # in memory: no mapped pages
     e[1] = lines
     return lines
 
@@ -191,12 +193,40 @@ def node_partitions(n: int, s0: np.ndarray, ends: list[LineEnd]
     return pid, parts, heap, [size for _, size in starts] + [1], closers, wide  # [1]: target of empty ends
 
 
+#: Bytes a read of a mapped line makes resident at least: a fault maps the pages around it too
+#: (Linux's fault-around, 64 KB by default; more where the page cache holds large folios).
+_FAULT_AROUND = 1 << 16
+#: Counted bytes (:func:`_mapped_bytes`) between two looks at the process's resident file pages.
+_CHECK_BYTES = 1 << 25
+
+
+def _mapped_bytes(width: int) -> int:
+    """What reading a mapped 16-bit line of ``width`` counts towards the next look."""
+    return max(2 * width, _FAULT_AROUND)
+
+
+def _resident_file_bytes(counted: int) -> int:
+    """The process's resident file-backed (shared) memory, from ``/proc/self/statm``; where that
+    cannot be read, ``counted`` (the bytes counted since the last release) stands in for it."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return counted
+
+
 #: Index of the high 16-bit half of a float32 word in memory.
 _HIGH = 1 if sys.byteorder == "little" else 0
 
-#: Mapped weight bytes (and bytes of spilled transposed copies) the peeling reads between two
-#: releases of their resident pages (:func:`graphnn._pages.release_pages`, :meth:`TransposedLines.release`).
-PAGE_BUDGET_BYTES = 1 << 30
+#: Resident file-backed memory of the process (1.5 GB) above which the peeling releases the pages
+#: of the mapped weights and spilled copies it has read since the last release
+#: (:func:`graphnn._pages.release_pages`, :meth:`TransposedLines.release`); looked at every
+#: :data:`_CHECK_BYTES` of mapped lines read. Measured (Linux 6.18, ext4): one 8 KB row read
+#: maps the page cache's whole 2 MB folio around it, so rows read in removal order make whole
+#: matrices resident within a few dozen reads, and a release costs a ``pagemap`` read of every
+#: page it covers: at 8 layers of the Llama shape about 200 releases, 2 s, and a peak of
+#: ~1.2 GB of file pages with a 1 GB budget (2.2 GB unreleased).
+PAGE_BUDGET_BYTES = 3 << 29
 
 
 def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None, tie_rtol: float = TIE_RTOL,
@@ -216,8 +246,9 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     (it would only change removed neurons): the last partitions to go, often the widest (a
     transformer's residual stream), never need their columns. bf16/fp16 lines are turned into
     float32 |w| in a reused buffer (exact); their transposed copies are made when first read
-    and freed at the end (:mod:`._columns`), and the resident pages of the mapped weights and of
-    spilled copies are released every :data:`PAGE_BUDGET_BYTES` read. ``device`` is accepted for
+    and freed once no line of theirs can be read again (:mod:`._columns`), and the resident pages of the mapped weights and of
+    spilled copies are released whenever the process's resident file pages exceed
+    :data:`PAGE_BUDGET_BYTES`. ``device`` is accepted for
     symmetry with the other analyses: the peeling runs on the CPU.
     """
     if n == 0:
@@ -237,18 +268,32 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
             release_pages(m)
 
 
-def _release(copies: list[TransposedLines], mapped: list[np.ndarray]) -> None:
-    for m in mapped:
-        release_pages(m)
-    for c in copies:
-        c.release()
+def _release(sources: list, dirty: list[int]) -> None:
+    """Release the resident pages of the sources read since the last release (``dirty``): a
+    mapped matrix (numpy rows), or a column copy (its file mapping and the matrix it read)."""
+    for i, d in enumerate(dirty):
+        if d:
+            x = sources[i]
+            if isinstance(x, TransposedLines):
+                x.release()
+                release_pages(x.mat)
+            else:
+                release_pages(x)
+            dirty[i] = 0
 
 
 def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies: list[TransposedLines],
           mapped: list[np.ndarray], progress: Progress | None) -> np.ndarray:
     pid, parts, heap, alive, closers, wide = node_partitions(n, s0, ends)
     del ends
-    _release([], mapped)  # what earlier passes left resident
+    sources = list(mapped) + list(copies)
+    where = {id(x): i for i, x in enumerate(sources)}
+    for part in parts:
+        for e in part.ends:
+            if e[3] >= 3:  # the extra fields end with the index of the source in ``sources``
+                e[7].append(where[id(e[7][0] if e[7][0] is not None else e[1])])
+    dirty = [1] * len(mapped) + [0] * len(copies)
+    _release(sources, dirty)  # what earlier passes left resident
     s, m = heap.v, heap.m
     seg_lo = heap.lo
     seg_view = [s[lo:hi] for lo, hi in zip(heap.lo, heap.hi)]
@@ -258,7 +303,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
     inf = np.inf
     core = [0.0] * n
     level = 0.0
-    touched = 0
+    touched = counted = 0
     # m[j] is segment j's exact minimum; pos[j] its position in the segment (the lowest on exact
     # ties) while known, -1 after a refresh that gave the minimum only
     pos = [-1] * len(seg_view)
@@ -304,7 +349,8 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 if lines is None:
                     lines = _materialise(e, s, wide)
                     kind, target = e[3], e[4]
-                    touched += views[0].source_bytes  # the copy read its whole matrix
+                    release_pages(views[0].mat)  # making the copy read all of it
+                dirty[views[5]] = 1
                 if kind == 3:  # bf16 patterns, sign bit cleared, as the high halves of float32 words: |w|
                     band(lines[i], no_sign, out=views[2])
                     sub(target, views[3], out=target)
@@ -346,9 +392,12 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
         pos[j] = i
         if not alive[k] and closers[k]:
             _free(closers[k])
-        if touched > PAGE_BUDGET_BYTES:
-            _release(copies, mapped)
+        if touched > _CHECK_BYTES:
+            counted += touched
             touched = 0
+            if _resident_file_bytes(counted) > PAGE_BUDGET_BYTES:
+                _release(sources, dirty)
+                counted = 0
         if progress and (step + 1) % _PROGRESS_EVERY == 0:
             progress("hypercore", step + 1, n)
     if progress:
