@@ -169,9 +169,10 @@ def test_temporary_files_are_closed_after_the_peeling_and_on_interrupt(streamed,
             raise KeyboardInterrupt
 
     streamed.setattr(hc, "_PROGRESS_EVERY", 1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupted:
         hc.peel(space.n, placed, progress=progress)
     assert seen[-1] > before and len(seen) < space.n  # interrupted with a file open
+    assert interrupted.tb is not None  # its frames (and the lines they held) are still alive
     assert _open_column_files() == before
     np.testing.assert_array_equal(hc.peel(space.n, placed), naive_peeling(dense_abs_adjacency(as_float64(g))))
     assert _open_column_files() == before

@@ -13,16 +13,15 @@ memory) while the shared :class:`MemoryBudget` allows; beyond it, in a temporary
 size created with :func:`tempfile.TemporaryFile` in the temporary directory (``TMPDIR``): on POSIX
 the file is unlinked at creation, so it never outlives the process (error, ``KeyboardInterrupt``,
 kill), and :meth:`close` frees its disk space at once. The file is written tile by tile with
-``pwrite`` (a full disk raises, never ``SIGBUS``) and then mapped read-only; :meth:`release`
-drops the mapping's resident pages (``madvise(MADV_DONTNEED)``, safe on a read-only shared file
-mapping: the next read faults them in again from the page cache or the disk), so what the peeling
-reads stays out of RSS. If the file cannot be written (no space, no temporary directory), the
-lines are the strided view of ``W^T`` (slower, no extra memory) and :attr:`spill_error` says why.
+``pwrite`` (a full disk raises, never ``SIGBUS``) and its lines are read back one at a time with
+``pread`` (:class:`FileLines`): nothing is mapped, so the copy never counts in RSS (the kernel's
+page cache holds what it can) and the file can always be closed. If the file cannot be written
+(no space, no temporary directory), the lines are the strided view of ``W^T`` (slower, no extra
+memory) and :attr:`spill_error` says why.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 
@@ -55,6 +54,35 @@ def numpy_bits(t: torch.Tensor, kind: np.dtype) -> np.ndarray:
     return t.view(_INT_VIEW[t.element_size()]).numpy().view(kind)
 
 
+class FileLines:
+    """Rows of a ``(rows, width)`` array of ``kind`` stored in an open file, read one at a time
+    with ``pread`` into a reused buffer (``lines[i]`` is valid until the next read): nothing
+    is mapped, so nothing of the file counts in the process's RSS, and closing the file always
+    frees it."""
+
+    def __init__(self, fd: int, shape: tuple[int, int], kind: np.dtype):
+        self.fd, self.shape, self.dtype = fd, shape, np.dtype(kind)
+        self.row_bytes = shape[1] * self.dtype.itemsize
+        self.buf = np.empty(shape[1], dtype=self.dtype)
+        self._view = memoryview(self.buf).cast("B")
+
+    def __getitem__(self, i) -> np.ndarray:
+        offset, done = int(i) * self.row_bytes, 0
+        while done < self.row_bytes:
+            got = os.preadv(self.fd, [self._view[done:]], offset + done) if hasattr(os, "preadv") else \
+                _pread_into(self.fd, self._view[done:], offset + done)
+            if got <= 0:
+                raise OSError(f"the temporary file of transposed columns ended early (row {i})")
+            done += got
+        return self.buf
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    data = os.pread(fd, len(view), offset)
+    view[:len(data)] = data
+    return len(data)
+
+
 class TransposedLines:
     """The rows of ``mat.T`` (``mat``: a 2-D CPU tensor, ``(m_dst, m_src)``) as a contiguous numpy
     array of ``kind`` (the same item size as ``mat``), made on the first :meth:`get`."""
@@ -73,7 +101,6 @@ class TransposedLines:
         self._src: torch.Tensor | None = None
         self._taken = 0
         self._file = None
-        self._map: mmap.mmap | None = None
 
     def get(self, alive: np.ndarray | None = None) -> np.ndarray:
         """The lines (built on the first call): ``(m_src, m_dst)``, or, when ``alive`` (a bool
@@ -129,25 +156,16 @@ class TransposedLines:
                 offset, done = j0 * m_dst * self.kind.itemsize, 0
                 while done < len(view):
                     done += os.pwrite(fd, view[done:], offset + done)
-            self._map = mmap.mmap(fd, self.nbytes, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
             f.close()
             return self._strided(f"could not write the temporary file ({e})")
         self._file = f
         self.spilled = True
-        return np.frombuffer(self._map, dtype=self.kind).reshape(self.shape)
+        return FileLines(fd, self.shape, self.kind)
 
     def _strided(self, why: str) -> np.ndarray:
         self.spill_error = why
         return numpy_bits(self._src, self.kind).T
-
-    def release(self) -> None:
-        """Drop the resident pages of the file mapping (no-op in memory or where unsupported)."""
-        if self._map is not None and hasattr(self._map, "madvise"):
-            try:
-                self._map.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
 
     def close(self) -> None:
         """Free the copy (and the temporary file; its memory budget goes back). Lines handed out
@@ -155,12 +173,6 @@ class TransposedLines:
         self._lines = None
         self.budget.left += self._taken
         self._taken = 0
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # a line is still referenced: the mapping goes with it
-                pass
-            self._map = None
         if self._file is not None:
             self._file.close()
             self._file = None

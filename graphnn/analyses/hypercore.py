@@ -155,7 +155,7 @@ def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
         e[3] = e[3] + 2
         e[4] = x[4] + lazy.targets
         x[2], x[3] = _buffers(wide, e[3] - 2, width)
-    x[1] = _mapped_bytes(lines.shape[1]) if lazy.spilled else 0  # in memory: no mapped pages
+    x[1] = _mapped_bytes(lines.shape[1]) if lazy.spill_error else 0  # strided views of the mapped matrix
     e[1] = lines
     return lines
 
@@ -219,8 +219,8 @@ def _resident_file_bytes(counted: int) -> int:
 _HIGH = 1 if sys.byteorder == "little" else 0
 
 #: Resident file-backed memory of the process (1.5 GB) above which the peeling releases the pages
-#: of the mapped weights and spilled copies it has read since the last release
-#: (:func:`graphnn._pages.release_pages`, :meth:`TransposedLines.release`); looked at every
+#: of the mapped weights it has read since the last release (:func:`graphnn._pages.release_pages`;
+#: spilled copies are read with ``pread``, not mapped); looked at every
 #: :data:`_CHECK_BYTES` of mapped lines read. Measured (Linux 6.18, ext4): one 8 KB row read
 #: maps the page cache's whole 2 MB folio around it, so rows read in removal order make whole
 #: matrices resident within a few dozen reads, and a release costs a ``pagemap`` read of every
@@ -246,8 +246,8 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     (it would only change removed neurons): the last partitions to go, often the widest (a
     transformer's residual stream), never need their columns. bf16/fp16 lines are turned into
     float32 |w| in a reused buffer (exact); their transposed copies are made when first read
-    and freed once no line of theirs can be read again (:mod:`._columns`), and the resident pages of the mapped weights and of
-    spilled copies are released whenever the process's resident file pages exceed
+    and freed once no line of theirs can be read again (:mod:`._columns`), and the resident
+    pages of the mapped weights are released whenever the process's resident file pages exceed
     :data:`PAGE_BUDGET_BYTES`. ``device`` is accepted for
     symmetry with the other analyses: the peeling runs on the CPU.
     """
@@ -270,12 +270,11 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
 
 def _release(sources: list, dirty: list[int]) -> None:
     """Release the resident pages of the sources read since the last release (``dirty``): a
-    mapped matrix (numpy rows), or a column copy (its file mapping and the matrix it read)."""
+    mapped matrix (numpy rows), or the matrix a column copy read (or reads, strided)."""
     for i, d in enumerate(dirty):
         if d:
             x = sources[i]
             if isinstance(x, TransposedLines):
-                x.release()
                 release_pages(x.mat)
             else:
                 release_pages(x)
