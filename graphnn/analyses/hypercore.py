@@ -538,7 +538,10 @@ def hypercore(
     strongest fraction ``q`` of the structural edges (every edge tied with the last one kept
     too): the classic unweighted k-core, returned as integers. Without either, the cores are
     weighted by |w| (float64). ``dtype``: precision of the |w| copies (``None``: float64 up to
-    4M edges, float32 above; the peeling sums are float64 either way). A bad option (unknown
+    4M edges, float32 above; the peeling sums are float64 either way). bf16/fp16 weights are
+    peeled in their own dtype: the columns it reads get transposed 16-bit copies, up to 1 GB of
+    memory together (``_lines.LAZY_COPY_FACTOR x TRANSPOSE_BUDGET_BYTES``), beyond that in an
+    unlinked temporary file in ``TMPDIR`` of at most the size of those matrices. A bad option (unknown
     scope, ``threshold`` < 0 or not finite, ``top`` outside (0, 1], both given, unknown device or
     dtype) raises :class:`~graphnn.errors.InvalidParameterError`.
 
