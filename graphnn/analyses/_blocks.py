@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .._grouped import group_diagonal, set_group_diagonal_
 from .._pages import release_pages
 from ..errors import InvalidParameterError, NonFiniteWeightsError
 from ..graph import Block, LayeredGraph
@@ -121,6 +122,17 @@ def signed_and_abs_sums(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return tuple(out)
 
 
+def _group_view(m: torch.Tensor, groups: int) -> torch.Tensor:
+    """The ``(groups, r, c)`` view of the diagonal groups of ``m`` (:func:`graphnn._grouped.group_diagonal`),
+    without a copy when ``m`` or its transpose is contiguous (a grouped ConvTranspose's matrix is
+    a transposed view); a strided ``m`` of another layout is made contiguous first."""
+    if m.is_contiguous():
+        return group_diagonal(m, groups)
+    if m.t().is_contiguous():  # group k of m.T is the transpose of group k of m
+        return group_diagonal(m.t(), groups).transpose(1, 2)
+    return group_diagonal(m.contiguous(), groups)
+
+
 def masked(block: Block, m: torch.Tensor) -> torch.Tensor:
     """``m`` with the entries outside ``block.structure_mask()`` set to 0 (they are no edges).
     Equal consecutive groups are copied group by group into zeros (no mask is made)."""
@@ -128,7 +140,7 @@ def masked(block: Block, m: torch.Tensor) -> torch.Tensor:
     if shape is not None:
         g, r, c = shape
         out = torch.zeros(m.shape, dtype=m.dtype, device=m.device)
-        out.view(g, r, g, c).diagonal(dim1=0, dim2=2).copy_(m.reshape(g, r, g, c).diagonal(dim1=0, dim2=2))
+        set_group_diagonal_(out, _group_view(m, g))
         release_pages(m)
         return out
     mask = block.structure_mask()
@@ -266,7 +278,7 @@ class AbsBlock:
         self._full = self._pre_sums = None
         if self.group_shape is not None:
             g, r, c = self.group_shape
-            inside = w.reshape(g, r, g, c).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (g, r, c) view
+            inside = _group_view(w, g)  # (g, r, c) view (w: masked()'s contiguous zero-filled matrix)
             if inside.dtype not in _REDUCIBLE:  # float8: no abs kernel; float32 holds it exactly
                 inside = inside.float()
             a = weighting(inside)
@@ -341,7 +353,7 @@ class AbsBlock:
         if self._t is None and self._copy and self._g is not None:
             g, r, c = self.group_shape
             t = torch.zeros((self.m_src, self.m_dst), dtype=self.dtype, device=self.device)
-            t.view(g, c, g, r).diagonal(dim1=0, dim2=2).copy_(self._g.permute(2, 1, 0))
+            set_group_diagonal_(t, self._g.transpose(1, 2))
             self._t = t
         return self._t
 
