@@ -8,10 +8,12 @@ empirical two-sided p-value (docs/null-models.md).
 Null copies (:func:`null_copy`) are lazy: each block's loader returns a permuted copy of the
 block's own tensor, made when the block is read and regenerated identically on every read
 (the permutation comes from a seed per draw and block), so the original and one block's copy are
-in memory, never two copies of the model. Every null permutes the block's own entries of the
-parameter tensor, so the multiset of the tensor's entries is kept exactly; entries that belong
-to other blocks of the same parameter (q/k/v parts, other experts) stay where they are, and a
-grouped conv's entries stay inside its diagonal groups (its tensor holds only those).
+in memory, never two copies of the model; an original read from a memory-mapped checkpoint gives
+its resident pages back once the copy is made (:func:`graphnn._pages.release_pages`). Every null
+permutes the block's own entries of the parameter tensor, so the multiset of the tensor's
+entries is kept exactly; entries that belong to other blocks of the same parameter (q/k/v
+parts, other experts) stay where they are, and a grouped conv's entries stay inside its
+diagonal groups (its tensor holds only those).
 
 * ``kind="shuffle"``: a uniformly random permutation of the block's tensor entries (as
   WeightWatcher's ``randomize`` does per layer). Destroys every structure, also inside a conv
@@ -57,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..errors import GraphnnError, InvalidParameterError
 from ..graph import Block, LayeredGraph
 from ..validation import check_choice, check_number, check_seed
@@ -304,6 +307,7 @@ def permuted_tensor(b: Block, kind: str, seed: np.random.SeedSequence) -> torch.
     if tuple(raw.shape) != tuple(b.param_shape) and b._entry_index is not None:  # a bug, never a user error
         raise AssertionError(f"block {b.name}: tensor {tuple(raw.shape)} != {b.param_shape}")
     flat = torch.clone(raw, memory_format=torch.contiguous_format).view(-1)
+    release_pages(raw)  # the original's last read: a memory-mapped parameter's pages leave RSS
     units = units.to(flat.device)
     flat[units] = flat[units[torch.from_numpy(perm).to(flat.device)]]
     return flat.view(raw.shape)

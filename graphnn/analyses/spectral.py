@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import is_registered, release_pages
 from ..errors import ConvergenceWarning, InvalidParameterError, MissingDependencyError
 
 #: Blocks with at most this many entries get a full SVD.
@@ -209,25 +210,48 @@ def graph_spectrum(g, *, method: str = "auto") -> pd.DataFrame:
 
     recs = []
     for b in g.blocks.values():
-        recs.append({"block": b.name, "param": b.param, **block_spectrum(masked(b, b.matrix()), method=method,
-                                                                           name=b.name)})
+        raw = b.tensor()
+        recs.append({"block": b.name, "param": b.param,
+                     **block_spectrum(masked(b, b.matrix(tensor=raw)), method=method, name=b.name)})
+        release_pages(raw)  # a memory-mapped parameter: the pages the SVD/Lanczos read leave RSS
     return pd.DataFrame(recs, columns=["block", "param", *SPECTRAL_COLUMNS])
 
 
 # -- WeightWatcher ---------------------------------------------------------------------------------
 class _GraphTensors(dict):
     """The graph's mapped parameters as the ``dict`` WeightWatcher reads (``name -> tensor``),
-    each tensor read from its block when WeightWatcher asks for it."""
+    each tensor read from its block when WeightWatcher asks for it.
+
+    WeightWatcher goes through the layers in order, reading a layer's weight several times
+    before it moves on. When it asks for another parameter, the tensors handed out for the
+    previous one give back their resident pages (:func:`graphnn._pages.release_pages`: a
+    memory-mapped checkpoint does not stay resident; a no-op for tensors in ordinary memory);
+    :meth:`release` does so for the last one. Releasing never changes values: a page read again
+    is read from the file."""
 
     def __init__(self, g):
         super().__init__()
         self._blocks = {}
+        self._key = None
+        self._handed: list[torch.Tensor] = []
         for b in g.blocks.values():
             self._blocks.setdefault(b.param, b)
             dict.__setitem__(self, b.param, None)
 
     def __getitem__(self, key):
-        return self._blocks[key].tensor().detach().to("cpu")
+        t = self._blocks[key].tensor()
+        if key != self._key:
+            self.release()
+            self._key = key
+        if is_registered(t) and all(h.data_ptr() != t.data_ptr() for h in self._handed):
+            self._handed.append(t)  # (heap tensors, e.g. a ΔW block's, are not held: nothing to give back)
+        return t.detach().to("cpu")
+
+    def release(self) -> None:
+        """Give back the pages of the tensors handed out so far."""
+        handed, self._handed = self._handed, []
+        for t in handed:
+            release_pages(t)
 
     def values(self):  # pragma: no cover - WeightWatcher reads by key
         return [self[k] for k in self]
@@ -271,8 +295,12 @@ def weightwatcher_alpha(source: Any) -> pd.DataFrame:
     model = _GraphTensors(source) if isinstance(source, LayeredGraph) else source
     if isinstance(model, Mapping) and not isinstance(model, dict):
         model = dict(model)
-    with _quiet():
-        details = ww.WeightWatcher(model=model).analyze()
+    try:
+        with _quiet():
+            details = ww.WeightWatcher(model=model).analyze()
+    finally:
+        if isinstance(model, _GraphTensors):
+            model.release()
     if details is None or len(details) == 0 or "alpha" not in details:
         return pd.DataFrame({"param": pd.Series([], dtype=object), "ww_alpha": pd.Series([], dtype="float64")})
     names = details["longname"] if "longname" in details else details["name"]

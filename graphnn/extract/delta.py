@@ -9,6 +9,10 @@ and cores say where the change concentrates.
 :func:`delta_norms` gives per block ``‖ΔW‖_F``, ``‖W_base‖_F`` and their ratio. Norms are over
 the weights the block holds *as stored* (a conv block's whole kernels, not their aggregation;
 a q/k/v block only its rows of the fused tensor), computed in float64.
+
+Both read each side's tensor once per call and then give back its resident pages
+(:func:`graphnn._pages.release_pages`: for a memory-mapped checkpoint RSS stays near one block;
+a no-op for tensors in ordinary memory).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..errors import InvalidParameterError, TopologyWarning
 from ..graph import Block, LayeredGraph
 from ..validation import check_bool
@@ -176,7 +181,11 @@ def _delta_block(t: Block, b: Block) -> Block:
     dt = _delta_dtype(t.dtype, b.dtype)
 
     def load() -> torch.Tensor:
-        return t.tensor().to(dt) - b.tensor().to(dt)
+        wt, wb = t.tensor(), b.tensor()
+        d = wt.to(dt) - wb.to(dt)  # a new tensor: the two sides are read once, here
+        release_pages(wt)  # memory-mapped checkpoints: their pages leave RSS (a no-op otherwise)
+        release_pages(wb)
+        return d
 
     return dataclasses.replace(t, dtype=dt, _load=load, _on_load=None, src_size=None, dst_size=None)
 
@@ -196,9 +205,11 @@ def _norm_row(t: Block, b: Block) -> dict:
     d = mt - mb
     fd = float(torch.linalg.vector_norm(d)) if d.numel() else 0.0
     fb = float(torch.linalg.vector_norm(mb)) if mb.numel() else 0.0
+    mx = float(d.abs().max()) if d.numel() else 0.0
+    release_pages(wt)  # the last read of the two tensors (mb may be a view of wb)
+    release_pages(wb)
     return {"block": t.name, "param": t.param, "frobenius_delta": fd, "frobenius_base": fb,
-            "relative": fd / fb if fb > 0 else math.nan,
-            "max_abs_delta": float(d.abs().max()) if d.numel() else 0.0}
+            "relative": fd / fb if fb > 0 else math.nan, "max_abs_delta": mx}
 
 
 def _coverage(base: LayeredGraph, tuned: LayeredGraph, pairs, lb: str, lt: str) -> list[dict]:

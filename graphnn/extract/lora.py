@@ -21,6 +21,10 @@ products, exact up to float64 rounding); the |ΔW| sums need the entries, formed
 time (``CHUNK_ELEMENTS`` entries at once, never the whole product). The full analyses
 (:func:`graphnn.analyse`: centrality, cores) read each block's ΔW once, as for any graph.
 :func:`lora_norms` gives ‖ΔW‖_F per block from the r x r Gram matrices of the factors.
+
+Factors and base weights read from a memory-mapped file give their resident pages back once
+each pass is done with them (:func:`graphnn._pages.release_pages`), so RSS does not grow to the
+size of the base checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._pages import release_pages
 from ..errors import CorruptCheckpointError, InvalidParameterError, TopologyWarning
 from ..graph import Block, LayeredGraph
 from .delta import _delta_dtype, _some
@@ -375,18 +380,28 @@ def _delta_shape(lm: LoraModule, transposed: bool) -> tuple[int, int]:
     return (inn, out) if transposed else (out, inn)
 
 
-def _factors(lm: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+def _factors(lm: LoraModule) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``(A, B, read)``: the factors in the ΔW dtype (the tensors as read when already in it)
+    and the tensors as read (for :func:`_release` once the caller is done with both)."""
     a, b = lm.load_a(), lm.load_b()
     dt = _delta_dtype(a.dtype, b.dtype)
-    return a.to(dt), b.to(dt)
+    return a.to(dt), b.to(dt), (a, b)
+
+
+def _release(*tensors: torch.Tensor) -> None:
+    """Give back the resident pages of tensors read from a memory-mapped file (the adapter's
+    factors, the base weights) once a pass is done with them (a no-op for other tensors)."""
+    for t in tensors:
+        release_pages(t)
 
 
 def _lora_block(b: Block, lm: LoraModule, transposed: bool) -> Block:
     """``b`` with its tensor replaced by ``scale · B · A`` in the base parameter's layout."""
 
     def load() -> torch.Tensor:
-        a, bb = _factors(lm)
+        a, bb, read = _factors(lm)
         d = (bb @ a).mul_(lm.scale)
+        _release(*read)
         return d.T if transposed else d
 
     dt = _delta_dtype(*lm.dtypes)  # what load() returns: float64 factors stay float64
@@ -415,8 +430,10 @@ def matrix_factors(block: Block) -> tuple[torch.Tensor, torch.Tensor]:
         return m[:, 0] if axis == 0 else m[0, :]
 
     rows, cols = probe(torch.arange(out), 0), probe(torch.arange(inn), 1)
-    a, b = _factors(lm)
-    return (b.double()[rows] * lm.scale), a.double()[:, cols]
+    a, b, read = _factors(lm)
+    left, right = b.double()[rows] * lm.scale, a.double()[:, cols]  # new tensors (indexing copies)
+    _release(*read)
+    return left, right
 
 
 def _row_chunks(left: torch.Tensor, right: torch.Tensor):
@@ -439,7 +456,9 @@ def lora_norms(g: LayeredGraph) -> pd.DataFrame:
         left, right = matrix_factors(b)
         fd = math.sqrt(max(0.0, float(torch.trace((left.T @ left) @ (right @ right.T)))))
         base_block = b._lora[2]
-        fb = float(torch.linalg.vector_norm(base_block.matrix().double()))
+        raw = base_block.tensor()
+        fb = float(torch.linalg.vector_norm(base_block.matrix(tensor=raw).double()))
+        _release(raw)  # the base weight (often a large memory-mapped checkpoint) leaves RSS
         mx = max((float(c.abs().max()) for _, c in _row_chunks(left, right) if c.numel()), default=0.0)
         rows.append({"block": b.name, "param": b.param, "frobenius_delta": fd, "frobenius_base": fb,
                      "relative": fd / fb if fb > 0 else math.nan, "max_abs_delta": mx})
