@@ -171,32 +171,44 @@ def register(*tensors) -> int:
     return count
 
 
+def _extent(shape, strides) -> tuple[int, int]:
+    """(lowest, highest) element offset, in strides' units, that an array of ``shape`` reaches."""
+    lo = hi = 0
+    for size, stride in zip(shape, strides):
+        if stride > 0:
+            hi += (size - 1) * stride
+        else:
+            lo += (size - 1) * stride
+    return lo, hi
+
+
 def _span(t) -> tuple[int, int] | None:
     """(address, bytes) of the memory a CPU tensor or numpy array spans; None if not applicable."""
     if isinstance(t, np.ndarray):
         if t.size == 0:
             return None
-        addr = t.__array_interface__["data"][0]
-        lo = hi = 0
-        for size, stride in zip(t.shape, t.strides):
-            if stride > 0:
-                hi += (size - 1) * stride
-            else:
-                lo += (size - 1) * stride
-        return addr + lo, hi - lo + t.itemsize
+        lo, hi = _extent(t.shape, t.strides)  # numpy strides are in bytes
+        return t.__array_interface__["data"][0] + lo, hi - lo + t.itemsize
     try:
         if t.device.type != "cpu" or t.numel() == 0 or t.is_sparse:
             return None
         item = t.element_size()
-        lo = hi = 0
-        for size, stride in zip(t.shape, t.stride()):
-            if stride > 0:
-                hi += (size - 1) * stride
-            else:
-                lo += (size - 1) * stride
+        lo, hi = _extent(t.shape, t.stride())  # torch strides are in elements
         return t.data_ptr() + lo * item, (hi - lo + 1) * item
     except (AttributeError, RuntimeError):
         return None
+
+
+def _page_range(t) -> tuple[int, int, int, int] | None:
+    """``(addr, bytes, first page, end page)`` of ``t``'s span (end exclusive), or None where
+    release cannot work here or ``t`` spans no CPU memory."""
+    if t is None or not _setup():
+        return None
+    span = _span(t)
+    if span is None:
+        return None
+    addr, n = span
+    return addr, n, addr // _page, -(-(addr + n) // _page)
 
 
 def _registered_range(addr: int, n: int) -> tuple[int, int] | None:
@@ -217,9 +229,9 @@ def _registered_range(addr: int, n: int) -> tuple[int, int] | None:
         return start, end
 
 
-def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | None:
-    """Runs (first page, pages) of [first_page, first_page + count) that are file pages or absent
-    and not swapped, read from /proc/self/pagemap; None if it cannot be read."""
+def _page_flags(first_page: int, count: int) -> np.ndarray | None:
+    """The /proc/self/pagemap entries (uint64 flags) of ``count`` pages from ``first_page``;
+    None if they cannot be read whole."""
     try:
         with open(_PAGEMAP, "rb", buffering=0) as f:
             f.seek(first_page * 8)
@@ -232,7 +244,15 @@ def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | Non
                 got += k
     except OSError:
         return None
-    flags = np.frombuffer(raw, dtype=np.uint64)
+    return np.frombuffer(raw, dtype=np.uint64)
+
+
+def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | None:
+    """Runs (first page, pages) of [first_page, first_page + count) that are file pages or absent
+    and not swapped, read from /proc/self/pagemap; None if it cannot be read."""
+    flags = _page_flags(first_page, count)
+    if flags is None:
+        return None
     present = (flags & _PRESENT) != 0
     ok = np.where(present, (flags & _FILE) != 0, (flags & _SWAPPED) == 0)
     if ok.all():
@@ -243,44 +263,28 @@ def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | Non
 
 def release_pages(t) -> int:
     """Drop the resident pages of a registered file-mapped tensor's span; the bytes released."""
-    if t is None or not _setup():
+    pages = _page_range(t)
+    if pages is None:
         return 0
-    span = _span(t)
-    if span is None:
+    addr, n, first, last = pages  # the storage's pages all lie in its file mapping
+    if _registered_range(addr, n) is None:
         return 0
-    addr, n = span
-    rng = _registered_range(addr, n)
-    if rng is None:
-        return 0
-    page = _page
-    first = addr // page
-    last = -(-(addr + n) // page)  # exclusive; the storage's pages all lie in its file mapping
     runs = _releasable_runs(first, last - first)
     if runs is None:
         return 0
     released = 0
     for p, k in runs:
-        if _libc.madvise(p * page, k * page, _MADV_DONTNEED) == 0:
-            released += k * page
+        if _libc.madvise(p * _page, k * _page, _MADV_DONTNEED) == 0:
+            released += k * _page
     return released
 
 
 def resident_file_bytes(t) -> int:
     """Bytes of the pages spanned by ``t`` that are present and file-backed (0 if unknown)."""
-    if t is None or not _setup():
+    pages = _page_range(t)
+    flags = None if pages is None else _page_flags(pages[2], pages[3] - pages[2])
+    if flags is None:
         return 0
-    span = _span(t)
-    if span is None:
-        return 0
-    addr, n = span
-    first, last = addr // _page, -(-(addr + n) // _page)
-    try:
-        with open(_PAGEMAP, "rb", buffering=0) as f:
-            f.seek(first * 8)
-            raw = f.read((last - first) * 8)
-    except OSError:
-        return 0
-    flags = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.uint64)
     return int((((flags & _PRESENT) != 0) & ((flags & _FILE) != 0)).sum()) * _page
 
 
