@@ -1,4 +1,5 @@
-"""The weighted hypercore of bf16/fp16 graphs on the paths meant for checkpoints larger than memory:
+"""The weighted hypercore of bf16/fp16/float32/float64 graphs on the paths meant for checkpoints
+larger than memory:
 column lines from transposed copies made on first read, in memory, in a temporary file (a budget
 of 0 forces it on a tiny graph), of the still-alive targets only, or strided when no file can be
 written; lines whose targets are all removed skipped; mapped pages released while peeling.
@@ -87,7 +88,7 @@ def _record_copies(monkeypatch) -> list:
     return made
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_out_of_core_paths_give_the_float64_numbers_exactly(dtype, streamed, tmp_path):
     g = residual_graph(dtype, seed=1, dyadic=True)
     ref = graphnn.hypercore(as_float64(g))["core"].to_numpy()
@@ -100,6 +101,7 @@ def test_out_of_core_paths_give_the_float64_numbers_exactly(dtype, streamed, tmp
         made.clear()
         np.testing.assert_array_equal(graphnn.hypercore(g)["core"].to_numpy(), ref)
         assert made and all(c.spilled == (budget == 0) for c in made)
+        assert all(c.dtype.itemsize == dtype.itemsize for c in made)  # the weights' own dtype
         # the o/down copies are read with all their targets (the stream) alive; at least one gate/up
         # copy is made when fewer than half of its targets are left, and holds only those
         assert any(c.targets is not None and 0 < c.targets.size < 20 for c in made)
@@ -109,8 +111,9 @@ def test_out_of_core_paths_give_the_float64_numbers_exactly(dtype, streamed, tmp
         assert os.listdir(tmp_path) == []  # the temporary file is unlinked at creation
 
 
-def test_strided_fallback_when_no_temporary_file_can_be_written(streamed):
-    g = residual_graph(torch.bfloat16, seed=2, dyadic=True)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_strided_fallback_when_no_temporary_file_can_be_written(dtype, streamed):
+    g = residual_graph(dtype, seed=2, dyadic=True)
     ref = naive_peeling(dense_abs_adjacency(as_float64(g)))
 
     def no_file(*args, **kw):
@@ -123,12 +126,20 @@ def test_strided_fallback_when_no_temporary_file_can_be_written(streamed):
     assert made and all(not c.spilled and "No space left" in c.spill_error for c in made)
 
 
-def test_rounded_bf16_weights_give_the_same_numbers_on_every_path(streamed):
-    """Weights with rounding (float64 sums of bf16 values round): the file and in-memory paths
-    do the same float64 subtractions in the same order, so their numbers are equal; both are
-    the naive peeling's to rounding."""
-    g = residual_graph(torch.bfloat16, seed=3, dyadic=False)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rounded_weights_give_the_same_numbers_on_every_path(dtype, streamed, monkeypatch):
+    """Weights with rounding (float64 sums of bf16/float32 values round): the file and in-memory
+    paths do the same float64 subtractions in the same order, so their numbers are equal; both are
+    the naive peeling's to rounding. For float32 the in-memory numbers are also those of the
+    block-copy storage (small graphs: a float64 |W| copy per block, the same float64 values)."""
+    g = residual_graph(dtype, seed=3, dyadic=False)
+    if dtype == torch.float32:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_blocks, "CPU_COPY_MAX_EDGES", 10**9)
+            copied = graphnn.hypercore(g)["core"].to_numpy()
     inside = graphnn.hypercore(g)["core"].to_numpy()
+    if dtype == torch.float32:
+        np.testing.assert_array_equal(inside, copied)
     streamed.setattr(_lines, "TRANSPOSE_BUDGET_BYTES", 0)
     streamed.setattr(hc, "PAGE_BUDGET_BYTES", 0)  # release after every removal that reads a line
     streamed.setattr(hc, "_CHECK_BYTES", 0)
@@ -178,7 +189,8 @@ def test_temporary_files_are_closed_after_the_peeling_and_on_interrupt(streamed,
     assert _open_column_files() == before
 
 
-def test_a_safetensors_file_peels_with_its_pages_released(streamed, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_safetensors_file_peels_with_its_pages_released(dtype, streamed, tmp_path):
     """Weights read through the file's memory map (as extraction reads a checkpoint): the peeling
     releases the pages it read (after every removal here), leaves none resident, and gives the
     numbers of the in-memory graph."""
@@ -187,7 +199,7 @@ def test_a_safetensors_file_peels_with_its_pages_released(streamed, tmp_path):
 
     from graphnn import _pages
 
-    g = residual_graph(torch.bfloat16, seed=5, dyadic=True)
+    g = residual_graph(dtype, seed=5, dyadic=True)
     path = tmp_path / "w.safetensors"
     save_file({b.name: b.matrix().contiguous() for b in g.blocks.values()}, str(path))
     ref = graphnn.hypercore(g)["core"].to_numpy()

@@ -4,7 +4,8 @@ A block ``W`` is stored row-major, so the edges of a source neuron (a column) ar
 element of a bf16 column read from an 11008-row matrix sits on its own cache line, and reading
 all columns one at a time moves ~32x the matrix's bytes. :class:`TransposedLines` holds the
 transposed matrix ``W^T`` (``(m_src, m_dst)``, contiguous) instead, **in the matrix's own dtype**
-(bf16 kept as its raw 16-bit patterns, fp16 as numpy float16: no float32 copy), built the first
+(bf16 kept as its raw 16-bit patterns, fp16 as numpy float16: no float32 copy; float32 and float64
+as they are: exact), built the first
 time a line is asked for (:meth:`TransposedLines.get`), by torch's transposition (in square
 tiles for the file). The signs are kept; the caller takes ``|w|`` on use.
 
@@ -89,7 +90,7 @@ class TransposedLines:
 
     def __init__(self, mat: torch.Tensor, kind: np.dtype, budget: MemoryBudget):
         self.mat = mat
-        self.kind = np.dtype(kind)
+        self.kind = self.dtype = np.dtype(kind)
         self.shape = (int(mat.shape[1]), int(mat.shape[0]))
         self.nbytes = mat.numel() * mat.element_size()
         self.budget = budget

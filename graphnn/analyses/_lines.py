@@ -19,13 +19,14 @@ Structure, in the order the constructor resolves it:
 
 Values are float64 for float64 weights and float32 otherwise (exact copies of float32/bf16/fp16
 weights); the callers accumulate in float64 (numpy upcasts ``s -= line`` element by element).
-bf16 and fp16 matrices are never copied to float32: their rows are numpy views of the weights
-themselves (bf16 as its raw ``uint16`` patterns, ``encoding="bf16"``, turned into ``|w|`` in float32
-by a shift and a mask, exactly; fp16 as numpy ``float16``), their columns a transposed copy in the
-same 16-bit form made only when the peeling first needs one (:class:`._columns.TransposedLines`:
-in memory while :data:`LAZY_COPY_FACTOR` x :data:`TRANSPOSE_BUDGET_BYTES` allows, beyond it in a
-temporary file). float8
-matrices are read a line at a time through torch (:class:`TorchLines`).
+Signed float weights (|w| weighting, no mask or index map, on the CPU: the streamed storage of a
+large graph) are never copied up front: their rows are numpy views of the weights themselves
+(float32/float64 as they are, fp16 as numpy ``float16``, bf16 as its raw ``uint16`` patterns,
+``encoding="bf16"``, turned into ``|w|`` in float32 by a shift and a mask, exactly), their columns a
+transposed copy in the same dtype made only when the peeling first needs one
+(:class:`._columns.TransposedLines`: in memory while :data:`LAZY_COPY_FACTOR` x
+:data:`TRANSPOSE_BUDGET_BYTES` allows, beyond it in a temporary file); ``|w|`` is taken as a line
+is read. float8 matrices are read a line at a time through torch (:class:`TorchLines`).
 """
 
 from __future__ import annotations
@@ -38,15 +39,18 @@ import torch
 from ._blocks import _REDUCIBLE, AbsBlock, Placed
 from ._columns import MemoryBudget, TransposedLines, numpy_bits
 
-#: Transposed copies of the column side are made while their total stays below this many bytes;
-#: beyond it the columns are strided views of the (row-major) matrix (float32/float64: slower, no
-#: extra memory) or, for bf16/fp16, a transposed copy in a temporary file (:mod:`._columns`).
+#: Transposed copies of the column side made up front (|w| of matrices already weighted or
+#: masked, float8) are made while their total stays below this many bytes; beyond it the columns
+#: are strided views of the (row-major) matrix (slower, no extra memory).
 TRANSPOSE_BUDGET_BYTES = 1 << 29
-#: The bf16/fp16 column copies (made only when first read, freed once useless) may take this many
-#: times :data:`TRANSPOSE_BUDGET_BYTES` of memory together (1 GB); beyond it they go to a file.
+#: The column copies of signed float weights (made only when first read, freed once useless) may
+#: take this many times :data:`TRANSPOSE_BUDGET_BYTES` of memory together (1 GB); beyond it they
+#: go to a temporary file (:mod:`._columns`).
 LAZY_COPY_FACTOR = 2
-#: numpy view of the 16-bit float dtypes numpy reads line by line (bf16: raw patterns).
-_BITS = {torch.bfloat16: (np.dtype(np.uint16), "bf16"), torch.float16: (np.dtype(np.float16), "")}
+#: numpy view of the float dtypes whose signed lines are read as views of the weights, with the
+#: encoding of :attr:`LineEnd.encoding` (bf16: raw patterns).
+_VIEWS = {torch.bfloat16: (np.dtype(np.uint16), "bf16"), torch.float16: (np.dtype(np.float16), ""),
+          torch.float32: (np.dtype(np.float32), ""), torch.float64: (np.dtype(np.float64), "")}
 
 
 @dataclass
@@ -250,8 +254,10 @@ def _rows_beside_copy(b: AbsBlock, budget: MemoryBudget) -> np.ndarray | None:
 
 def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: bool = False) -> list[LineEnd]:
     """Both ends of every placed block (the destination end's lines are rows, the source end's
-    columns). The column side is a transposed contiguous copy while ``budget_bytes`` (default
-    :data:`TRANSPOSE_BUDGET_BYTES`, read at the call) allows.
+    columns). The column side is a transposed contiguous copy: made when first read for signed
+    float weights (:class:`._columns.TransposedLines`, within ``LAZY_COPY_FACTOR x budget_bytes``
+    of memory, else in a file), made now for the others while ``budget_bytes`` (default
+    :data:`TRANSPOSE_BUDGET_BYTES`, read at the call) allows, else strided.
     ``binary``: the blocks are weighted 0/1 (a threshold); lines are then unsigned integers
     (uint8 0/1, or int64 counts where an index map adds parallel edges)."""
     budget = MemoryBudget(TRANSPOSE_BUDGET_BYTES if budget_bytes is None else budget_bytes)
@@ -277,9 +283,9 @@ def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: boo
             ends.append(_end(b.name, _numpy(b.t), False, p.src_off, b.n_src, p.dst_off, b.n_dst, None, None, 1))
             continue
         mat, signed = _weighted_matrix(b, binary)
-        if signed and mat.dtype in _BITS and b._src_map is None and b._dst_map is None:
-            # bf16/fp16: rows are views of the weights, columns a transposed copy made when first read
-            kind, encoding = _BITS[mat.dtype]
+        if signed and mat.dtype in _VIEWS and b._src_map is None and b._dst_map is None:
+            # rows are views of the weights, columns a transposed copy (same dtype) made when first read
+            kind, encoding = _VIEWS[mat.dtype]
             ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, numpy_bits(mat, kind),
                                 absolute=True, t_part=(p.src_off, p.src_off + b.n_src), encoding=encoding))
             ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TransposedLines(mat, kind, lazy_budget),

@@ -74,8 +74,10 @@ class _Partition:
     """The block ends of one partition of the node space, as the peeling loop reads them.
 
     ``ends``: a list per end whose lines are vectors (``[start, lines, line_of, kind, target,
-    absolute, group_lines, views, gspans, target_partition]``; ``kind`` 3 and 4: bf16 patterns
-    and fp16 lines, whose ``views`` field holds ``[lazy, line_bytes, out, value, t_start]`` (and
+    absolute, group_lines, views, gspans, target_partition]``; ``kind`` 3 and 4: signed lines
+    read as views of the weights or from their lazy column copies (:func:`_reads_weights`), bf16
+    patterns (3) or fp16/float32/float64 values (4), whose ``views`` field holds ``[lazy,
+    line_bytes, out, value, t_start]`` (and
     the index of their source for page releases, added by the peeling) and
     whose ``lines`` may be made on first use from ``lazy``, :func:`_materialise`); ``scalar``: ends with one edge per line (a depthwise conv), as Python lists
     of weight, target node and target segment per line, so that such a removal is a few scalar
@@ -104,14 +106,15 @@ class _Partition:
                 views = [sv[e.t_start + q * w:e.t_start + (q + 1) * w] for q in range(groups)]
                 gspans = [heap.span(e.t_start + q * w, e.t_start + (q + 1) * w) for q in range(groups)] if w else None
                 self.ends.append([e.start, e.lines, e.line_of, 2, None, e.absolute, e.group_lines, views, gspans, tp])
-            elif isinstance(e.lines, TransposedLines) or e.lines.dtype.itemsize == 2:
+            elif _reads_weights(e):
                 width = e.lines.shape[1]
                 view = sv[e.t_start:e.t_start + width]
                 lazy = e.lines if isinstance(e.lines, TransposedLines) else None
                 kind = 3 if e.encoding == "bf16" else 4
-                out, value = _buffers(wide, kind, width)
+                out, value = _buffers(wide, kind, width, e.lines.dtype)
+                line_bytes = 0 if lazy else _mapped_bytes(width * e.lines.dtype.itemsize)
                 self.ends.append([e.start, None if lazy else e.lines, e.line_of, kind, view, True, 0,
-                                  [lazy, 0 if lazy else _mapped_bytes(width), out, value, e.t_start], None, tp])
+                                  [lazy, line_bytes, out, value, e.t_start], None, tp])
             else:
                 view = sv[e.t_start:e.t_start + e.lines.shape[1]]
                 self.ends.append([e.start, e.lines, e.line_of, 0, view, e.absolute, 0, None, None, tp])
@@ -127,25 +130,33 @@ class _Partition:
             self.spans.append((j0, j1, heap.v[a:b], rel))
 
 
-def _buffers(wide: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], kind: int, width: int
+def _reads_weights(e: LineEnd) -> bool:
+    """Whether an end's lines are the signed weights themselves (numpy views of the matrix, maybe
+    of a file mapping) or their lazily made transposed copy: :func:`._lines.line_ends`'s ends of
+    signed float weights; the peeling takes ``|w|`` into a buffer and releases mapped pages."""
+    return isinstance(e.lines, TransposedLines) or (isinstance(e.lines, np.ndarray) and e.absolute
+                                                    and not e.group_lines and e.targets is None)
+
+
+def _buffers(wide: dict[tuple, tuple[np.ndarray, np.ndarray]], kind: int, width: int, dtype: np.dtype
              ) -> tuple[np.ndarray, np.ndarray]:
-    """``(out, value)`` buffers of a 16-bit line of ``width`` (shared by the ends of one kind and
-    width): bf16 (kind 3): float32 words whose low halves stay 0, the sign-cleared patterns
-    written to their high halves (``out``), read as float32 (``value``): ``|w|`` exactly; fp16:
-    one float16 buffer."""
-    key = (kind, width)
+    """``(out, value)`` buffers of a line of ``width`` (shared by the ends of one kind, width and
+    dtype): bf16 (kind 3): float32 words whose low halves stay 0, the sign-cleared patterns
+    written to their high halves (``out``), read as float32 (``value``): ``|w|`` exactly; others:
+    one buffer of the lines' dtype (fp16, float32, float64) for ``|w|``."""
+    key = (kind, width, np.dtype(dtype))
     if key not in wide:
         if kind == 3:
             words = np.zeros(2 * width, dtype=np.uint16)
             wide[key] = (words[_HIGH::2], words.view(np.float32))
         else:
-            half = np.zeros(width, dtype=np.float16)
-            wide[key] = (half, half)
+            one = np.zeros(width, dtype=dtype)
+            wide[key] = (one, one)
     return wide[key]
 
 
 def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
-    """Make a lazy 16-bit end's lines (its first read): the transposed copy, of the targets still
+    """Make a lazy end's lines (its first read): the transposed copy, of the targets still
     alive only when fewer than half are (the end then reads ``s[targets]``: kinds 5 and 6)."""
     x = e[7]
     lazy = x[0]
@@ -154,8 +165,9 @@ def _materialise(e: list, s: np.ndarray, wide) -> np.ndarray:
         width = lines.shape[1]
         e[3] = e[3] + 2
         e[4] = x[4] + lazy.targets
-        x[2], x[3] = _buffers(wide, e[3] - 2, width)
-    x[1] = _mapped_bytes(lines.shape[1]) if lazy.spill_error else 0  # strided views of the mapped matrix
+        x[2], x[3] = _buffers(wide, e[3] - 2, width, lazy.kind)
+    # strided views of the (maybe mapped) matrix count towards the page budget
+    x[1] = _mapped_bytes(lines.shape[1] * lazy.kind.itemsize) if lazy.spill_error else 0
     e[1] = lines
     return lines
 
@@ -200,9 +212,9 @@ _FAULT_AROUND = 1 << 16
 _CHECK_BYTES = 1 << 25
 
 
-def _mapped_bytes(width: int) -> int:
-    """What reading a mapped 16-bit line of ``width`` counts towards the next look."""
-    return max(2 * width, _FAULT_AROUND)
+def _mapped_bytes(nbytes: int) -> int:
+    """What reading a mapped line of ``nbytes`` counts towards the next look."""
+    return max(nbytes, _FAULT_AROUND)
 
 
 def _resident_file_bytes(counted: int) -> int:
@@ -244,8 +256,9 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     numpy calls per block end, for any number of blocks or levels, and every sum is done in the
     same order on every machine. A line whose target partition has no neuron left is not read
     (it would only change removed neurons): the last partitions to go, often the widest (a
-    transformer's residual stream), never need their columns. bf16/fp16 lines are turned into
-    float32 |w| in a reused buffer (exact); their transposed copies are made when first read
+    transformer's residual stream), never need their columns. The lines of signed float weights
+    (the streamed storage of a large graph) are read as views of the weights, ``|w|`` taken into
+    a reused buffer (bf16 turned into float32, exactly); their transposed copies are made when first read
     and freed once no line of theirs can be read again (:mod:`._columns`), and the resident
     pages of the mapped weights are released whenever the process's resident file pages exceed
     :data:`PAGE_BUDGET_BYTES`. ``device`` is accepted for
@@ -257,7 +270,7 @@ def peel(n: int, placed: Sequence[Placed], *, device: torch.device | None = None
     tol = (s0 * tie_rtol).tolist()
     ends = line_ends(list(placed))
     copies = [e.lines for e in ends if isinstance(e.lines, TransposedLines)]
-    mapped = [e.lines for e in ends if isinstance(e.lines, np.ndarray) and e.lines.dtype.itemsize == 2]
+    mapped = [e.lines for e in ends if isinstance(e.lines, np.ndarray) and _reads_weights(e)]
     try:
         return _peel(n, s0, tol, ends, copies, mapped, progress)
     finally:
@@ -344,7 +357,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
             i = v - start if line_of is None else line_of[v - start]
             if i < 0:
                 continue
-            if kind >= 3:  # 16-bit lines (see _buffers); 5, 6: to some targets only
+            if kind >= 3:  # lines of the signed weights (see _buffers); 5, 6: to some targets only
                 if lines is None:
                     lines = _materialise(e, s, wide)
                     kind, target = e[3], e[4]
@@ -353,7 +366,7 @@ def _peel(n: int, s0: np.ndarray, tol: list[float], ends: list[LineEnd], copies:
                 if kind == 3:  # bf16 patterns, sign bit cleared, as the high halves of float32 words: |w|
                     band(lines[i], no_sign, out=views[2])
                     sub(target, views[3], out=target)
-                elif kind == 4:  # fp16
+                elif kind == 4:  # fp16, float32, float64: |w| in a buffer of their dtype
                     npabs(lines[i], out=views[2])
                     sub(target, views[2], out=target)
                 elif kind == 5:
@@ -538,8 +551,9 @@ def hypercore(
     strongest fraction ``q`` of the structural edges (every edge tied with the last one kept
     too): the classic unweighted k-core, returned as integers. Without either, the cores are
     weighted by |w| (float64). ``dtype``: precision of the |w| copies (``None``: float64 up to
-    4M edges, float32 above; the peeling sums are float64 either way). bf16/fp16 weights are
-    peeled in their own dtype: the columns it reads get transposed 16-bit copies, up to 1 GB of
+    4M edges, float32 above; the peeling sums are float64 either way). Above 4M edges the weights
+    are peeled in their own dtype (bf16, fp16, float32, float64): the columns it reads get
+    transposed copies in that dtype, made when first read, up to 1 GB of
     memory together (``_lines.LAZY_COPY_FACTOR x TRANSPOSE_BUDGET_BYTES``), beyond that in an
     unlinked temporary file in ``TMPDIR`` of at most the size of those matrices. A bad option (unknown
     scope, ``threshold`` < 0 or not finite, ``top`` outside (0, 1], both given, unknown device or
