@@ -18,11 +18,15 @@ API
     one, or a numpy array sharing its memory) if it lies in a registered storage; returns the
     bytes of the page runs advised (pages that were not resident included). The range is widened
     to whole pages, which stay inside the same file mapping. Anything else (heap memory, CUDA, unregistered, non-Linux, no libc) returns 0.
-    Data is never lost: ``/proc/self/pagemap`` is read first and only runs of pages that are
-    *file pages* (bit 61) or *not present and not swapped* are advised; a page the process has
-    written (copy-on-write made it anonymous) or that is swapped stays. If pagemap cannot be read,
-    nothing is released. The next read of a released page faults it in again from the page cache
-    (or the disk), with the file's bytes.
+    Data is never lost: the page tables are looked at first and only runs of pages that are
+    *file pages* or *not present and not swapped* are advised; a page the process has written
+    (copy-on-write made it anonymous) or that is swapped stays. The look is one
+    ``PAGEMAP_SCAN`` ioctl on ``/proc/self/pagemap`` (Linux 6.7+) that returns only the runs of
+    pages that must stay (present and not file-backed, or swapped): nothing per page comes back
+    to Python, ~10x cheaper than reading the 8-byte pagemap entry of every page, which is what
+    is done where the ioctl is missing (bits 63 present, 62 swapped, 61 file page). If neither
+    works, nothing is released. The next read of a released page faults it in again from the
+    page cache (or the disk), with the file's bytes.
 ``PageBudget(max_bytes)``
     For passes that touch tensors in an order of their own (the hypercore): ``.touch(t,
     nbytes=None)`` notes that ``t`` was read (``nbytes``: how much of it, default its whole span)
@@ -55,6 +59,24 @@ _PRESENT = np.uint64(1 << 63)
 _SWAPPED = np.uint64(1 << 62)
 _FILE = np.uint64(1 << 61)
 _PAGEMAP = "/proc/self/pagemap"  # 8 bytes per virtual page (kernel: admin-guide/mm/pagemap.rst)
+# PAGEMAP_SCAN (include/uapi/linux/fs.h): page categories and the ioctl's argument and result rows
+_PAGE_IS_FILE, _PAGE_IS_PRESENT, _PAGE_IS_SWAPPED = 1 << 2, 1 << 3, 1 << 4
+_SCAN_REGIONS = 256  # result rows per ioctl (a longer answer is asked for again from where it ended)
+
+
+class _ScanArg(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "size", "flags", "start", "end", "walk_end", "vec", "vec_len", "max_pages",
+        "category_inverted", "category_mask", "category_anyof_mask", "return_mask")]
+
+
+class _Region(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+
+
+_PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_ScanArg) << 16) | (ord("f") << 8) | 16  # _IOWR('f', 16, ...)
+#: whether the ioctl works here (None: not tried yet)
+_scan_works: bool | None = None
 
 _lock = threading.Lock()
 _starts: list[int] = []            # sorted start addresses of registered storages
@@ -79,6 +101,8 @@ def _setup() -> bool:
         lib = ctypes.CDLL(None, use_errno=True)
         lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         lib.madvise.restype = ctypes.c_int
+        lib.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+        lib.ioctl.restype = ctypes.c_int
         _page = os.sysconf("SC_PAGE_SIZE")
         _libc = lib
         return True
@@ -247,9 +271,56 @@ def _page_flags(first_page: int, count: int) -> np.ndarray | None:
     return np.frombuffer(raw, dtype=np.uint64)
 
 
+def _kept_runs_scan(first_page: int, count: int) -> list[tuple[int, int]] | None:
+    """Runs (first page, pages) of [first_page, first_page + count) that must not be advised:
+    present and not file-backed (written copy-on-write pages), or swapped; from ``PAGEMAP_SCAN``
+    (the kernel walks the page tables and returns only those runs). None if the ioctl does not
+    work here (older kernel) or fails."""
+    global _scan_works
+    if _scan_works is False:
+        return None
+    try:
+        fd = os.open(_PAGEMAP, os.O_RDONLY)  # per call: an fd would see the opener's pages after a fork
+    except OSError:
+        return None
+    kept: list[tuple[int, int]] = []
+    try:
+        vec = (_Region * _SCAN_REGIONS)()
+        start, end = first_page * _page, (first_page + count) * _page
+        while start < end:
+            arg = _ScanArg(ctypes.sizeof(_ScanArg), 0, start, end, 0, ctypes.addressof(vec), _SCAN_REGIONS, 0,
+                           _PAGE_IS_FILE, _PAGE_IS_FILE,  # not a file page ...
+                           _PAGE_IS_PRESENT | _PAGE_IS_SWAPPED,  # ... and present or swapped
+                           _PAGE_IS_PRESENT | _PAGE_IS_SWAPPED)
+            got = _libc.ioctl(fd, _PAGEMAP_SCAN, ctypes.addressof(arg))
+            if got < 0:
+                _scan_works = False if _scan_works is None else _scan_works
+                return None
+            _scan_works = True
+            for r in vec[:got]:
+                kept.append((r.start // _page, (r.end - r.start) // _page))
+            if arg.walk_end <= start:
+                return None
+            start = arg.walk_end
+    finally:
+        os.close(fd)
+    return kept
+
+
 def _releasable_runs(first_page: int, count: int) -> list[tuple[int, int]] | None:
     """Runs (first page, pages) of [first_page, first_page + count) that are file pages or absent
-    and not swapped, read from /proc/self/pagemap; None if it cannot be read."""
+    and not swapped: the gaps between :func:`_kept_runs_scan`'s runs, or, where that does not work,
+    read from /proc/self/pagemap; None if neither can be read."""
+    kept = _kept_runs_scan(first_page, count)
+    if kept is not None:
+        runs, at = [], first_page
+        for p, k in kept:
+            if p > at:
+                runs.append((at, p - at))
+            at = max(at, p + k)
+        if at < first_page + count:
+            runs.append((at, first_page + count - at))
+        return runs
     flags = _page_flags(first_page, count)
     if flags is None:
         return None

@@ -32,7 +32,19 @@ def two_tensor_file(tmp_path):
     return path, sd
 
 
-def test_written_pages_survive_release_and_untouched_pages_go(two_tensor_file):
+@pytest.fixture(params=["scan", "read"])
+def page_check(request, monkeypatch):
+    """How release_pages looks at the page tables: the PAGEMAP_SCAN ioctl (Linux 6.7+), or the
+    per-page pagemap read it falls back to where the ioctl is missing."""
+    if request.param == "scan":
+        if _pages._kept_runs_scan(0, 1) is None:
+            pytest.skip("no PAGEMAP_SCAN ioctl here")
+    else:
+        monkeypatch.setattr(_pages, "_scan_works", False)
+    return request.param
+
+
+def test_written_pages_survive_release_and_untouched_pages_go(two_tensor_file, page_check):
     path, original = two_tensor_file
     t = _file_tensors(path)
     a, b = t["a"], t["b"]
@@ -53,6 +65,40 @@ def test_written_pages_survive_release_and_untouched_pages_go(two_tensor_file):
     expect[400, 5] = -2.0
     assert torch.equal(a, expect)
     assert torch.equal(b, original["b"])
+
+
+def test_without_the_page_check_written_pages_would_be_lost(two_tensor_file, monkeypatch):
+    """The control of the test above: with the page-table look made to say "all releasable",
+    the same release discards the written copy-on-write pages (they read back as the file's
+    bytes), so that test fails without the check."""
+    path, original = two_tensor_file
+    a = _file_tensors(path)["a"]
+    a[100:103] = 7.5
+    monkeypatch.setattr(_pages, "_releasable_runs", lambda first, count: [(first, count)])
+    assert _pages.release_pages(a) > 0
+    assert torch.equal(a, original["a"])  # the writes are gone
+
+
+def test_scan_and_pagemap_read_agree(two_tensor_file):
+    """The ioctl's runs of pages to keep are the pagemap entries that are present and not file
+    pages, or swapped (present: some of the tensor's pages read, some written, some neither)."""
+    path, _ = two_tensor_file
+    a = _file_tensors(path)["a"]
+    a[::3].sum()
+    a[50:52] = 1.0
+    a[300, 0] = 2.0
+    addr, n, first, last = _pages._page_range(a)
+    kept = _pages._kept_runs_scan(first, last - first)
+    if kept is None:
+        pytest.skip("no PAGEMAP_SCAN ioctl here")
+    flags = _pages._page_flags(first, last - first)
+    present = (flags & _pages._PRESENT) != 0
+    must_stay = np.where(present, (flags & _pages._FILE) == 0, (flags & _pages._SWAPPED) != 0)
+    got = np.zeros(last - first, dtype=bool)
+    for p, k in kept:
+        got[p - first:p - first + k] = True
+    assert must_stay.any() and present.sum() > must_stay.sum()
+    np.testing.assert_array_equal(got, must_stay)
 
 
 def test_released_bytes_mapped_vs_heap(two_tensor_file):

@@ -235,9 +235,10 @@ _HIGH = 1 if sys.byteorder == "little" else 0
 #: spilled copies are read with ``pread``, not mapped); looked at every
 #: :data:`_CHECK_BYTES` of mapped lines read. Measured (Linux 6.18, ext4): one 8 KB row read
 #: maps the page cache's whole 2 MB folio around it, so rows read in removal order make whole
-#: matrices resident within a few dozen reads, and a release costs a ``pagemap`` read of every
-#: page it covers: at 8 layers of the Llama shape about 200 releases, 2 s, and a peak of
-#: ~1.2 GB of file pages with a 1 GB budget (2.2 GB unreleased).
+#: matrices resident within a few dozen reads. At 8 layers of the Llama shape about 200
+#: releases, and a peak of ~1.2 GB of file pages with a 1 GB budget (2.2 GB unreleased); each
+#: release's look at the page tables is one ``PAGEMAP_SCAN`` ioctl (:mod:`graphnn._pages`; it
+#: was a pagemap read of every page it covers, ~2 s together).
 PAGE_BUDGET_BYTES = 3 << 29
 
 
