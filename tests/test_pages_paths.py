@@ -1,6 +1,8 @@
 """Mapped checkpoint pages are given back by the passes outside the analyse loop: the ΔW graph
 (graphnn.delta, delta_norms), LoRA adapters on a file base (lora_delta, lora_strength), the
-standalone spectral columns (graph_spectrum), WeightWatcher's α and the null copies.
+standalone spectral columns (graph_spectrum), WeightWatcher's α, the null copies, the
+signal-propagation weight table (sigprop.weights) and the tensors that distributed placement
+sends with their blocks.
 
 Each test runs the pass on graphs read from small safetensors files and on in-memory clones of
 the same tensors (the oracle: ordinary heap memory, where releasing does nothing) and asserts
@@ -28,6 +30,8 @@ from graphnn.extract.checkpoints import load_state_dict, save_state_dict
 
 null_mod = importlib.import_module("graphnn.analyses.null_model")  # (graphnn.analyses.null_model is also a function)
 spectral_mod = importlib.import_module("graphnn.analyses.spectral")
+sigprop_weights = importlib.import_module("graphnn.sigprop.weights")
+placement = importlib.import_module("graphnn.distributed.placement")
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not _pages._setup(),
                                 reason="page release needs Linux /proc/self/pagemap and libc madvise")
@@ -98,7 +102,7 @@ def _check_resident(sizes: list[int], nbytes: int, release: bool) -> None:
 def release(request, monkeypatch):
     """``True``: the code as it is. ``False``: each module's release call patched out."""
     if not request.param:
-        for mod in (delta_mod, lora_mod, spectral_mod, null_mod):
+        for mod in (delta_mod, lora_mod, spectral_mod, null_mod, sigprop_weights, placement):
             monkeypatch.setattr(mod, "release_pages", lambda t: 0)
     return request.param
 
@@ -270,3 +274,44 @@ def test_null_copies_release_the_original(tmp_path, release, kind):
         f_mem = graphnn.null_model(g_mem, "strength", kind=kind, n=2, seed=3)
         pd.testing.assert_frame_equal(f_file, f_mem)
         _check_resident(_resident(views), nbytes, release)
+
+
+# -- signal-propagation weight table ---------------------------------------------------------------------
+def test_weight_table_releases_each_parameter(mlp_file, release):
+    g_file = graphnn.extract(mlp_file)
+    views = _views(g_file.blocks.values())
+    memory = _in_memory(mlp_file)
+    t_file = sigprop_weights.weight_table(mlp_file, graph=g_file)
+    t_mem = sigprop_weights.weight_table(memory)
+    cols = ["layer", "param", "n_out", "fan_in", "sigma_w2", "sigma_b2", "mean_w", "var_w"]
+    pd.testing.assert_frame_equal(t_file[cols], t_mem[cols])
+    # oracle independent of the table's code: ||W||_F^2 / n_out, mean and variance in float64
+    for (_, row), w in zip(t_file.iterrows(), memory.values()):
+        w = w.double()
+        assert row["sigma_w2"] == pytest.approx(float((w ** 2).sum()) / w.shape[0], rel=1e-12)
+        assert row["var_w"] == pytest.approx(float(w.var(unbiased=False)), rel=1e-12)
+    _check_resident(_resident(views), WIDTH * WIDTH * 4, release)
+
+
+# -- distributed placement: blocks sent with their tensors -------------------------------------------------
+def test_held_tensors_of_sent_blocks_are_released(tmp_path, release):
+    cloudpickle = pytest.importorskip("cloudpickle")  # how dask sends the blocks (they hold closures)
+
+    from graphnn.distributed.host import HeldTensor
+
+    path = _save(_mlp_state(3, torch.bfloat16, 6), tmp_path / "held.safetensors")
+    mapped = _weights(path)  # views of the file's mapping, registered by the reader
+    assert all(_pages.is_registered(t) for t in mapped.values())
+    g = graphnn.extract(mapped)  # a graph of a state_dict: no file can reopen its blocks
+    assert placement.tensor_files(g) == {}
+    placed = placement.assign(g, ["tcp://worker-0", "tcp://worker-1"])
+    blocks = [b for group in placed.values() for b in group]
+    assert len(blocks) == 3 and all(isinstance(b._load, HeldTensor) for b in blocks)
+    sent = cloudpickle.loads(cloudpickle.dumps(blocks))  # what the client sends to the workers
+    released = placement.release_held(blocks)
+    oracle = graphnn.extract(_in_memory(path))
+    for b in sent:
+        assert torch.equal(b.tensor(), oracle.blocks[b.name].tensor())
+        assert torch.equal(b.matrix(), oracle.blocks[b.name].matrix())
+    assert (released > 0) == release
+    _check_resident(_resident(list(mapped.values())), WIDTH * WIDTH * 2, release)

@@ -71,7 +71,7 @@ def _results(futures):
 
 def _hosts(g: LayeredGraph, client, dtype: torch.dtype, device: str, core_tau: float | None) -> list[_Host]:
     from .host import BlockHost
-    from .placement import assign
+    from .placement import assign, release_held
 
     try:
         info = client.scheduler_info(n_workers=-1)  # every worker (the default lists only a few)
@@ -82,7 +82,8 @@ def _hosts(g: LayeredGraph, client, dtype: torch.dtype, device: str, core_tau: f
         raise InvalidParameterError("the Dask cluster has no workers: start some (or wait for them) and retry")
     names = list(g.partitions)
     hosts, futures = [], []
-    for address, blocks in assign(g, workers).items():
+    placed = assign(g, workers)
+    for address, blocks in placed.items():
         touched = {e for b in blocks for e in (b.src, b.dst)}
         parts = [n for n in names if n in touched]
         sizes = [g.partitions[n].size for n in parts]
@@ -93,6 +94,8 @@ def _hosts(g: LayeredGraph, client, dtype: torch.dtype, device: str, core_tau: f
         hosts.append(_Host(address, None, nodes.astype(np.int64), tuple(parts), tuple(b.name for b in blocks)))
     for h, f in zip(hosts, futures):
         h.actor = f.result()
+    for blocks in placed.values():  # sent: the held tensors' mapped pages go back
+        release_held(blocks)
     return hosts
 
 

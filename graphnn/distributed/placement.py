@@ -2,6 +2,11 @@
 their tensor and whole shards are placed on workers, so each worker opens only its own shards,
 once. Shards go to the least loaded worker, largest first (bytes); when there are fewer shards
 than workers, single blocks are placed instead so that every worker gets work.
+
+A block that no file can reopen travels with its tensor (:class:`~.host.HeldTensor`); when that
+tensor is a view of a mapped checkpoint (a state_dict read with ``graphnn.load_state_dict``, a tied
+name), reading it (the first-load check, the pickling that sends it) makes its pages resident:
+:func:`release_held` gives them back once the blocks are sent.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from .._pages import release_pages
 from ..graph import Block, LayeredGraph
 from .host import HeldTensor, ShardTensor
 
@@ -42,8 +48,18 @@ def portable_block(b: Block, files: dict[str, str]) -> tuple[Block, str | None]:
     path and name there (``(block, file)``), or holds the tensor read here when no file stores
     it under the block's parameter name (``(block, None)``: an in-memory graph, a tied name)."""
     file = files.get(b.param)
-    load = ShardTensor(file, b.param) if file is not None else HeldTensor(b.tensor())
+    if file is not None:
+        load = ShardTensor(file, b.param)
+    else:
+        load = HeldTensor(b.tensor())
+        release_pages(load.tensor)  # what the first-load check read (a mapped file's pages)
     return dataclasses.replace(b, _load=load, _on_load=None, _entry_index=None), file
+
+
+def release_held(blocks) -> int:
+    """Release the mapped pages of the tensors that portable blocks hold (call it once the blocks
+    are sent: pickling read them); the bytes released. Tensors in ordinary memory: nothing."""
+    return sum(release_pages(b._load.tensor) for b in blocks if isinstance(b._load, HeldTensor))
 
 
 def block_bytes(b: Block) -> int:

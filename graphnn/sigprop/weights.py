@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._pages import release_pages
 from ..errors import InvalidParameterError
 
 #: Activation modules -> names of :mod:`graphnn.sigprop.mean_field`.
@@ -240,9 +241,11 @@ def weight_table(source: Any, graph=None, *, include=None, exclude=None, trust: 
     for (param, _dst), blocks in groups.items():
         rows_of_param[param] = rows_of_param.get(param, 0) + blocks[0].n_dst
     rows = []
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict[str, torch.Tensor] = {}  # the parameter last read
     for (param, dst), blocks in groups.items():
         if param not in cache:
+            for done in cache.values():  # its float64 sums are taken: a mapped file's pages go back
+                release_pages(done)
             cache.clear()
             cache[param] = blocks[0].tensor()
         raw = cache[param]
@@ -257,7 +260,7 @@ def weight_table(source: Any, graph=None, *, include=None, exclude=None, trust: 
             vals = torch.cat([b.matrix(tensor=exact).reshape(-1) for b in blocks])
         else:
             vals = None
-        bias = _bias_for(lookup, param, blocks[0], raw, n_out)
+        bias, bias_read = _bias_for(lookup, param, blocks[0], raw, n_out)
         mod = param.rsplit(".", 1)[0] if "." in param else ""
         act, src = _activation_for(acts, how, mod, param, dst, blocks[0])
         rows.append({
@@ -269,24 +272,28 @@ def weight_table(source: Any, graph=None, *, include=None, exclude=None, trust: 
             "var_w": float(vals.var(unbiased=False)) if vals is not None else math.nan,
             "activation": act, "activation_source": src,
         })
+        release_pages(bias_read)
+    for done in cache.values():
+        release_pages(done)
     df = pd.DataFrame(rows)
     return _apply_override(df, activation)
 
 
 def _bias_for(lookup, param: str, block, raw: torch.Tensor, n_out: int):
+    """``(bias of the layer's outputs or None, the tensor read for it or None)``."""
     name = _bias_name(param)
     bias = lookup(name) if name else None
     if bias is None or bias.dim() != 1:
-        return None
+        return None, bias
     if bias.numel() == n_out:
-        return bias.detach()
+        return bias.detach(), bias
     rows_axis = 1 if block.kind == "hf_conv1d" else 0  # HF Conv1D stores (in, out)
     if block.name.endswith("]") and raw.dim() == 2 and bias.numel() == raw.shape[rows_axis]:
         rows = block.entry_index("matrix")[0][:, 0] >= 0 if block.kind != "hf_conv1d" else \
             block.entry_index("matrix")[0][0, :] >= 0
         if int(rows.sum()) == n_out:
-            return bias.detach()[rows]
-    return None
+            return bias.detach()[rows], bias
+    return None, bias
 
 
 def _activation_for(acts: dict, how: str, mod: str, param: str, dst: str, block) -> tuple[str, str]:
