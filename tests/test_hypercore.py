@@ -218,7 +218,8 @@ def thresholded_adjacency(g, tau: float) -> np.ndarray:
 def _paths(monkeypatch):
     """The storage choices the peeling makes by size, forced on small graphs: a transposed |W|
     copy per block (small graphs), the signed matrix streamed with |.| taken per line (large
-    graphs), and strided columns when the transposed copies would exceed their budget."""
+    graphs), and, when the transposed copies would exceed their budget, the column copies in a
+    temporary file (signed float weights) or strided columns (the others)."""
     from graphnn.analyses import _blocks, _lines
 
     yield "copy"

@@ -112,6 +112,32 @@ def test_out_of_core_paths_give_the_float64_numbers_exactly(dtype, streamed, tmp
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_column_major_weights_read_their_columns_as_views(dtype, streamed, tmp_path):
+    """Weights stored transposed (HF Conv1D's ``(in, out)`` layout: the block's matrix is a
+    column-major view): the columns are contiguous in memory and are read as views, the rows get
+    the lazy copies; the same numbers as the row-major graph."""
+    g = residual_graph(dtype, seed=6, dyadic=True)
+    ref = naive_peeling(dense_abs_adjacency(as_float64(g)))
+    col_major = make_graph(SIZES, [(b.name, int(b.src[1:]), int(b.dst[1:]), b.matrix().t().contiguous().t(), 1)
+                                   for b in g.blocks.values()])
+    assert not any(b.matrix().is_contiguous() for b in col_major.blocks.values())
+    blocks = _blocks.load_abs_blocks(col_major, weighting=_blocks.Weighting(), dtype=torch.float32,
+                                     device=torch.device("cpu"))
+    space = _blocks.NodeSpace.of_graph(col_major)
+    ends = _lines.line_ends(_blocks.place(space, blocks))
+    for b in col_major.blocks.values():
+        rows, cols = [e for e in ends if e.name == b.name]
+        assert isinstance(rows.lines, _columns.TransposedLines)
+        assert isinstance(cols.lines, np.ndarray) and cols.lines.strides[1] == dtype.itemsize
+        assert np.shares_memory(cols.lines, _columns.numpy_bits(b.matrix(), cols.lines.dtype))
+        rows.lines.close()
+    streamed.setattr(_columns.tempfile, "tempdir", str(tmp_path))
+    for budget in (_lines.TRANSPOSE_BUDGET_BYTES, 0):
+        streamed.setattr(_lines, "TRANSPOSE_BUDGET_BYTES", budget)
+        np.testing.assert_array_equal(graphnn.hypercore(col_major)["core"].to_numpy(), ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_strided_fallback_when_no_temporary_file_can_be_written(dtype, streamed):
     g = residual_graph(dtype, seed=2, dyadic=True)
     ref = naive_peeling(dense_abs_adjacency(as_float64(g)))

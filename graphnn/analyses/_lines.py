@@ -284,12 +284,16 @@ def line_ends(placed: list[Placed], budget_bytes: int | None = None, binary: boo
             continue
         mat, signed = _weighted_matrix(b, binary)
         if signed and mat.dtype in _VIEWS and b._src_map is None and b._dst_map is None:
-            # rows are views of the weights, columns a transposed copy (same dtype) made when first read
+            # lines that are contiguous in the weights (the rows of a row-major matrix, the columns of
+            # a transposed view such as HF Conv1D's) are views of them; the others a transposed copy
+            # (same dtype) made when first read
             kind, encoding = _VIEWS[mat.dtype]
-            ends.append(LineEnd(b.name, p.dst_off, b.n_dst, p.src_off, b.n_src, numpy_bits(mat, kind),
-                                absolute=True, t_part=(p.src_off, p.src_off + b.n_src), encoding=encoding))
-            ends.append(LineEnd(b.name, p.src_off, b.n_src, p.dst_off, b.n_dst, TransposedLines(mat, kind, lazy_budget),
-                                absolute=True, t_part=(p.dst_off, p.dst_off + b.n_dst), encoding=encoding))
+            for x, start, size, t_start, t_size in ((mat, p.dst_off, b.n_dst, p.src_off, b.n_src),
+                                                    (mat.t(), p.src_off, b.n_src, p.dst_off, b.n_dst)):
+                lines = numpy_bits(x, kind) if x.shape[1] <= 1 or x.stride(1) == 1 else \
+                    TransposedLines(x.t(), kind, lazy_budget)
+                ends.append(LineEnd(b.name, start, size, t_start, t_size, lines, absolute=True,
+                                    t_part=(t_start, t_start + t_size), encoding=encoding))
             continue
         if signed and mat.dtype not in (torch.float32, torch.float64) and b._src_map is None \
                 and b._dst_map is None:  # float8: lines converted as they are read
