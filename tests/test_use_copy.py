@@ -59,3 +59,19 @@ def test_cuda_holds_bf16_weights_in_their_own_dtype_and_matches_the_cpu(monkeypa
     gpu = graphnn.analyse(g, device="cuda")
     np.testing.assert_allclose(gpu.neurons["centrality"], cpu.neurons["centrality"], rtol=1e-5, atol=1e-8)
     np.testing.assert_array_equal(gpu.neurons["core"], cpu.neurons["core"])
+
+
+def test_peeling_reads_a_gpu_block_from_the_graphs_own_cpu_matrix(monkeypatch):
+    """The hypercore peels on the CPU: for a block whose weights were moved to a GPU it reads the
+    graph's CPU matrix itself (no copy), else one copy in the weights' dtype (not float32)."""
+    from graphnn.analyses._lines import _cpu_matrix
+    w = torch.randn(6, 5).to(torch.bfloat16)
+    g = graphnn.LayeredGraph.from_matrices({"a": 5, "b": 6}, {"w": ("a", "b", w)})
+    monkeypatch.setattr(_blocks, "CPU_COPY_MAX_EDGES", -1)  # streamed: the block keeps its signed matrix
+    (blk,) = _blocks.load_abs_blocks(g, dtype=torch.float32, device=CPU)
+    on_gpu = blk.w.clone()  # stands in for the device copy: same values, other memory
+    got = _cpu_matrix(blk, on_gpu)
+    assert got.data_ptr() == next(iter(g.blocks.values())).matrix().data_ptr()  # the graph's own memory
+    assert got.dtype == torch.bfloat16 and torch.equal(got, w)
+    other = torch.randn(6, 5, dtype=torch.float64)  # not the graph's matrix: a copy in its own dtype
+    assert _cpu_matrix(blk, other).dtype == torch.float64

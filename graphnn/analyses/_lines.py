@@ -161,6 +161,17 @@ def _compact_groups(mask: torch.Tensor | None) -> int:
     return groups if int(np.count_nonzero(mask)) == groups * r * c and bool(inside.all()) else 1
 
 
+def _cpu_matrix(b: AbsBlock, w: torch.Tensor) -> torch.Tensor:
+    """The signed matrix ``w`` of a block held on a GPU, on the CPU where the peeling runs: the
+    graph's own matrix when it lives there (a view of a CPU parameter or of a memory-mapped
+    checkpoint: no copy, and its pages are released like any mapped line's), else one copy in
+    ``w``'s own dtype (2 bytes per entry for bf16), never a float32 copy."""
+    m = b._block.matrix()
+    if m.device.type == "cpu" and tuple(m.shape) == tuple(w.shape) and m.dtype == w.dtype:
+        return m
+    return w.cpu()
+
+
 def _weighted_matrix(b: AbsBlock, binary: bool = False) -> tuple[torch.Tensor, bool]:
     """``(matrix, signed)``: the block's ``(m_dst, m_src)`` weights, masked: ``A`` itself, or the
     signed matrix when ``A = |W|`` can be taken on use (a view, no copy). ``binary``: a 0/1
@@ -178,8 +189,8 @@ def _weighted_matrix(b: AbsBlock, binary: bool = False) -> tuple[torch.Tensor, b
     if b.t is not None:
         return b.t.t(), False
     w = b.w
-    if b.weighting.tau is None and b.mask is None and w.is_floating_point() and w.device.type == "cpu":
-        return w, True
+    if b.weighting.tau is None and b.mask is None and w.is_floating_point():
+        return (w if w.device.type == "cpu" else _cpu_matrix(b, w)), True
     a = b.weighting(w)
     if b.mask is not None:
         a = a * b.mask.to(a.device)
