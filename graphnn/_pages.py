@@ -27,12 +27,6 @@ API
     is done where the ioctl is missing (bits 63 present, 62 swapped, 61 file page). If neither
     works, nothing is released. The next read of a released page faults it in again from the
     page cache (or the disk), with the file's bytes.
-``PageBudget(max_bytes)``
-    For passes that touch tensors in an order of their own (the hypercore): ``.touch(t,
-    nbytes=None)`` notes that ``t`` was read (``nbytes``: how much of it, default its whole span)
-    and, once more than ``max_bytes`` have been touched since the last release, releases every
-    registered tensor noted so far; ``.release_all()`` releases them now (call it at the end of
-    the pass). Returns the bytes released. Holds the noted tensors until it releases them.
 ``resident_file_bytes(t) -> int``
     Bytes of ``t``'s span whose pages are present and file-backed (for tests and logs).
 
@@ -50,7 +44,6 @@ import ctypes
 import os
 import sys
 import threading
-from typing import Any
 
 import numpy as np
 
@@ -363,34 +356,3 @@ def is_registered(t) -> bool:
     """Whether ``t`` lies in a registered (file-mapped, live) storage."""
     span = _span(t)
     return span is not None and _registered_range(*span) is not None
-
-
-class PageBudget:
-    """Release the registered tensors a pass has read once ``max_bytes`` have been touched."""
-
-    def __init__(self, max_bytes: int):
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
-        self.touched_bytes = 0
-        self.released_bytes = 0
-        self._seen: dict[tuple[int, int], Any] = {}
-
-    def touch(self, t, nbytes: int | None = None) -> int:
-        """Note that ``t`` was read (``nbytes`` of it; default its span); release when over budget."""
-        span = _span(t) if _setup() else None
-        if span is None or _registered_range(*span) is None:
-            return 0
-        self._seen.setdefault(span, t)
-        self.touched_bytes += span[1] if nbytes is None else int(nbytes)
-        if self.touched_bytes > self.max_bytes:
-            return self.release_all()
-        return 0
-
-    def release_all(self) -> int:
-        """Release every noted tensor now; the bytes released."""
-        seen, self._seen = self._seen, {}
-        self.touched_bytes = 0
-        got = sum(release_pages(t) for t in seen.values())
-        self.released_bytes += got
-        return got

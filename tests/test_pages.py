@@ -181,28 +181,6 @@ def test_torch_load_mmap_tensors_are_registered(tmp_path):
     assert torch.equal(w, sd["w"])
 
 
-def test_page_budget_releases_once_over_budget(two_tensor_file):
-    path, original = two_tensor_file
-    t = _file_tensors(path)
-    a, b = t["a"], t["b"]
-    a.sum(), b.sum()
-    budget = _pages.PageBudget(a.numel() * 4 + 1)
-    assert budget.touch(torch.ones(10)) == 0 and budget.touched_bytes == 0  # heap: not counted
-    assert budget.touch(a) == 0 and budget.touched_bytes == a.numel() * 4
-    assert _pages.resident_file_bytes(a) > 0
-    got = budget.touch(b)  # over the budget: a and b both go
-    assert got >= (a.numel() + b.numel()) * 4 - 2 * 4096
-    assert _pages.resident_file_bytes(a) == 0 and _pages.resident_file_bytes(b) == 0
-    assert budget.touched_bytes == 0
-    b[:10].sum()  # (the kernel may map a few neighbouring pages too: fault-around)
-    budget.touch(b[:10], nbytes=10 * 1024 * 4)
-    assert budget.release_all() >= 10 * 1024 * 4 and _pages.resident_file_bytes(b[:10]) == 0
-    assert budget.release_all() == 0
-    assert torch.equal(a, original["a"]) and torch.equal(b, original["b"])
-    with pytest.raises(ValueError):
-        _pages.PageBudget(-1)
-
-
 def _mlp_file(tmp_path, width, depth, dtype):
     gen = torch.Generator().manual_seed(1)
     sd = {f"layers.{i}.weight": torch.randn(width, width, generator=gen).to(dtype) for i in range(depth)}
