@@ -179,13 +179,14 @@ _STREAM_ELEMENTS = 1 << 18
 #: each) rather than a cache refill: 64 MB of float32 per reused buffer.
 _DEVICE_STREAM_ELEMENTS = 1 << 24
 
+#: On the CPU, graphs with at most this many edges get the transposed |W| copy (at most 32 MB
+#: in float64; faster matrix-vector products); larger ones are streamed with no copy.
+CPU_COPY_MAX_EDGES = FLOAT64_MAX_EDGES
+
 
 def stream_elements(device: torch.device) -> int:
     """Entries of |W| formed at once when a product streams a block (CPU: cache-sized)."""
     return _STREAM_ELEMENTS if device.type == "cpu" else _DEVICE_STREAM_ELEMENTS
-#: On the CPU, graphs with at most this many edges get the transposed |W| copy (at most 32 MB
-#: in float64; faster matrix-vector products); larger ones are streamed with no copy.
-CPU_COPY_MAX_EDGES = FLOAT64_MAX_EDGES
 
 
 def use_copy(num_edges: int, device: torch.device, weight_dtype: torch.dtype | None = None) -> bool:
